@@ -1,0 +1,55 @@
+/**
+ * Reading and writing the C memory libmilter hands to callbacks (pointers
+ * arrive as BigInt addresses). Every read copies: libmilter frees its
+ * buffers as soon as the callback returns.
+ *
+ * @module
+ */
+
+import koffi, { type TypeObject } from "koffi";
+
+/** A C pointer as koffi 3 represents it. */
+export type Pointer = bigint;
+
+const POINTER_SIZE = koffi.sizeof("void *");
+
+/** Copies `len` bytes starting at `ptr` into a fresh `Uint8Array`. */
+export function readBytes(ptr: Pointer | null, len: number): Uint8Array {
+  if (ptr === null || len === 0) return new Uint8Array(0);
+  return new Uint8Array(koffi.view(ptr, len)).slice();
+}
+
+/** Decodes the NULL-terminated `char *argv[]` at `ptr` as UTF-8 strings. */
+export function readArgv(ptr: Pointer | null): string[] {
+  const out: string[] = [];
+  if (ptr === null) return out;
+  for (let i = 0;; i++) {
+    const s = koffi.decode(ptr, i * POINTER_SIZE, "const char *") as string | null;
+    if (s === null) return out;
+    out.push(s);
+  }
+}
+
+/** Reads the `unsigned short` at `ptr` (host byte order). */
+export function readUShort(ptr: Pointer): number {
+  return koffi.decode(ptr, "unsigned short") as number;
+}
+
+/** Reads the `unsigned long` at `ptr`. */
+export function readULong(ptr: Pointer): number {
+  return Number(koffi.decode(ptr, "unsigned long"));
+}
+
+/** Writes `value` into the `unsigned long` at `ptr`. */
+export function writeULong(ptr: Pointer, value: number): void {
+  koffi.encode(ptr, "unsigned long", value);
+}
+
+/**
+ * Registers `fn` as a C function pointer of the given callback type. The
+ * registration lives as long as the process: libmilter keeps the pointer.
+ */
+// deno-lint-ignore no-explicit-any
+export function registerCallback(fn: (...args: any[]) => number, type: TypeObject): Pointer {
+  return koffi.register(fn, type);
+}

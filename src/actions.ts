@@ -1,0 +1,281 @@
+/**
+ * The functions a filter calls on a connection's {@linkcode Ctx}: macros,
+ * private data, replies, and the message modifications of end of message.
+ * Each wraps one `smfi_*` function; each checks first that the context is
+ * usable now and that the call is allowed in the running callback, so misuse
+ * is a clear {@linkcode MilterError} rather than a crash or a silent no-op.
+ *
+ * @module
+ */
+
+import { active, type CallbackName, describe, type Session } from "./ctx.ts";
+import { check, fail } from "./error.ts";
+import { native } from "./native.ts";
+import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
+import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
+import type { Ctx } from "./ctx.ts";
+
+function requireString(fn: string, what: string, value: unknown): string {
+  if (typeof value !== "string") fail(fn, `${what} must be a string, got ${describe(value)}`);
+  if (value.includes("\0")) fail(fn, `${what} contains a NUL byte`);
+  return value;
+}
+
+function optionalString(fn: string, what: string, value: unknown): string | null {
+  return value === null || value === undefined ? null : requireString(fn, what, value);
+}
+
+function requireIndex(fn: string, what: string, value: unknown, min: number): number {
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
+    fail(fn, `${what} must be an integer from ${min} to 2147483647, got ${describe(value)}`);
+  }
+  return value as number;
+}
+
+/** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
+function inCallback(fn: string, ctx: Ctx, allowed: readonly CallbackName[]): Session {
+  const session = active(fn, ctx);
+  if (!allowed.includes(session.callback!)) {
+    fail(fn, `only allowed in ${allowed.join(" or ")}, not in ${session.callback}`);
+  }
+  return session;
+}
+
+/** A modification at end of message: the session, with the reason libmilter may refuse it. */
+function inEom(fn: string, ctx: Ctx, flag: Flag): [Session, () => string] {
+  const session = inCallback(fn, ctx, ["eom"]);
+  const why = (): string =>
+    (session.actions & FLAG_BITS[flag]) === 0
+      ? `the filter did not declare Flag.${flag} (in Filter.flags or from negotiate)`
+      : `libmilter refused (the MTA may not offer Flag.${flag}, or the connection failed)`;
+  return [session, why];
+}
+
+const ANY: readonly CallbackName[] = [
+  "connect", "helo", "envfrom", "envrcpt", "header", "eoh", "body", "eom", "abort", "close", "unknown", "data",
+  "negotiate",
+];
+
+/**
+ * The value of the macro `name` (`"i"`, `"{client_addr}"`; braces are
+ * optional for long names), or `null` when the MTA did not send it for this
+ * stage or an earlier one. Which macros exist depends on the MTA and its
+ * configuration. Wraps `smfi_getsymval`.
+ *
+ * @throws {MilterError} outside a callback of the context's connection.
+ */
+export function getsymval(ctx: Ctx, name: string): string | null {
+  const session = active("getsymval", ctx);
+  requireString("getsymval", "the macro name", name);
+  return native("getsymval").fn.smfi_getsymval(session.ptr, name) as string | null;
+}
+
+/**
+ * The private data of this connection set by {@linkcode setpriv}, or `null`.
+ * Any JS value can be kept; nothing reaches C.
+ *
+ * @throws {MilterError} outside a callback of the context's connection.
+ */
+export function getpriv<T = unknown>(ctx: Ctx): T | null {
+  return active("getpriv", ctx).priv as T | null;
+}
+
+/**
+ * Sets (or with `null`, clears) the private data of this connection. It is
+ * dropped automatically after the `close` callback returns, so nothing of it
+ * outlives the connection.
+ *
+ * @throws {MilterError} outside a callback of the context's connection.
+ */
+export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
+  active("setpriv", ctx).priv = data ?? null;
+}
+
+/**
+ * `setreply(ctx, rcode, xcode, message)` sets the SMTP reply used when the
+ * callback answers `Reject` (`rcode` 5xx) or `Tempfail` (4xx): `xcode` is an
+ * optional RFC 3463 code of the same class (`"5.7.1"`), `message` the
+ * optional text. A reply whose class does not match the answer is ignored by
+ * libmilter. Wraps `smfi_setreply`.
+ *
+ * @throws {MilterError} outside a callback, or when the codes or text are invalid.
+ */
+export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message?: string | null): void {
+  const session = inCallback("setreply", ctx, ANY.filter((c) => c !== "negotiate"));
+  requireString("setreply", "rcode", rcode);
+  const x = optionalString("setreply", "xcode", xcode);
+  const text = optionalString("setreply", "message", message);
+  const problem = replyCodeProblem(rcode, x) ?? (text === null ? null : replyLinesProblem([text]));
+  if (problem) fail("setreply", problem);
+  check("setreply", native("setreply").fn.smfi_setreply(session.ptr, rcode, x, text));
+}
+
+/**
+ * The same as {@linkcode setreply} with a multi-line text: 1 to 32 lines,
+ * each at most 980 bytes without CR or LF. Wraps the variadic
+ * `smfi_setmlreply`, always NULL-terminated.
+ *
+ * @throws {MilterError} outside a callback, or when the codes or lines are invalid (never truncated).
+ */
+export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undefined, lines: string[]): void {
+  const session = inCallback("setmlreply", ctx, ANY.filter((c) => c !== "negotiate"));
+  requireString("setmlreply", "rcode", rcode);
+  const x = optionalString("setmlreply", "xcode", xcode);
+  if (!Array.isArray(lines)) fail("setmlreply", `lines must be an array of strings, got ${describe(lines)}`);
+  const problem = replyCodeProblem(rcode, x) ?? replyLinesProblem(lines);
+  if (problem) fail("setmlreply", problem);
+  for (const line of lines) requireString("setmlreply", "a line", line);
+  const variadic = lines.flatMap((line) => ["const char *", line]);
+  check("setmlreply", native("setmlreply").fn.smfi_setmlreply(session.ptr, rcode, x, ...variadic, "const char *", null));
+}
+
+/**
+ * `addheader(ctx, name, value)` appends the header `name: value` to the
+ * message. Only from `eom`, with `Flag.ADDHDRS`. Wraps `smfi_addheader`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function addheader(ctx: Ctx, name: string, value: string): void {
+  const [session, why] = inEom("addheader", ctx, "ADDHDRS");
+  requireString("addheader", "the header name", name);
+  requireString("addheader", "the header value", value);
+  check("addheader", native("addheader").fn.smfi_addheader(session.ptr, name, value), why);
+}
+
+/**
+ * `chgheader(ctx, name, index, value)` changes the `index`-th occurrence
+ * (from 1) of header `name` to `value`, or deletes it when `value` is
+ * `null`. Only from `eom`, with `Flag.CHGHDRS`. Wraps `smfi_chgheader`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function chgheader(ctx: Ctx, name: string, index: number, value: string | null | undefined): void {
+  const [session, why] = inEom("chgheader", ctx, "CHGHDRS");
+  requireString("chgheader", "the header name", name);
+  requireIndex("chgheader", "the index", index, 0);
+  const v = optionalString("chgheader", "the header value", value);
+  check("chgheader", native("chgheader").fn.smfi_chgheader(session.ptr, name, index, v), why);
+}
+
+/**
+ * `insheader(ctx, index, name, value)` inserts the header `name: value` at
+ * position `index` (0 is the top). Only from `eom`, with `Flag.ADDHDRS`.
+ * Wraps `smfi_insheader`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function insheader(ctx: Ctx, index: number, name: string, value: string): void {
+  const [session, why] = inEom("insheader", ctx, "ADDHDRS");
+  requireIndex("insheader", "the index", index, 0);
+  requireString("insheader", "the header name", name);
+  requireString("insheader", "the header value", value);
+  check("insheader", native("insheader").fn.smfi_insheader(session.ptr, index, name, value), why);
+}
+
+/**
+ * `chgfrom(ctx, from, args)` changes the envelope sender to `from`, with
+ * optional ESMTP arguments. Only from `eom`, with `Flag.CHGFROM`. Wraps
+ * `smfi_chgfrom`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
+  const [session, why] = inEom("chgfrom", ctx, "CHGFROM");
+  requireString("chgfrom", "the sender", from);
+  const a = optionalString("chgfrom", "args", args);
+  check("chgfrom", native("chgfrom").fn.smfi_chgfrom(session.ptr, from, a), why);
+}
+
+/**
+ * Adds a recipient to the message's envelope. Only from `eom`, with
+ * `Flag.ADDRCPT`. Wraps `smfi_addrcpt`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function addrcpt(ctx: Ctx, rcpt: string): void {
+  const [session, why] = inEom("addrcpt", ctx, "ADDRCPT");
+  requireString("addrcpt", "the recipient", rcpt);
+  check("addrcpt", native("addrcpt").fn.smfi_addrcpt(session.ptr, rcpt), why);
+}
+
+/**
+ * Adds a recipient with optional ESMTP arguments. Only from `eom`, with
+ * `Flag.ADDRCPT_PAR`. Wraps `smfi_addrcpt_par`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void {
+  const [session, why] = inEom("addrcpt_par", ctx, "ADDRCPT_PAR");
+  requireString("addrcpt_par", "the recipient", rcpt);
+  const a = optionalString("addrcpt_par", "args", args);
+  check("addrcpt_par", native("addrcpt_par").fn.smfi_addrcpt_par(session.ptr, rcpt, a), why);
+}
+
+/**
+ * Removes a recipient (as given at RCPT TO) from the envelope. Only from
+ * `eom`, with `Flag.DELRCPT`. Wraps `smfi_delrcpt`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function delrcpt(ctx: Ctx, rcpt: string): void {
+  const [session, why] = inEom("delrcpt", ctx, "DELRCPT");
+  requireString("delrcpt", "the recipient", rcpt);
+  check("delrcpt", native("delrcpt").fn.smfi_delrcpt(session.ptr, rcpt), why);
+}
+
+/**
+ * Replaces the message body; calling it again appends to the new body.
+ * Strings are sent as UTF-8. Only from `eom`, with `Flag.CHGBODY`. Wraps
+ * `smfi_replacebody`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function replacebody(ctx: Ctx, body: Uint8Array | string): void {
+  const [session, why] = inEom("replacebody", ctx, "CHGBODY");
+  let bytes: Uint8Array;
+  if (typeof body === "string") bytes = new TextEncoder().encode(body);
+  else if (body instanceof Uint8Array) bytes = body;
+  else fail("replacebody", `the body must be a Uint8Array or a string, got ${describe(body)}`);
+  if (bytes.length > 0x7fffffff) fail("replacebody", "the body is larger than 2 GiB");
+  check("replacebody", native("replacebody").fn.smfi_replacebody(session.ptr, bytes, bytes.length), why);
+}
+
+/**
+ * Tells the MTA the filter is still working, resetting its timeouts. Only
+ * from `eom`. Wraps `smfi_progress`.
+ *
+ * @throws {MilterError} outside eom, or when libmilter fails.
+ */
+export function progress(ctx: Ctx): void {
+  const session = inCallback("progress", ctx, ["eom"]);
+  check("progress", native("progress").fn.smfi_progress(session.ptr));
+}
+
+/**
+ * Quarantines the message (Postfix: puts it on hold) with the given reason.
+ * Only from `eom`, with `Flag.QUARANTINE`. Wraps `smfi_quarantine`.
+ *
+ * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ */
+export function quarantine(ctx: Ctx, reason: string): void {
+  const [session, why] = inEom("quarantine", ctx, "QUARANTINE");
+  requireString("quarantine", "the reason", reason);
+  if (reason === "") fail("quarantine", "the reason must not be empty");
+  check("quarantine", native("quarantine").fn.smfi_quarantine(session.ptr, reason), why);
+}
+
+/**
+ * `setsymlist(ctx, stage, macros)` asks the MTA to send the macros named in
+ * `macros` (space-separated, e.g. `"{client_addr} i"`) at `stage`. Only from
+ * `negotiate`, with `Flag.SETSYMLIST` among the flags it returns; once per
+ * stage. Wraps `smfi_setsymlist`.
+ *
+ * @throws {MilterError} outside negotiate, for an unknown stage, or when libmilter refuses.
+ */
+export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
+  const session = inCallback("setsymlist", ctx, ["negotiate"]);
+  if (!isStage(stage)) fail("setsymlist", `expected a Stage, got ${describe(stage)}`);
+  requireString("setsymlist", "the macro list", macros);
+  check("setsymlist", native("setsymlist").fn.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
+    () => `libmilter refused (a list for ${stage} was already set in this negotiation, or the list is empty)`);
+}

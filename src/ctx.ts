@@ -1,0 +1,137 @@
+/**
+ * Connection contexts: one {@linkcode Ctx} per MTA connection, its lifetime,
+ * and the checks that keep a stale or borrowed context from reaching C.
+ *
+ * libmilter hands every callback the address of its `SMFICTX`, valid until
+ * the connection's `close` callback returns, and its action functions are
+ * safe only while libmilter's thread waits inside a callback. So a Ctx is
+ * usable exactly while one of its own callbacks runs on the JS thread;
+ * anything else raises {@linkcode MilterError} before C is called.
+ *
+ * @module
+ */
+
+import type { Pointer } from "../ffi/memory.ts";
+import { fail } from "./error.ts";
+
+/** The name of each callback of a filter. */
+export type CallbackName =
+  | "connect" | "helo" | "envfrom" | "envrcpt" | "header" | "eoh" | "body" | "eom" | "abort" | "close" | "unknown"
+  | "data" | "negotiate";
+
+const TOKEN = Symbol("Ctx");
+
+/**
+ * A milter context: the handle of one MTA connection, the same object in
+ * every callback of that connection. It is opaque; pass it to this module's
+ * functions while one of its callbacks runs.
+ */
+export class Ctx {
+  /** A number identifying the connection in logs; unique within the process. */
+  readonly id: number;
+
+  /** @internal Contexts are created by the binding, one per connection. */
+  constructor(token: symbol, id: number) {
+    if (token !== TOKEN) throw new TypeError("Milter.Ctx cannot be constructed; contexts are passed to callbacks");
+    this.id = id;
+    Object.freeze(this);
+  }
+
+  /** `Milter.Ctx#<id>`. */
+  toString(): string {
+    return `Milter.Ctx#${this.id}`;
+  }
+}
+
+/** What the binding keeps per connection. */
+export interface Session {
+  readonly ptr: Pointer;
+  readonly ctx: Ctx;
+  /** The callback running for this connection now, or `null` between callbacks. */
+  callback: CallbackName | null;
+  /** Set once `close` has returned (or main has ended); the pointer is then dead. */
+  closed: boolean;
+  /** The private data of `setpriv`, `null` when none. */
+  priv: unknown;
+  /** Action flags the filter declared for this connection (registration or negotiate). */
+  actions: number;
+}
+
+const sessions = new Map<Pointer, Session>();
+const byCtx = new WeakMap<Ctx, Session>();
+let running: Session | null = null;
+let nextId = 1;
+let sessionsChanged: (() => void) | null = null;
+
+/** Marks `callback` as running for the connection at `ptr`, opening its session on first sight. */
+export function enter(ptr: Pointer, callback: CallbackName, actions: number): Session {
+  let session = sessions.get(ptr);
+  if (!session) {
+    session = { ptr, ctx: new Ctx(TOKEN, nextId++), callback: null, closed: false, priv: null, actions };
+    sessions.set(ptr, session);
+    byCtx.set(session.ctx, session);
+  }
+  session.callback = callback;
+  running = session;
+  return session;
+}
+
+/** Marks the callback of `session` as returned. */
+export function leave(session: Session): void {
+  session.callback = null;
+  running = null;
+}
+
+/** Ends a session: its Ctx becomes unusable and its private data is dropped. */
+export function release(session: Session): void {
+  session.closed = true;
+  session.priv = null;
+  sessions.delete(session.ptr);
+  sessionsChanged?.();
+}
+
+/** Ends every session still open (libmilter frees their contexts when main ends). */
+export function releaseAll(): void {
+  for (const session of [...sessions.values()]) release(session);
+}
+
+/** How many connections have an open session. */
+export function openSessions(): number {
+  return sessions.size;
+}
+
+/** Calls `listener` whenever a session ends (`null` to stop). */
+export function onSessionEnd(listener: (() => void) | null): void {
+  sessionsChanged = listener;
+}
+
+/**
+ * The session of `ctx`, checked to be usable now: a real context, whose
+ * connection is open, with one of its callbacks running.
+ *
+ * @throws {MilterError} naming `fn` otherwise.
+ */
+export function active(fn: string, ctx: unknown): Session {
+  const session = ctx instanceof Ctx ? byCtx.get(ctx) : undefined;
+  if (!session) fail(fn, `expected the Ctx passed to a callback, got ${describe(ctx)}`);
+  if (session.closed) fail(fn, `${session.ctx} belongs to a connection that has closed`);
+  if (running !== session) {
+    fail(fn, `${session.ctx} is used outside its callbacks (from a timer, a promise or another connection's callback); ` +
+      "contexts are only valid while one of their own callbacks runs");
+  }
+  return session;
+}
+
+/** A short description of a value for error messages. */
+export function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === "object") {
+    if (Array.isArray(value)) return "an array";
+    if (typeof (value as { then?: unknown }).then === "function") return "a Promise";
+    return `an object (${value.constructor?.name ?? "null prototype"})`;
+  }
+  if (typeof value === "function") return "a function";
+  return `${typeof value} ${String(value)}`;
+}

@@ -1,0 +1,49 @@
+/**
+ * The one error class of the module, and the funnel every libmilter return
+ * code goes through.
+ *
+ * @module
+ */
+
+import { MI_FAILURE, MI_SUCCESS } from "../ffi/constants.ts";
+
+/**
+ * Raised by every function of this module on failure (the OCaml
+ * `Milter_error`). The message starts with the OCaml-style name of the
+ * function, then says why: `Milter.addheader: only allowed in eom, not in
+ * header`.
+ */
+export class MilterError extends Error {
+  override name = "MilterError";
+  /** The function that failed, as OCaml names it: `"Milter.addheader"`. */
+  readonly fn: string;
+  /** libmilter's return code when the failure came from C, else `null`. */
+  readonly code: number | null;
+
+  constructor(fn: string, reason: string, options?: { cause?: unknown; code?: number }) {
+    super(`${fn}: ${reason}`, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.fn = fn;
+    this.code = options?.code ?? null;
+  }
+}
+
+/** Builds the OCaml-style name of a facade function. */
+export function qualified(fn: string): string {
+  return `Milter.${fn}`;
+}
+
+/** Throws a {@linkcode MilterError} for `fn`. */
+export function fail(fn: string, reason: string, options?: { cause?: unknown; code?: number }): never {
+  throw new MilterError(qualified(fn), reason, options);
+}
+
+/**
+ * The check funnel: returns when libmilter answered MI_SUCCESS, throws a
+ * {@linkcode MilterError} naming `fn` otherwise. `why` explains the failure
+ * when the facade knows the likely cause; it is called only on failure.
+ */
+export function check(fn: string, rc: number, why?: () => string): void {
+  if (rc === MI_SUCCESS) return;
+  const reason = why?.() ?? (rc === MI_FAILURE ? "libmilter returned MI_FAILURE" : `libmilter returned ${rc}`);
+  fail(fn, reason, { code: rc });
+}

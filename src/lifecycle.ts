@@ -1,0 +1,22 @@
+/**
+ * The process-wide state libmilter itself keeps implicitly: one filter per
+ * process, one `smfi_main` per process.
+ *
+ * @module
+ */
+
+/**
+ * - `idle`: `main` has not been called.
+ * - `running`: `smfi_main` is serving connections.
+ * - `draining`: `stop` was called; new connections are refused while open ones finish.
+ * - `stopped`: `smfi_main` returned; libmilter cannot run again in this process.
+ */
+export type Phase = "idle" | "running" | "draining" | "stopped";
+
+export const lifecycle: {
+  phase: Phase;
+  /** The registered filter's name, `null` before `register`. */
+  filterName: string | null;
+  /** The connection spec given to `setconn`, `null` before. */
+  conn: string | null;
+} = { phase: "idle", filterName: null, conn: null };

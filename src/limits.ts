@@ -1,0 +1,74 @@
+/**
+ * The connection ceiling that keeps koffi's relay pool from overflowing.
+ *
+ * Each libmilter thread that calls into JS holds one of koffi's
+ * `max_async_calls` slots until JS answers; a thread that finds the pool
+ * full makes koffi throw on a non-JS thread, which kills the process. A
+ * thread can only call back for a connection it serves, and every
+ * connection holds a file descriptor, so while `main` runs the binding lowers
+ * the soft `RLIMIT_NOFILE` below the pool size: past it, libmilter's
+ * `accept()` fails with EMFILE, the connection waits in the listen backlog
+ * (libmilter retries after 1 s, 2 s, …), and the MTA applies its own
+ * timeout and `milter_default_action` (tempfail by default). Never a crash,
+ * never an unfiltered accept.
+ *
+ * @module
+ */
+
+import type { Libmilter } from "../ffi/load.ts";
+import { rlimitNofile } from "./runtime.ts";
+
+/** koffi async calls the binding itself may hold: smfi_main, smfi_stop, and a margin. */
+export const RESERVED_ASYNC_CALLS = 8;
+/** Descriptors libmilter opens inside smfi_main: the listening socket and the worker pool's pipe. */
+const LIBMILTER_OWN_FDS = 3;
+const F_GETFD = 1;
+
+/** The soft and hard limits on open files. */
+export interface FileLimit {
+  readonly soft: number;
+  readonly hard: number;
+}
+
+/** Counts open descriptors numbered below `below`. */
+function countOpenFds(lib: Libmilter, below: number): number {
+  let n = 0;
+  for (let fd = 0; fd < below; fd++) if ((lib.libc.fcntl(fd, F_GETFD) as number) !== -1) n++;
+  return n;
+}
+
+/**
+ * The soft file limit that bounds connections: below koffi's pool, and
+ * below `maxConnections` more than the descriptors open now when given.
+ * Pure, for tests.
+ */
+export function connectionFileLimit(
+  maxAsyncCalls: number, hard: number, maxConnections: number | undefined, openFds: () => number,
+): number {
+  let soft = Math.max(maxAsyncCalls - RESERVED_ASYNC_CALLS, 16);
+  if (maxConnections !== undefined) soft = Math.min(soft, openFds() + LIBMILTER_OWN_FDS + maxConnections);
+  return Math.min(soft, hard);
+}
+
+/**
+ * Applies the connection ceiling; returns the previous limit to restore, or
+ * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
+ */
+export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined): FileLimit | null {
+  const resource = rlimitNofile();
+  if (resource === null) return null;
+  const current: { rlim_cur: number | bigint; rlim_max: number | bigint } = { rlim_cur: 0, rlim_max: 0 };
+  if ((lib.libc.getrlimit(resource, current) as number) !== 0) return null;
+  const previous = { soft: Number(current.rlim_cur), hard: Number(current.rlim_max) };
+  const soft = connectionFileLimit(lib.maxAsyncCalls, previous.hard, maxConnections, () =>
+    countOpenFds(lib, Math.min(previous.soft, 65536)));
+  if ((lib.libc.setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
+  return previous;
+}
+
+/** Puts back the limit {@linkcode applyConnectionLimit} replaced. */
+export function restoreFileLimit(lib: Libmilter, previous: FileLimit | null): void {
+  const resource = rlimitNofile();
+  if (previous === null || resource === null) return;
+  lib.libc.setrlimit(resource, { rlim_cur: previous.soft, rlim_max: previous.hard });
+}

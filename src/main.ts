@@ -1,0 +1,274 @@
+/**
+ * Process-level functions: the listening socket, libmilter's settings, and
+ * running the filter with {@linkcode main} until {@linkcode stop}.
+ *
+ * @module
+ */
+
+import { statSync, unlinkSync } from "node:fs";
+import { connect as netConnect } from "node:net";
+import { MI_SUCCESS } from "../ffi/constants.ts";
+import { describe, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
+import { check, fail, MilterError } from "./error.ts";
+import { registeredFilter } from "./filter.ts";
+import { lifecycle } from "./lifecycle.ts";
+import { applyConnectionLimit, type FileLimit, restoreFileLimit } from "./limits.ts";
+import { native } from "./native.ts";
+import { onStopSignals } from "./runtime.ts";
+
+function requireInt(fn: string, what: string, value: unknown, min: number): number {
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
+    fail(fn, `${what} must be an integer from ${min} to 2147483647, got ${describe(value)}`);
+  }
+  return value as number;
+}
+
+function beforeMain(fn: string): void {
+  if (lifecycle.phase !== "idle") fail(fn, "must be called before main");
+}
+
+/**
+ * Sets the socket the MTA connects to: `unix:/path/to/socket` (or
+ * `local:`), `inet:port@host` or `inet6:port@host`. Bind inet sockets to
+ * a loopback or private address: the milter protocol has no
+ * authentication. Must be called before {@linkcode main}. Wraps `smfi_setconn`.
+ *
+ * @throws {MilterError} for a malformed spec or after main.
+ */
+export function setconn(conn: string): void {
+  beforeMain("setconn");
+  if (typeof conn !== "string" || conn === "" || conn.includes("\0")) {
+    fail("setconn", `expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ${describe(conn)}`);
+  }
+  const match = /^(unix|local|inet|inet6):(.+)$/.exec(conn);
+  if (!match && conn.includes(":")) fail("setconn", `unknown socket type in ${JSON.stringify(conn)}; use unix:, local:, inet: or inet6:`);
+  if (match && (match[1] === "inet" || match[1] === "inet6") && !/^\d+(@.+)?$/.test(match[2])) {
+    fail("setconn", `${JSON.stringify(conn)} must be ${match[1]}:port@host`);
+  }
+  check("setconn", native("setconn").fn.smfi_setconn(conn), () => "libmilter refused the socket spec (out of memory?)");
+  lifecycle.conn = conn;
+}
+
+/**
+ * Creates the socket given to {@linkcode setconn} now, so that a bad path
+ * or a busy port fails here rather than in `main`. With `true`, an existing
+ * unix socket file at that path is removed first. Call after
+ * {@linkcode register} and {@linkcode setconn}, before `main`. Wraps
+ * `smfi_opensocket`.
+ *
+ * @throws {MilterError} when the socket cannot be created.
+ */
+export function opensocket(rmsocket: boolean): void {
+  beforeMain("opensocket");
+  if (typeof rmsocket !== "boolean") fail("opensocket", `expected a boolean, got ${describe(rmsocket)}`);
+  if (!registeredFilter()) fail("opensocket", "register a filter first");
+  if (lifecycle.conn === null) fail("opensocket", "call setconn first");
+  check("opensocket", native("opensocket").fn.smfi_opensocket(rmsocket), () =>
+    `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
+    "or a missing directory or permission)");
+}
+
+/**
+ * Sets the I/O timeout with the MTA in seconds (libmilter's default is
+ * 7210). 0 means "do not wait", not "wait forever". Must be called before
+ * `main`. Wraps `smfi_settimeout`.
+ *
+ * @throws {MilterError} for a negative or non-integer value.
+ */
+export function settimeout(seconds: number): void {
+  beforeMain("settimeout");
+  check("settimeout", native("settimeout").fn.smfi_settimeout(requireInt("settimeout", "the timeout", seconds, 0)));
+}
+
+/**
+ * Sets the `listen(2)` backlog of the socket. Must be called before
+ * `main`. Wraps `smfi_setbacklog`.
+ *
+ * @throws {MilterError} for a value below 1.
+ */
+export function setbacklog(backlog: number): void {
+  beforeMain("setbacklog");
+  check("setbacklog", native("setbacklog").fn.smfi_setbacklog(requireInt("setbacklog", "the backlog", backlog, 1)));
+}
+
+/**
+ * Sets libmilter's debug level, 0 (none) to 6 (most verbose); messages go
+ * to standard output. Wraps `smfi_setdbg`.
+ *
+ * @throws {MilterError} for a negative or non-integer level.
+ */
+export function setdbg(level: number): void {
+  check("setdbg", native("setdbg").fn.smfi_setdbg(requireInt("setdbg", "the debug level", level, 0)));
+}
+
+/**
+ * Sets the largest command libmilter accepts from the MTA (65535 by
+ * default; 262143 and 1048575 match the MTA's `MDS_256K`/`MDS_1M`) and
+ * returns the previous value. Wraps `smfi_setmaxdatasize`, which the OCaml
+ * module lacks.
+ *
+ * @throws {MilterError} for a value below 1.
+ */
+export function setmaxdatasize(size: number): number {
+  return Number(native("setmaxdatasize").fn.smfi_setmaxdatasize(requireInt("setmaxdatasize", "the size", size, 1)));
+}
+
+/**
+ * The runtime version of libmilter as `[major, minor, patch level]`, e.g.
+ * `[1, 0, 1]`. Wraps `smfi_version`.
+ *
+ * @throws {MilterError} when libmilter cannot be loaded.
+ */
+export function version(): [number, number, number] {
+  const out = [[0], [0], [0]] as [number[], number[], number[]];
+  check("version", native("version").fn.smfi_version(out[0], out[1], out[2]));
+  return [out[0][0], out[1][0], out[2][0]];
+}
+
+/** Options of {@linkcode main}, an extension of the OCaml `main : unit -> unit`. */
+export interface MainOptions {
+  /**
+   * Seconds `stop` waits for open connections to end before shutting libmilter
+   * down (new connections are refused meanwhile). Default 30.
+   */
+  drainTimeout?: number;
+  /** Whether SIGINT, SIGTERM and SIGHUP call `stop` while main runs. Default `true`. */
+  signals?: boolean;
+  /**
+   * The most MTA connections served at once; more wait in the listen backlog.
+   * Default: as many as koffi's relay pool allows (about 4,080).
+   */
+  maxConnections?: number;
+}
+
+let drainTimeoutMs = 30_000;
+let stopRequested: (() => void) | null = null;
+
+/**
+ * Hands control to libmilter: `smfi_main` runs on a worker thread while
+ * callbacks run on the JS thread. The promise resolves when the filter has
+ * stopped (after {@linkcode stop}, or SIGINT/SIGTERM/SIGHUP, whose handlers
+ * are installed only while it runs), and rejects with {@linkcode MilterError}
+ * when libmilter fails. libmilter cannot run twice in one process.
+ *
+ * @throws {MilterError} (as a rejection) without a registered filter or socket, or when called twice.
+ */
+export function main(options: MainOptions = {}): Promise<void> {
+  try {
+    return start(options);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
+
+function start(options: MainOptions): Promise<void> {
+  if (typeof options !== "object" || options === null) fail("main", `expected options or nothing, got ${describe(options)}`);
+  if (lifecycle.phase === "stopped") fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
+  if (lifecycle.phase !== "idle") fail("main", "already running");
+  if (!registeredFilter()) fail("main", "no filter registered; call register first");
+  if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
+  const drain = options.drainTimeout ?? 30;
+  if (typeof drain !== "number" || !(drain >= 0)) fail("main", `drainTimeout must be a number of seconds >= 0, got ${describe(drain)}`);
+  if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
+  const lib = native("main");
+  drainTimeoutMs = drain * 1000;
+
+  let limit: FileLimit | null = null;
+  let removeSignals: () => void = () => {};
+  try {
+    limit = applyConnectionLimit(lib, options.maxConnections);
+    if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
+  } catch (error) {
+    removeSignals();
+    restoreFileLimit(lib, limit);
+    throw error;
+  }
+  lifecycle.phase = "running";
+  return new Promise<void>((resolve, reject) => {
+    lib.fn.smfi_main.async((error: unknown, rc: number) => {
+      lifecycle.phase = "stopped";
+      stopRequested?.();
+      removeSignals();
+      releaseAll();
+      restoreFileLimit(lib, limit);
+      removeUnixSocket(lifecycle.conn);
+      if (error) reject(new MilterError("Milter.main", `smfi_main could not run: ${error}`, { cause: error }));
+      else if (rc !== MI_SUCCESS) {
+        reject(new MilterError("Milter.main", `libmilter failed on ${lifecycle.conn} (could not listen, or ` +
+          "repeated accept/thread failures; libmilter logs the cause to syslog)", { code: rc }));
+      } else resolve();
+    });
+  });
+}
+
+/** The file of a unix socket spec (libmilter reads a spec without a type as a path), else `null`. */
+export function unixSocketPath(conn: string): string | null {
+  const match = /^(?:unix|local):(.+)$/.exec(conn);
+  if (match) return match[1];
+  return conn.includes(":") ? null : conn;
+}
+
+/** libmilter leaves its unix socket file behind when running as root; remove it. */
+function removeUnixSocket(conn: string | null): void {
+  const path = conn === null ? null : unixSocketPath(conn);
+  if (path === null) return;
+  try {
+    if (statSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * libmilter's accept loop notices a stop only when its `select` wakes up,
+ * up to 5 seconds later; a connection to the listening socket wakes it at
+ * once. Pokes it every 50 ms until `smfi_main` has returned (the first poke
+ * may arrive before `smfi_stop` has set the stop flag).
+ */
+function wakeListener(): void {
+  const conn = lifecycle.conn;
+  if (conn === null) return;
+  const path = unixSocketPath(conn);
+  const inet = /^inet6?:(\d+)(?:@(.+))?$/.exec(conn);
+  const poke = (): void => {
+    if (lifecycle.phase === "stopped") return;
+    try {
+      const host = inet?.[2] && !["0.0.0.0", "::", "*"].includes(inet[2]) ? inet[2] : conn.startsWith("inet6") ? "::1" : "127.0.0.1";
+      const socket = path !== null ? netConnect(path) : netConnect(Number(inet![1]), host);
+      socket.on("error", () => {});
+      socket.on("connect", () => socket.destroy());
+    } catch {
+      return; // not permitted (e.g. Deno without --allow-net): libmilter stops within 5 s anyway
+    }
+    setTimeout(poke, 50).unref?.();
+  };
+  if (path !== null || inet) setTimeout(poke, 10).unref?.();
+}
+
+/**
+ * Shuts the filter down: no new connections are accepted, open connections
+ * get up to `drainTimeout` seconds (see {@linkcode MainOptions}) to finish,
+ * then libmilter stops (off the JS thread, as `smfi_stop` can block for
+ * seconds) and the promise of {@linkcode main} resolves. Calling it again
+ * while stopping does nothing. Wraps `smfi_stop`.
+ *
+ * @throws {MilterError} when main is not running.
+ */
+export function stop(): void {
+  if (lifecycle.phase === "idle") fail("stop", "main is not running");
+  if (lifecycle.phase !== "running") return;
+  lifecycle.phase = "draining";
+  const lib = native("stop");
+  const timer = setTimeout(finish, drainTimeoutMs);
+  function finish(): void {
+    clearTimeout(timer);
+    onSessionEnd(null);
+    stopRequested = null;
+    if (lifecycle.phase !== "draining") return;
+    lib.fn.smfi_stop.async(() => {});
+    wakeListener();
+  }
+  stopRequested = finish;
+  if (openSessions() === 0) finish();
+  else onSessionEnd(() => openSessions() === 0 && finish());
+}

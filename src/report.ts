@@ -1,0 +1,62 @@
+/**
+ * Where failures of filter callbacks are reported: stderr unless the program
+ * installs its own reporter with {@linkcode setErrorReporter}.
+ *
+ * @module
+ */
+
+import type { CallbackName, Ctx } from "./ctx.ts";
+import { writeStderr } from "./runtime.ts";
+
+/** What went wrong, beside the error itself. */
+export interface ErrorInfo {
+  /** The callback that failed. */
+  readonly callback: CallbackName;
+  /** The registered filter's name. */
+  readonly filter: string;
+  /** The connection's context, still usable inside the reporter (e.g. `getsymval(ctx, "i")`). */
+  readonly ctx: Ctx;
+  /** `"exception"` when the callback threw, `"bad-return"` when it returned something that is not a valid answer. */
+  readonly kind: "exception" | "bad-return";
+}
+
+/** A function that receives callback failures. */
+export type ErrorReporter = (error: unknown, info: ErrorInfo) => void;
+
+const defaultReporter: ErrorReporter = (error, info) => {
+  const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
+  writeStderr(`milter ${JSON.stringify(info.filter)}: ${info.callback} callback failed (${info.kind}) on ${info.ctx}; ` +
+    `answered Tempfail\n${detail}`);
+};
+
+let reporter: ErrorReporter = defaultReporter;
+
+/**
+ * Replaces the reporter of callback failures. A callback that throws, or
+ * returns anything but a valid answer, makes the binding answer `Tempfail`
+ * (with the reply `451 4.3.0`) and then call the reporter; the default one
+ * writes the error and its stack to stderr. `null` restores the default.
+ * A reporter that throws is itself reported to stderr.
+ *
+ * This function is an extension: the OCaml module has no equivalent.
+ */
+export function setErrorReporter(fn: ErrorReporter | null): void {
+  if (fn !== null && typeof fn !== "function") {
+    throw new TypeError("Milter.setErrorReporter: expected a function or null");
+  }
+  reporter = fn ?? defaultReporter;
+}
+
+/** Reports one failure; never throws. */
+export function report(error: unknown, info: ErrorInfo): void {
+  try {
+    reporter(error, info);
+  } catch (reporterError) {
+    try {
+      defaultReporter(error, info);
+      writeStderr(`milter: the error reporter itself threw: ${String(reporterError)}`);
+    } catch {
+      // stderr is gone; nothing else can be done
+    }
+  }
+}

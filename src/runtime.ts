@@ -1,0 +1,58 @@
+/**
+ * The only module that knows which runtime it runs on: environment, signals
+ * and stderr, through `node:` built-ins that Node, Deno and Bun all provide.
+ *
+ * @module
+ */
+
+import process from "node:process";
+
+/** Reads an environment variable; a runtime that forbids it (Deno without `--allow-env`) reads as unset. */
+export function env(name: string): string | undefined {
+  try {
+    return process.env[name];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The signals that stop a C milter: libmilter's own set. */
+export const STOP_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/**
+ * Calls `handler` on each of {@linkcode STOP_SIGNALS} until the returned
+ * function removes the handlers again.
+ */
+export function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => void {
+  for (const signal of STOP_SIGNALS) process.on(signal, handler);
+  return () => {
+    for (const signal of STOP_SIGNALS) process.off(signal, handler);
+  };
+}
+
+/** Writes one line to standard error. */
+export function writeStderr(line: string): void {
+  process.stderr.write(line.endsWith("\n") ? line : `${line}\n`);
+}
+
+/** The platform's RLIMIT_NOFILE resource number, or `null` where unknown. */
+export function rlimitNofile(): number | null {
+  switch (process.platform) {
+    case "linux":
+      return 7;
+    case "freebsd":
+    case "darwin":
+    case "openbsd":
+    case "netbsd":
+      return 8;
+    default:
+      return null;
+  }
+}
+
+/** A short name of the runtime, for messages and tests. */
+export function runtimeName(): "deno" | "bun" | "node" {
+  if ("Deno" in globalThis) return "deno";
+  if ("Bun" in globalThis) return "bun";
+  return "node";
+}

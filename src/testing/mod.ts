@@ -1,0 +1,26 @@
+/**
+ * The MTA side of the milter protocol, for testing filters without an MTA:
+ * {@linkcode MilterClient} drives any milter (this package's or another) over
+ * its socket and reports replies and requested modifications.
+ *
+ * ```ts
+ * import { MilterClient } from "@milterjs/milter/testing";
+ *
+ * const client = await MilterClient.open("inet:8890@127.0.0.1");
+ * await client.connect("mx.example.org", { family: "inet", address: "192.0.2.1", port: 25 });
+ * await client.helo("mx.example.org");
+ * const result = await client.message({
+ *   from: "<a@example.org>", rcpt: ["<b@example.net>"],
+ *   headers: [["Subject", "hello"]], body: "Hi!\r\n",
+ * });
+ * console.log(result.reply, result.modifications);
+ * client.quit();
+ * ```
+ *
+ * @module
+ */
+
+export {
+  type ClientOptions, type EomResult, type Macros, type MessageInput, type MessageResult, MilterClient, parseSpec,
+} from "./client.ts";
+export type { Action, Modification, Negotiated, Reply } from "./protocol.ts";

@@ -1,0 +1,116 @@
+/**
+ * The four variant types of the OCaml module (`stat`, `flag`, `stage`,
+ * `step`), each a frozen object of string constants plus the union type of
+ * those strings, and the pure conversions to and from libmilter's numbers.
+ *
+ * @module
+ */
+
+import * as C from "../ffi/constants.ts";
+
+function variant<const K extends string>(keys: readonly K[]): { readonly [P in K]: P } {
+  return Object.freeze(Object.fromEntries(keys.map((k) => [k, k]))) as { readonly [P in K]: P };
+}
+
+/**
+ * What a callback answers (libmilter's `sfsistat`).
+ *
+ * - `Continue`: go on to the next stage.
+ * - `Reject`: reject the connection (connect, helo), the message (envfrom,
+ *   header…eom) or this recipient (envrcpt), with a 5xx reply.
+ * - `Discard`: accept the message and throw it away (message stages only).
+ * - `Accept`: accept the message (or connection) without calling the
+ *   filter's later callbacks for it.
+ * - `Tempfail`: answer 4xx; the client may try again later.
+ * - `No_reply`: send no reply; only for steps negotiated as `NR_*`.
+ * - `Skip`: skip the rest of the body chunks (body only, when the MTA offers `SKIP`).
+ * - `All`: from `negotiate` only: take every action and step the MTA offers.
+ */
+export const Stat: { readonly Continue: "Continue"; readonly Reject: "Reject"; readonly Discard: "Discard"; readonly Accept: "Accept"; readonly Tempfail: "Tempfail"; readonly No_reply: "No_reply"; readonly Skip: "Skip"; readonly All: "All" } = variant(
+  ["Continue", "Reject", "Discard", "Accept", "Tempfail", "No_reply", "Skip", "All"] as const,
+);
+/** A callback's answer: one of the values of {@linkcode Stat}. */
+export type Stat = keyof typeof Stat;
+
+/**
+ * The actions a filter must declare (in `Filter.flags`, or from
+ * `negotiate`) before it may take them at end of message.
+ */
+export const Flag: { readonly ADDHDRS: "ADDHDRS"; readonly CHGHDRS: "CHGHDRS"; readonly CHGBODY: "CHGBODY"; readonly ADDRCPT: "ADDRCPT"; readonly ADDRCPT_PAR: "ADDRCPT_PAR"; readonly DELRCPT: "DELRCPT"; readonly QUARANTINE: "QUARANTINE"; readonly CHGFROM: "CHGFROM"; readonly SETSYMLIST: "SETSYMLIST" } = variant(
+  ["ADDHDRS", "CHGHDRS", "CHGBODY", "ADDRCPT", "ADDRCPT_PAR", "DELRCPT", "QUARANTINE", "CHGFROM", "SETSYMLIST"] as const,
+);
+/** An action flag: one of the values of {@linkcode Flag}. */
+export type Flag = keyof typeof Flag;
+
+/** The protocol stages for which `setsymlist` can request macros. */
+export const Stage: { readonly CONNECT: "CONNECT"; readonly HELO: "HELO"; readonly ENVFROM: "ENVFROM"; readonly ENVRCPT: "ENVRCPT"; readonly DATA: "DATA"; readonly EOM: "EOM"; readonly EOH: "EOH" } = variant(
+  ["CONNECT", "HELO", "ENVFROM", "ENVRCPT", "DATA", "EOM", "EOH"] as const,
+);
+/** A protocol stage: one of the values of {@linkcode Stage}. */
+export type Stage = keyof typeof Stage;
+
+/**
+ * Protocol steps and options, as offered by the MTA and requested from
+ * `negotiate`: `NO*` asks the MTA not to send a stage, `NR_*` promises not to
+ * reply to it (the callback must then return `No_reply`).
+ */
+export const Step: { readonly NOCONNECT: "NOCONNECT"; readonly NOHELO: "NOHELO"; readonly NOMAIL: "NOMAIL"; readonly NORCPT: "NORCPT"; readonly NOBODY: "NOBODY"; readonly NOHDRS: "NOHDRS"; readonly NOEOH: "NOEOH"; readonly NR_HDR: "NR_HDR"; readonly NOUNKNOWN: "NOUNKNOWN"; readonly NODATA: "NODATA"; readonly SKIP: "SKIP"; readonly RCPT_REJ: "RCPT_REJ"; readonly NR_CONN: "NR_CONN"; readonly NR_HELO: "NR_HELO"; readonly NR_MAIL: "NR_MAIL"; readonly NR_RCPT: "NR_RCPT"; readonly NR_DATA: "NR_DATA"; readonly NR_UNKN: "NR_UNKN"; readonly NR_EOH: "NR_EOH"; readonly NR_BODY: "NR_BODY"; readonly HDR_LEADSPC: "HDR_LEADSPC"; readonly MDS_256K: "MDS_256K"; readonly MDS_1M: "MDS_1M" } = variant(
+  [
+    "NOCONNECT", "NOHELO", "NOMAIL", "NORCPT", "NOBODY", "NOHDRS", "NOEOH", "NR_HDR", "NOUNKNOWN", "NODATA", "SKIP",
+    "RCPT_REJ", "NR_CONN", "NR_HELO", "NR_MAIL", "NR_RCPT", "NR_DATA", "NR_UNKN", "NR_EOH", "NR_BODY", "HDR_LEADSPC",
+    "MDS_256K", "MDS_1M",
+  ] as const,
+);
+/** A protocol step: one of the values of {@linkcode Step}. */
+export type Step = keyof typeof Step;
+
+/** The C value of each variant constructor, in OCaml constructor order. */
+export const STAT_CODES: Readonly<Record<Stat, number>> = {
+  Continue: C.SMFIS_CONTINUE, Reject: C.SMFIS_REJECT, Discard: C.SMFIS_DISCARD, Accept: C.SMFIS_ACCEPT,
+  Tempfail: C.SMFIS_TEMPFAIL, No_reply: C.SMFIS_NOREPLY, Skip: C.SMFIS_SKIP, All: C.SMFIS_ALL_OPTS,
+};
+export const FLAG_BITS: Readonly<Record<Flag, number>> = {
+  ADDHDRS: C.SMFIF_ADDHDRS, CHGHDRS: C.SMFIF_CHGHDRS, CHGBODY: C.SMFIF_CHGBODY, ADDRCPT: C.SMFIF_ADDRCPT,
+  ADDRCPT_PAR: C.SMFIF_ADDRCPT_PAR, DELRCPT: C.SMFIF_DELRCPT, QUARANTINE: C.SMFIF_QUARANTINE,
+  CHGFROM: C.SMFIF_CHGFROM, SETSYMLIST: C.SMFIF_SETSYMLIST,
+};
+export const STAGE_CODES: Readonly<Record<Stage, number>> = {
+  CONNECT: C.SMFIM_CONNECT, HELO: C.SMFIM_HELO, ENVFROM: C.SMFIM_ENVFROM, ENVRCPT: C.SMFIM_ENVRCPT,
+  DATA: C.SMFIM_DATA, EOM: C.SMFIM_EOM, EOH: C.SMFIM_EOH,
+};
+export const STEP_BITS: Readonly<Record<Step, number>> = {
+  NOCONNECT: C.SMFIP_NOCONNECT, NOHELO: C.SMFIP_NOHELO, NOMAIL: C.SMFIP_NOMAIL, NORCPT: C.SMFIP_NORCPT,
+  NOBODY: C.SMFIP_NOBODY, NOHDRS: C.SMFIP_NOHDRS, NOEOH: C.SMFIP_NOEOH, NR_HDR: C.SMFIP_NR_HDR,
+  NOUNKNOWN: C.SMFIP_NOUNKNOWN, NODATA: C.SMFIP_NODATA, SKIP: C.SMFIP_SKIP, RCPT_REJ: C.SMFIP_RCPT_REJ,
+  NR_CONN: C.SMFIP_NR_CONN, NR_HELO: C.SMFIP_NR_HELO, NR_MAIL: C.SMFIP_NR_MAIL, NR_RCPT: C.SMFIP_NR_RCPT,
+  NR_DATA: C.SMFIP_NR_DATA, NR_UNKN: C.SMFIP_NR_UNKN, NR_EOH: C.SMFIP_NR_EOH, NR_BODY: C.SMFIP_NR_BODY,
+  HDR_LEADSPC: C.SMFIP_HDR_LEADSPC, MDS_256K: C.SMFIP_MDS_256K, MDS_1M: C.SMFIP_MDS_1M,
+};
+
+const has = (table: object, key: unknown): boolean => typeof key === "string" && Object.hasOwn(table, key);
+
+/** Whether `value` is one of the {@linkcode Stat} strings. */
+export function isStat(value: unknown): value is Stat {
+  return has(STAT_CODES, value);
+}
+export function isFlag(value: unknown): value is Flag {
+  return has(FLAG_BITS, value);
+}
+export function isStage(value: unknown): value is Stage {
+  return has(STAGE_CODES, value);
+}
+export function isStep(value: unknown): value is Step {
+  return has(STEP_BITS, value);
+}
+
+/** ORs the bits of `names` (each already validated) into one mask. */
+export function encodeMask<K extends string>(table: Readonly<Record<K, number>>, names: readonly K[]): number {
+  let mask = 0;
+  for (const name of names) mask |= table[name];
+  return mask >>> 0;
+}
+
+/** Lists the names whose bit is set in `mask`, in table (OCaml) order. Unknown bits are dropped. */
+export function decodeMask<K extends string>(table: Readonly<Record<K, number>>, mask: number): K[] {
+  return (Object.keys(table) as K[]).filter((name) => (mask & table[name]) !== 0);
+}
