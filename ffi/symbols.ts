@@ -44,6 +44,12 @@ export const FUNCTION_PROTOTYPES = {
   smfi_getsymval: "const char *smfi_getsymval(SMFICTX *ctx, const char *symname)",
   smfi_setreply: "int smfi_setreply(SMFICTX *ctx, const char *rcode, const char *xcode, const char *message)",
   smfi_setmlreply: "int smfi_setmlreply(SMFICTX *ctx, const char *rcode, const char *xcode, ...)",
+  // The same C function with its 32 lines and NULL terminator as fixed
+  // parameters: koffi passes at most 64 JS arguments, too few for 32 lines
+  // as variadic (type, value) pairs. Only used where the variadic and fixed
+  // calling conventions agree for pointer arguments; see ffi/setmlreply.ts.
+  smfi_setmlreply_fixed:
+    "int smfi_setmlreply(SMFICTX *ctx, const char *rcode, const char *xcode, const char *l1, const char *l2, const char *l3, const char *l4, const char *l5, const char *l6, const char *l7, const char *l8, const char *l9, const char *l10, const char *l11, const char *l12, const char *l13, const char *l14, const char *l15, const char *l16, const char *l17, const char *l18, const char *l19, const char *l20, const char *l21, const char *l22, const char *l23, const char *l24, const char *l25, const char *l26, const char *l27, const char *l28, const char *l29, const char *l30, const char *l31, const char *l32, const char *end)",
   smfi_addheader: "int smfi_addheader(SMFICTX *ctx, const char *headerf, const char *headerv)",
   smfi_chgheader: "int smfi_chgheader(SMFICTX *ctx, const char *headerf, int hdridx, const char *headerv)",
   smfi_insheader: "int smfi_insheader(SMFICTX *ctx, int hdridx, const char *headerf, const char *headerv)",

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, type CallbackName, describe, type Session } from "./ctx.ts";
 import { check, fail } from "./error.ts";
 import { native } from "./native.ts";
@@ -125,8 +126,8 @@ export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undef
   const problem = replyCodeProblem(rcode, x) ?? replyLinesProblem(lines);
   if (problem) fail("setmlreply", problem);
   for (const line of lines) requireString("setmlreply", "a line", line);
-  const variadic = lines.flatMap((line) => ["const char *", line]);
-  check("setmlreply", native("setmlreply").fn.smfi_setmlreply(session.ptr, rcode, x, ...variadic, "const char *", null));
+  if (lines.length > MAX_LINES) fail("setmlreply", `at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
+  check("setmlreply", callSetmlreply(native("setmlreply"), session.ptr, rcode, x, lines));
 }
 
 /**
