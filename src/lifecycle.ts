@@ -19,4 +19,6 @@ export const lifecycle: {
   filterName: string | null;
   /** The connection spec given to `setconn`, `null` before. */
   conn: string | null;
-} = { phase: "idle", filterName: null, conn: null };
+  /** Whether opensocket has created the listening socket. */
+  socketOpen: boolean;
+} = { phase: "idle", filterName: null, conn: null, socketOpen: false };

@@ -20,8 +20,8 @@ import { rlimitNofile } from "./runtime.ts";
 
 /** koffi async calls the binding itself may hold: smfi_main, smfi_stop, and a margin. */
 export const RESERVED_ASYNC_CALLS = 8;
-/** Descriptors libmilter opens inside smfi_main: the listening socket and the worker pool's pipe. */
-const LIBMILTER_OWN_FDS = 3;
+/** Descriptors libmilter opens inside smfi_main: the worker pool's pipe, and the listening socket unless opensocket made it. */
+const libmilterOwnFds = (socketOpen: boolean): number => (socketOpen ? 2 : 3);
 const F_GETFD = 1;
 
 /** The soft and hard limits on open files. */
@@ -38,30 +38,40 @@ function countOpenFds(lib: Libmilter, below: number): number {
 }
 
 /**
- * The soft file limit that bounds connections: below koffi's pool, and
- * below `maxConnections` more than the descriptors open now when given.
+ * The soft file limit that bounds connections. It always stays below
+ * koffi's pool (descriptors already open only lower the number of
+ * connections further). With `maxConnections`, it leaves that many
+ * descriptors free above those open below it now and those libmilter will
+ * open; descriptors the program opens or closes later move the bound by as
+ * many. `openBelow(n)` counts the open descriptors numbered below `n`.
  * Pure, for tests.
  */
 export function connectionFileLimit(
-  maxAsyncCalls: number, hard: number, maxConnections: number | undefined, openFds: () => number,
+  maxAsyncCalls: number, hard: number, maxConnections: number | undefined, ownFds: number, openBelow: (n: number) => number,
 ): number {
-  let soft = Math.max(maxAsyncCalls - RESERVED_ASYNC_CALLS, 16);
-  if (maxConnections !== undefined) soft = Math.min(soft, openFds() + LIBMILTER_OWN_FDS + maxConnections);
-  return Math.min(soft, hard);
+  let soft = Math.min(Math.max(maxAsyncCalls - RESERVED_ASYNC_CALLS, 16), hard);
+  if (maxConnections === undefined) return soft;
+  // Descriptors numbered at or above the limit take no slot below it, so
+  // shrink until the count of those below is stable.
+  for (let candidate = soft;;) {
+    const next = Math.min(soft, openBelow(candidate) + ownFds + maxConnections);
+    if (next >= candidate) return candidate;
+    candidate = next;
+  }
 }
 
 /**
  * Applies the connection ceiling; returns the previous limit to restore, or
  * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
  */
-export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined): FileLimit | null {
+export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined, socketOpen: boolean): FileLimit | null {
   const resource = rlimitNofile();
   if (resource === null) return null;
   const current: { rlim_cur: number | bigint; rlim_max: number | bigint } = { rlim_cur: 0, rlim_max: 0 };
   if ((lib.libc.getrlimit(resource, current) as number) !== 0) return null;
   const previous = { soft: Number(current.rlim_cur), hard: Number(current.rlim_max) };
-  const soft = connectionFileLimit(lib.maxAsyncCalls, previous.hard, maxConnections, () =>
-    countOpenFds(lib, Math.min(previous.soft, 65536)));
+  const soft = connectionFileLimit(lib.maxAsyncCalls, previous.hard, maxConnections, libmilterOwnFds(socketOpen), (n) =>
+    countOpenFds(lib, n));
   if ((lib.libc.setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
   return previous;
 }

@@ -66,6 +66,7 @@ export function opensocket(rmsocket: boolean): void {
   check("opensocket", native("opensocket").fn.smfi_opensocket(rmsocket), () =>
     `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
     "or a missing directory or permission)");
+  lifecycle.socketOpen = true;
 }
 
 /**
@@ -135,8 +136,11 @@ export interface MainOptions {
   /** Whether SIGINT, SIGTERM and SIGHUP call `stop` while main runs. Default `true`. */
   signals?: boolean;
   /**
-   * The most MTA connections served at once; more wait in the listen backlog.
-   * Default: as many as koffi's relay pool allows (about 4,080).
+   * About how many MTA connections are served at once; more wait in the
+   * listen backlog until one closes (the MTA's own timeout then applies).
+   * The bound is kept in file descriptors, so descriptors the program opens
+   * or closes while main runs move it by as many. Default, and upper bound:
+   * what koffi's relay pool allows, about 4,080 less the descriptors in use.
    */
   maxConnections?: number;
 }
@@ -176,7 +180,7 @@ function start(options: MainOptions): Promise<void> {
   let limit: FileLimit | null = null;
   let removeSignals: () => void = () => {};
   try {
-    limit = applyConnectionLimit(lib, options.maxConnections);
+    limit = applyConnectionLimit(lib, options.maxConnections, lifecycle.socketOpen);
     if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
   } catch (error) {
     removeSignals();

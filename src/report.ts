@@ -5,7 +5,8 @@
  * @module
  */
 
-import type { CallbackName, Ctx } from "./ctx.ts";
+import { type CallbackName, type Ctx, describe } from "./ctx.ts";
+import { fail } from "./error.ts";
 import { writeStderr } from "./runtime.ts";
 
 /** What went wrong, beside the error itself. */
@@ -42,7 +43,7 @@ let reporter: ErrorReporter = defaultReporter;
  */
 export function setErrorReporter(fn: ErrorReporter | null): void {
   if (fn !== null && typeof fn !== "function") {
-    throw new TypeError("Milter.setErrorReporter: expected a function or null");
+    fail("setErrorReporter", `expected a function or null, got ${describe(fn)}`);
   }
   reporter = fn ?? defaultReporter;
 }

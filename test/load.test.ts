@@ -1,0 +1,93 @@
+/**
+ * Many connections at once. libmilter threads that call into JS each hold
+ * one slot of koffi's relay pool until JS answers; a full pool kills the
+ * process (V8 "Cannot create a handle without a HandleScope"). The binding
+ * raises the pool to koffi's maximum and keeps connections below it, so past
+ * the ceiling connections wait in the listen backlog instead.
+ */
+
+import { afterAll, expect, test } from "vitest";
+import { type MilterClient, MilterClient as Client } from "../src/testing/mod.ts";
+import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+
+afterAll(killAll);
+
+/** Runs `n` clients at once, each one full message; returns the outcome counts. */
+async function flood(filter: FilterProcess, n: number): Promise<Record<string, number>> {
+  const outcomes = await Promise.all(Array.from({ length: n }, async (_, i) => {
+    try {
+      const client = await Client.open(filter.spec, { timeout: 30_000 });
+      await client.connect(`host${i}.example`, null);
+      const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", `${i}`]], body: "hello\r\n" });
+      client.quit();
+      const stamp = result.modifications[0];
+      return stamp?.type === "addheader" && stamp.value === `host${i}.example` ? `${result.reply.action}+stamped` : result.reply.action;
+    } catch (error) {
+      return `error: ${(error as Error).message}`;
+    }
+  }));
+  const counts: Record<string, number> = {};
+  for (const outcome of outcomes) counts[outcome] = (counts[outcome] ?? 0) + 1;
+  return counts;
+}
+
+async function stats(filter: FilterProcess): Promise<Record<string, number>> {
+  const before = filter.events.length;
+  filter.child.kill("SIGUSR2");
+  return await filter.waitFor((e) => e.event === "stats" && filter.events.indexOf(e) >= before);
+}
+
+test("1,000 simultaneous connections are all served", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts" });
+  expect(filter.events[0].maxAsync).toBe(4096); // raised from koffi's default of 256
+  expect(await flood(filter, 1000)).toEqual({ "continue+stamped": 1000 });
+  const { max, messages } = await stats(filter);
+  expect(messages).toBe(1000);
+  expect(max).toBeGreaterThan(256); // more at once than koffi's default pool would survive
+  expect(filter.child.exitCode).toBeNull();
+});
+
+test("past koffi's pool, connections wait instead of crashing the process", async () => {
+  // A program that set a small pool itself keeps it; the binding then keeps connections below it.
+  const filter = await startFilter({ fixture: "stamp.ts", env: { KOFFI_MAX_ASYNC: "64" } });
+  expect(filter.events[0].maxAsync).toBe(64);
+  expect(await flood(filter, 300)).toEqual({ "continue+stamped": 300 });
+  const { max, messages } = await stats(filter);
+  expect(messages).toBe(300);
+  expect(max).toBeLessThanOrEqual(64 - 8);
+  expect(filter.child.exitCode).toBeNull();
+  expect(filter.child.signalCode).toBeNull();
+});
+
+test("maxConnections bounds the connections served at once", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts", env: { MAX_CONNECTIONS: "20" } });
+  expect(await flood(filter, 100)).toEqual({ "continue+stamped": 100 });
+  const { max } = await stats(filter);
+  expect(max).toBeLessThanOrEqual(20);
+  expect(max).toBeGreaterThanOrEqual(10); // a bound, not a throttle to one
+});
+
+test("a connection past the ceiling is not served until a slot frees, and never crashes the filter", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts", env: { MAX_CONNECTIONS: "5" } });
+  const held: MilterClient[] = [];
+  // Fill the ceiling with idle connections (the exact count depends on descriptors libmilter opens).
+  for (;;) {
+    const client = await Client.open(filter.spec, { timeout: 1500 }).catch(() => null);
+    if (!client) break;
+    await client.connect("held.example", null);
+    held.push(client);
+    expect(held.length).toBeLessThanOrEqual(8);
+  }
+  expect(held.length).toBeGreaterThanOrEqual(4);
+  // The next one waits in the backlog: an MTA would time out and apply milter_default_action (tempfail).
+  const waiting = Client.open(filter.spec, { timeout: 20_000 });
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  held.pop()!.quit();
+  const late = await waiting; // accepted once a slot is free (libmilter retries accept after 1-2 s)
+  await late.connect("late.example", null);
+  const result = await late.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" });
+  expect(result.modifications).toEqual([{ type: "addheader", name: "X-Stamp", value: "late.example" }]);
+  late.quit();
+  for (const client of held) client.quit();
+  expect(filter.child.exitCode).toBeNull();
+});

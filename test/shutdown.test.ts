@@ -1,0 +1,66 @@
+/**
+ * Shutting down: stop() from a callback, SIGINT/SIGTERM/SIGHUP, draining
+ * open connections while refusing new ones, the drain timeout, and a process
+ * that then exits by itself with code 0, its handlers and socket file gone.
+ */
+
+import { existsSync } from "node:fs";
+import { afterAll, expect, test } from "vitest";
+import { MilterClient } from "../src/testing/mod.ts";
+import { killAll, script, startFilter } from "./helpers/filter.ts";
+
+afterAll(killAll);
+const socketFile = (spec: string): string => spec.slice("unix:".length);
+
+test("stop() from a callback ends main; the process exits by itself", async () => {
+  const filter = await startFilter();
+  expect(existsSync(socketFile(filter.spec))).toBe(true);
+  const client = await filter.client();
+  await client.connect("client.example", null, script({ helo: { stop: true } }));
+  expect((await client.helo("x")).action).toBe("continue");
+  client.quit();
+  expect(await filter.exited).toEqual({ code: 0, signal: null });
+  expect(filter.events.find((e) => e.event === "stopped")).toEqual({ event: "stopped", signalListeners: [0, 0, 0] });
+  expect(existsSync(socketFile(filter.spec))).toBe(false);
+});
+
+test.each(["SIGTERM", "SIGINT", "SIGHUP"] as const)("%s stops the filter like a C milter, exit code 0", async (signal) => {
+  const filter = await startFilter();
+  const started = Date.now();
+  expect(await filter.signal(signal)).toEqual({ code: 0, signal: null });
+  expect(Date.now() - started).toBeLessThan(4000); // no wait for libmilter's 5 s accept loop
+  expect(filter.events.find((e) => e.event === "stopped")?.signalListeners).toEqual([0, 0, 0]);
+  expect(existsSync(socketFile(filter.spec))).toBe(false);
+});
+
+test("a message in flight at SIGTERM finishes; new connections are refused meanwhile", async () => {
+  const filter = await startFilter({ env: { FLAGS: "ADDHDRS", DRAIN: "20" } });
+  const client = await filter.client();
+  await client.connect("client.example", null);
+  await client.envfrom("<a@example.org>", [], script({ eom: { actions: [["addheader", "X-Done", "yes"]] } }));
+  await client.envrcpt("<b@example.net>");
+  filter.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  // Draining: a new connection is refused at negotiation, so the MTA applies its own policy (tempfail).
+  await expect(MilterClient.open(filter.spec, { timeout: 5000 })).rejects.toThrow(/closed/);
+  expect(filter.child.exitCode).toBeNull();
+  await client.data();
+  await client.eoh();
+  await client.body("still flowing\r\n");
+  const result = await client.eom();
+  expect(result.reply.action).toBe("continue");
+  expect(result.modifications).toEqual([{ type: "addheader", name: "X-Done", value: "yes" }]);
+  client.quit();
+  expect(await filter.exited).toEqual({ code: 0, signal: null });
+});
+
+test("an idle connection does not hold shutdown past the drain timeout", async () => {
+  const filter = await startFilter({ env: { DRAIN: "1" } });
+  const client = await filter.client();
+  await client.connect("idle.example", null);
+  const started = Date.now();
+  expect(await filter.signal("SIGTERM")).toEqual({ code: 0, signal: null });
+  expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+  expect(Date.now() - started).toBeLessThan(8000);
+  await client.closed();
+});
