@@ -7,7 +7,10 @@
  */
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
-import { CALLBACK_PROTOTYPES, type CallbackSymbol, FUNCTION_PROTOTYPES, type FunctionSymbol, LIBC_PROTOTYPES, type LibcSymbol } from "./symbols.ts";
+import {
+  CALLBACK_PROTOTYPES, type CallbackSymbol, FUNCTION_PROTOTYPES, type FunctionSymbol, INTERNAL_PROTOTYPES, type InternalSymbol,
+  LIBC_PROTOTYPES, type LibcSymbol,
+} from "./symbols.ts";
 
 /** A bound C function: call it synchronously, or through `.async` on a worker thread. */
 export interface NativeFunction {
@@ -22,7 +25,10 @@ export interface Libmilter {
   /** The file name or path that loaded. */
   readonly path: string;
   readonly fn: Readonly<Record<FunctionSymbol, NativeFunction>>;
-  readonly libc: Readonly<Record<LibcSymbol, NativeFunction>>;
+  /** libmilter internals, each `null` where this build does not export it. */
+  readonly internal: Readonly<Record<InternalSymbol, NativeFunction | null>>;
+  /** libc helpers, each `null` where the C library lacks it (e.g. dlopen before glibc 2.34). */
+  readonly libc: Readonly<Record<LibcSymbol, NativeFunction | null>>;
   /** Pointer types of the xxfi_* prototypes, for `koffi.register`. */
   readonly callbackTypes: Readonly<Record<CallbackSymbol, TypeObject>>;
   /** koffi's bound on callbacks relayed from foreign threads at one time. */
@@ -110,9 +116,34 @@ function declareTypes(): { callbacks: Record<CallbackSymbol, TypeObject> } {
   return typesDeclared;
 }
 
+const RTLD_NOW = 0x2;
+const RTLD_NODELETE = 0x1000; // glibc, musl and FreeBSD agree
+
+/**
+ * Makes the library impossible to unload. libmilter's worker threads sleep
+ * inside its code for the life of the process; a runtime that finalizes
+ * koffi's library handle at exit (Deno does) would otherwise unmap that code
+ * under them and crash the process on its way out.
+ */
+function pin(libc: Record<LibcSymbol, NativeFunction | null>, name: string): void {
+  libc.dlopen?.(name, RTLD_NOW | RTLD_NODELETE);
+}
+
 function bind<K extends string>(lib: LibraryHandle, table: Record<K, string>): Record<K, NativeFunction> {
   const out = {} as Record<K, NativeFunction>;
   for (const [name, proto] of Object.entries(table) as [K, string][]) out[name] = lib.func(proto) as NativeFunction;
+  return out;
+}
+
+function bindOptional<K extends string>(lib: LibraryHandle, table: Record<K, string>): Record<K, NativeFunction | null> {
+  const out = {} as Record<K, NativeFunction | null>;
+  for (const [name, proto] of Object.entries(table) as [K, string][]) {
+    try {
+      out[name] = lib.func(proto) as NativeFunction;
+    } catch {
+      out[name] = null;
+    }
+  }
   return out;
 }
 
@@ -136,10 +167,13 @@ export function openLibmilter(envPath: string | undefined): Libmilter {
     }
     try {
       const types = declareTypes();
+      const libc = bindOptional(lib, LIBC_PROTOTYPES);
+      pin(libc, name);
       return {
         path: name,
         fn: bind(lib, FUNCTION_PROTOTYPES),
-        libc: bind(lib, LIBC_PROTOTYPES),
+        internal: bindOptional(lib, INTERNAL_PROTOTYPES),
+        libc,
         callbackTypes: types.callbacks,
         maxAsyncCalls,
       };

@@ -66,6 +66,17 @@ export const FUNCTION_PROTOTYPES = {
 export type FunctionSymbol = keyof typeof FUNCTION_PROTOTYPES;
 
 /**
+ * libmilter internals that are exported but not part of its API, bound only
+ * where present: `mi_stop()` reads the stop state (0 = running), which
+ * libmilter's own signal thread may set without the binding knowing.
+ */
+export const INTERNAL_PROTOTYPES = {
+  mi_stop: "int mi_stop()",
+} as const;
+
+export type InternalSymbol = keyof typeof INTERNAL_PROTOTYPES;
+
+/**
  * libc functions reached through libmilter's own dependency on libc (dlsym
  * searches a library's dependencies), used to bound the number of connections
  * libmilter can accept; see `src/limits.ts`.
@@ -74,6 +85,7 @@ export const LIBC_PROTOTYPES = {
   getrlimit: "int getrlimit(int resource, _Out_ rlimit *rlim)",
   setrlimit: "int setrlimit(int resource, const rlimit *rlim)",
   fcntl: "int fcntl(int fd, int cmd, ...)",
+  dlopen: "void *dlopen(const char *filename, int flags)",
 } as const;
 
 export type LibcSymbol = keyof typeof LIBC_PROTOTYPES;

@@ -33,7 +33,7 @@ export interface FileLimit {
 /** Counts open descriptors numbered below `below`. */
 function countOpenFds(lib: Libmilter, below: number): number {
   let n = 0;
-  for (let fd = 0; fd < below; fd++) if ((lib.libc.fcntl(fd, F_GETFD) as number) !== -1) n++;
+  for (let fd = 0; fd < below; fd++) if ((lib.libc.fcntl!(fd, F_GETFD) as number) !== -1) n++;
   return n;
 }
 
@@ -65,14 +65,15 @@ export function connectionFileLimit(
  * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
  */
 export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined, socketOpen: boolean): FileLimit | null {
+  const { getrlimit, setrlimit, fcntl } = lib.libc;
   const resource = rlimitNofile();
-  if (resource === null) return null;
+  if (resource === null || !getrlimit || !setrlimit || !fcntl) return null;
   const current: { rlim_cur: number | bigint; rlim_max: number | bigint } = { rlim_cur: 0, rlim_max: 0 };
-  if ((lib.libc.getrlimit(resource, current) as number) !== 0) return null;
+  if ((getrlimit(resource, current) as number) !== 0) return null;
   const previous = { soft: Number(current.rlim_cur), hard: Number(current.rlim_max) };
   const soft = connectionFileLimit(lib.maxAsyncCalls, previous.hard, maxConnections, libmilterOwnFds(socketOpen), (n) =>
     countOpenFds(lib, n));
-  if ((lib.libc.setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
+  if ((setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
   return previous;
 }
 
@@ -80,5 +81,5 @@ export function applyConnectionLimit(lib: Libmilter, maxConnections: number | un
 export function restoreFileLimit(lib: Libmilter, previous: FileLimit | null): void {
   const resource = rlimitNofile();
   if (previous === null || resource === null) return;
-  lib.libc.setrlimit(resource, { rlim_cur: previous.soft, rlim_max: previous.hard });
+  lib.libc.setrlimit?.(resource, { rlim_cur: previous.soft, rlim_max: previous.hard });
 }

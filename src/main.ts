@@ -8,13 +8,14 @@
 import { statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
+import type { NativeFunction } from "../ffi/load.ts";
 import { describe, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, fail, MilterError } from "./error.ts";
 import { registeredFilter } from "./filter.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
-import { onStopSignals } from "./runtime.ts";
+import { onStopSignals, writeStderr } from "./runtime.ts";
 
 function requireInt(fn: string, what: string, value: unknown, min: number): number {
   if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
@@ -147,6 +148,8 @@ export interface MainOptions {
 
 let drainTimeoutMs = 30_000;
 let stopRequested: (() => void) | null = null;
+/** Settles when the `smfi_stop` issued by {@linkcode stop} has returned (at once if none was). */
+let stopReturned: Promise<void> = Promise.resolve();
 
 /**
  * Hands control to libmilter: `smfi_main` runs on a worker thread while
@@ -181,6 +184,10 @@ function start(options: MainOptions): Promise<void> {
   let removeSignals: () => void = () => {};
   try {
     limit = applyConnectionLimit(lib, options.maxConnections, lifecycle.socketOpen);
+    if (limit === null) {
+      writeStderr(`milter: cannot bound connections on this system (no setrlimit); more than ${lib.maxAsyncCalls - 8} ` +
+        "MTA commands in flight at once would exceed koffi's relay pool and end the process");
+    }
     if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
   } catch (error) {
     removeSignals();
@@ -188,14 +195,20 @@ function start(options: MainOptions): Promise<void> {
     throw error;
   }
   lifecycle.phase = "running";
+  const watch = watchLibmilterStop(lib.internal.mi_stop);
   return new Promise<void>((resolve, reject) => {
-    lib.fn.smfi_main.async((error: unknown, rc: number) => {
+    lib.fn.smfi_main.async(async (error: unknown, rc: number) => {
+      clearInterval(watch);
       lifecycle.phase = "stopped";
       stopRequested?.();
       removeSignals();
       releaseAll();
       restoreFileLimit(lib, limit);
       removeUnixSocket(lifecycle.conn);
+      // Resolve only once no call into libmilter is outstanding, so that a
+      // program exiting right after main never tears down with native work
+      // still running on another thread.
+      await stopReturned;
       if (error) reject(new MilterError("Milter.main", `smfi_main could not run: ${error}`, { cause: error }));
       else if (rc !== MI_SUCCESS) {
         reject(new MilterError("Milter.main", `libmilter failed on ${lifecycle.conn} (could not listen, or ` +
@@ -203,6 +216,25 @@ function start(options: MainOptions): Promise<void> {
       } else resolve();
     });
   });
+}
+
+/**
+ * libmilter's own signal thread also waits for SIGHUP, SIGTERM and SIGINT,
+ * and the kernel hands a signal to any thread that accepts it: now and then
+ * libmilter gets it instead of the JS thread and stops by itself, without the
+ * drain (its worker pool then ends open connections, and the MTA applies its
+ * milter_default_action). Watch for that, say so, and wake the accept loop so
+ * main returns at once rather than up to 5 seconds later.
+ */
+function watchLibmilterStop(miStop: NativeFunction | null): ReturnType<typeof setInterval> | undefined {
+  if (!miStop) return undefined;
+  return setInterval(() => {
+    if (lifecycle.phase !== "running" || (miStop() as number) === 0) return;
+    lifecycle.phase = "draining";
+    writeStderr("milter: libmilter's signal thread took the stop signal; open connections end now without draining " +
+      "(the MTA applies its milter_default_action)");
+    wakeListener();
+  }, 100);
 }
 
 /** The file of a unix socket spec (libmilter reads a spec without a type as a path), else `null`. */
@@ -269,7 +301,7 @@ export function stop(): void {
     onSessionEnd(null);
     stopRequested = null;
     if (lifecycle.phase !== "draining") return;
-    lib.fn.smfi_stop.async(() => {});
+    stopReturned = new Promise((resolve) => lib.fn.smfi_stop.async(() => resolve()));
     wakeListener();
   }
   stopRequested = finish;

@@ -13,9 +13,11 @@ beforeAll(async () => {
   filter = await startFilter({ env: { FLAGS: "ADDHDRS" } });
 });
 
-const eventsOf = (host: string): Record<string, any>[] => {
-  const ctx = filter.callbacks("connect").findLast((e) => e.args[0] === host)!.ctx;
-  return filter.callbacks().filter((e) => e.ctx === ctx);
+/** The callback events of the connection from `host`, once it has closed. */
+const closedEventsOf = async (host: string): Promise<Record<string, any>[]> => {
+  const ctx = await filter.ctxOf(host);
+  await filter.waitFor((e) => e.cb === "close" && e.ctx === ctx);
+  return filter.eventsOf(ctx);
 };
 
 describe("private data", () => {
@@ -27,8 +29,7 @@ describe("private data", () => {
     await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "2" }, { envfrom: script({ eom: { setpriv: null } }) });
     await client.helo("y");
     client.quit();
-    await filter.waitFor((e) => e.cb === "close" && e.ctx === eventsOf("priv.example")[0].ctx);
-    const seen = eventsOf("priv.example").map((e) => [e.cb, e.priv]);
+    const seen = (await closedEventsOf("priv.example")).map((e) => [e.cb, e.priv]);
     expect(seen[0]).toEqual(["connect", null]);
     expect(seen[1]).toEqual(["helo", { seen: ["connect"], n: 1 }]);
     const eoms = seen.filter(([cb]) => cb === "eom");
@@ -45,16 +46,14 @@ describe("private data", () => {
     await a.helo("a");
     a.quit();
     b.quit();
-    await filter.waitFor((e) => e.cb === "close" && e.ctx === eventsOf("b.example")[0].ctx);
-    expect(eventsOf("a.example").find((e) => e.cb === "helo")!.priv).toBe("mine");
-    expect(eventsOf("b.example").find((e) => e.cb === "helo")!.priv).toBeNull();
+    expect((await closedEventsOf("a.example")).find((e) => e.cb === "helo")!.priv).toBe("mine");
+    expect((await closedEventsOf("b.example")).find((e) => e.cb === "helo")!.priv).toBeNull();
     // The next connection starts empty, even if libmilter reuses the same memory for its context.
     const c = await filter.client();
     await c.connect("c.example", null);
     await c.helo("c");
     c.quit();
-    await filter.waitFor((e) => e.cb === "close" && e.ctx === eventsOf("c.example")[0].ctx);
-    expect(eventsOf("c.example").every((e) => e.priv === null)).toBe(true);
+    expect((await closedEventsOf("c.example")).every((e) => e.priv === null)).toBe(true);
   });
 });
 
@@ -65,7 +64,7 @@ describe("contexts used where they are not valid", () => {
     await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" }, {
       envfrom: script({ eom: { later: [["addheader", "X-Late", "1"], ["getsymval", "i"], ["getpriv"], ["setreply", "550"]] } }),
     });
-    const ctx = eventsOf("timer.example")[0].ctx;
+    const ctx = await filter.ctxOf("timer.example");
     await filter.waitFor(() => filter.events.filter((e) => e.event === "later" && e.ctx === ctx).length === 4);
     client.quit(); // the connection stayed open: the context is alive, just not in a callback
     const later = filter.events.filter((e) => e.event === "later" && e.ctx === ctx).map((e) => e.result);
@@ -80,16 +79,17 @@ describe("contexts used where they are not valid", () => {
     const a = await filter.client();
     await a.connect("closed.example", null);
     a.quit();
-    await filter.waitFor((e) => e.cb === "close" && e.ctx === eventsOf("closed.example")[0].ctx);
+    const closedCtx = (await closedEventsOf("closed.example"))[0].ctx;
     const open = await filter.client();
     await open.connect("other.example", null);
     const b = await filter.client();
     await b.connect("user.example", null, script({
-      helo: { actions: [["closed:getsymval", "i"], ["closed:setpriv", 1], ["other:getpriv"], ["other:setreply", "550"], ["fake:getsymval", "i"], ["fake:addheader", "X", "y"]] },
+      helo: { actions: [["@closed.example:getsymval", "i"], ["@closed.example:setpriv", 1], ["@other.example:getpriv"], ["@other.example:setreply", "550"], ["fake:getsymval", "i"], ["fake:addheader", "X", "y"]] },
     }));
     await b.helo("x");
-    const event = await filter.waitFor((e) => e.cb === "helo" && e.ctx === eventsOf("user.example")[0].ctx);
-    const closedCtx = eventsOf("closed.example")[0].ctx, otherCtx = eventsOf("other.example")[0].ctx;
+    const userCtx = await filter.ctxOf("user.example");
+    const event = await filter.waitFor((e) => e.cb === "helo" && e.ctx === userCtx);
+    const otherCtx = await filter.ctxOf("other.example");
     expect(event.actions.map((a: any) => a.message)).toEqual([
       `Milter.getsymval: Milter.Ctx#${closedCtx} belongs to a connection that has closed`,
       `Milter.setpriv: Milter.Ctx#${closedCtx} belongs to a connection that has closed`,

@@ -4,7 +4,8 @@
  * that then exits by itself with code 0, its handlers and socket file gone.
  */
 
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import koffi from "koffi";
 import { afterAll, expect, test } from "vitest";
 import { MilterClient } from "../src/testing/mod.ts";
 import { killAll, script, startFilter } from "./helpers/filter.ts";
@@ -63,4 +64,23 @@ test("an idle connection does not hold shutdown past the drain timeout", async (
   expect(Date.now() - started).toBeGreaterThanOrEqual(900);
   expect(Date.now() - started).toBeLessThan(8000);
   await client.closed();
+});
+
+test("a stop signal that libmilter's own signal thread takes still ends main promptly", async () => {
+  // The kernel hands a process signal to any thread that accepts it; now and then that is libmilter's
+  // sigwait thread. Send it there on purpose with tgkill.
+  const filter = await startFilter();
+  const pid = filter.child.pid!;
+  const findSigwaiter = (): string | undefined =>
+    readdirSync(`/proc/${pid}/task`).find((tid) => readFileSync(`/proc/${pid}/task/${tid}/wchan`, "utf8").includes("sigtimedwait"));
+  // smfi_main starts its signal thread on a worker thread shortly after main() returns.
+  await expect.poll(findSigwaiter, { timeout: 5000 }).toBeDefined();
+  const sigwaiter = findSigwaiter();
+  const tgkill = koffi.load("libc.so.6").func("int tgkill(int tgid, int tid, int sig)");
+  const started = Date.now();
+  expect(tgkill(pid, Number(sigwaiter), 15)).toBe(0);
+  expect(await filter.exited).toEqual({ code: 0, signal: null });
+  expect(Date.now() - started).toBeLessThan(3000); // libmilter alone would take up to 5 s
+  expect(filter.stderr).toContain("libmilter's signal thread took the stop signal");
+  expect(existsSync(socketFile(filter.spec))).toBe(false);
 });

@@ -105,6 +105,16 @@ export class FilterProcess {
     });
   }
 
+  /** The Ctx id of the connection whose connect callback got `host`, once its event arrives. */
+  async ctxOf(host: string): Promise<number> {
+    return (await this.waitFor((e) => e.cb === "connect" && e.args[0] === host)).ctx;
+  }
+
+  /** The callback events of one connection. */
+  eventsOf(ctx: number): Event[] {
+    return this.callbacks().filter((e) => e.ctx === ctx);
+  }
+
   /** The callback events, optionally of one callback. */
   callbacks(cb?: string): Event[] {
     return this.events.filter((e) => e.event === "callback" && (cb === undefined || e.cb === cb));
