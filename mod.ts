@@ -35,10 +35,33 @@ export type { SockAddr } from "./src/convert.ts";
 export { Ctx } from "./src/ctx.ts";
 export { empty, type Filter, register, version_code } from "./src/filter.ts";
 export {
-  main, type MainOptions, opensocket, setbacklog, setconn, setdbg, setmaxdatasize, settimeout, stop, version,
+  main,
+  type MainOptions,
+  opensocket,
+  setbacklog,
+  setconn,
+  setdbg,
+  setmaxdatasize,
+  settimeout,
+  stop,
+  version,
 } from "./src/main.ts";
 export {
-  addheader, addrcpt, addrcpt_par, chgfrom, chgheader, delrcpt, getpriv, getsymval, insheader, progress, quarantine,
-  replacebody, setmlreply, setpriv, setreply, setsymlist,
+  addheader,
+  addrcpt,
+  addrcpt_par,
+  chgfrom,
+  chgheader,
+  delrcpt,
+  getpriv,
+  getsymval,
+  insheader,
+  progress,
+  quarantine,
+  replacebody,
+  setmlreply,
+  setpriv,
+  setreply,
+  setsymlist,
 } from "./src/actions.ts";
 export { type ErrorInfo, type ErrorReporter, setErrorReporter } from "./src/report.ts";

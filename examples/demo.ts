@@ -44,7 +44,10 @@ const running = Milter.main();
 console.log(`demo filter listening on ${socket}`);
 
 const client = await MilterClient.open(socket);
-console.log("connect:", (await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 4711 })).action);
+console.log(
+  "connect:",
+  (await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 4711 })).action,
+);
 console.log("helo:   ", (await client.helo("client.example")).action);
 const result = await client.message({
   from: "<alice@example.org>",
@@ -52,7 +55,9 @@ const result = await client.message({
   headers: [["From", "Alice <alice@example.org>"], ["Subject", "Hello"]],
   body: "Hello Bob!\r\n",
 });
-for (const { stage, reply } of result.replies) console.log(`${stage.padEnd(8)} ${reply.action}${reply.text ? ` ${reply.text}` : ""}`);
+for (const { stage, reply } of result.replies) {
+  console.log(`${stage.padEnd(8)} ${reply.action}${reply.text ? ` ${reply.text}` : ""}`);
+}
 for (const m of result.modifications) console.log("modification:", JSON.stringify(m));
 client.quit();
 

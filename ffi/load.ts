@@ -8,8 +8,14 @@
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import {
-  CALLBACK_PROTOTYPES, type CallbackSymbol, FUNCTION_PROTOTYPES, type FunctionSymbol, INTERNAL_PROTOTYPES, type InternalSymbol,
-  LIBC_PROTOTYPES, type LibcSymbol,
+  CALLBACK_PROTOTYPES,
+  type CallbackSymbol,
+  FUNCTION_PROTOTYPES,
+  type FunctionSymbol,
+  INTERNAL_PROTOTYPES,
+  type InternalSymbol,
+  LIBC_PROTOTYPES,
+  type LibcSymbol,
 } from "./symbols.ts";
 
 /** A bound C function: call it synchronously, or through `.async` on a worker thread. */
@@ -135,7 +141,10 @@ function bind<K extends string>(lib: LibraryHandle, table: Record<K, string>): R
   return out;
 }
 
-function bindOptional<K extends string>(lib: LibraryHandle, table: Record<K, string>): Record<K, NativeFunction | null> {
+function bindOptional<K extends string>(
+  lib: LibraryHandle,
+  table: Record<K, string>,
+): Record<K, NativeFunction | null> {
   const out = {} as Record<K, NativeFunction | null>;
   for (const [name, proto] of Object.entries(table) as [K, string][]) {
     try {
@@ -179,7 +188,10 @@ export function openLibmilter(envPath: string | undefined): Libmilter {
       };
     } catch (error) {
       lib.unload();
-      attempts.push({ name, error: `loaded, but is not a usable libmilter: ${error instanceof Error ? error.message : error}` });
+      attempts.push({
+        name,
+        error: `loaded, but is not a usable libmilter: ${error instanceof Error ? error.message : error}`,
+      });
     }
   }
   throw new LoadFailure(attempts, envPath !== undefined && envPath !== "");

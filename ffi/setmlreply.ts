@@ -20,14 +20,21 @@ import type { Pointer } from "./memory.ts";
 export const VARIADIC_MAX_LINES = 29;
 
 /** Whether fixed parameters match variadic ones for pointers on this platform. */
-export const FIXED_ARITY_IS_SAFE: boolean = process.arch === "x64" ? process.platform !== "win32"
+export const FIXED_ARITY_IS_SAFE: boolean = process.arch === "x64"
+  ? process.platform !== "win32"
   : process.arch === "arm64" && process.platform !== "darwin" && process.platform !== "win32";
 
 /** The most lines {@linkcode setmlreply} can send on this platform. */
 export const MAX_LINES: number = FIXED_ARITY_IS_SAFE ? MAXREPLIES : VARIADIC_MAX_LINES;
 
 /** Calls `smfi_setmlreply(ctx, rcode, xcode, lines..., NULL)`; `lines` has 1 to {@linkcode MAX_LINES} entries. */
-export function setmlreply(lib: Libmilter, ctx: Pointer, rcode: string, xcode: string | null, lines: readonly string[]): number {
+export function setmlreply(
+  lib: Libmilter,
+  ctx: Pointer,
+  rcode: string,
+  xcode: string | null,
+  lines: readonly string[],
+): number {
   if (FIXED_ARITY_IS_SAFE) {
     const slots = Array.from({ length: MAXREPLIES + 1 }, (_, i) => lines[i] ?? null);
     return lib.fn.smfi_setmlreply_fixed(ctx, rcode, xcode, ...slots) as number;

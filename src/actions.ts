@@ -53,7 +53,18 @@ function inEom(fn: string, ctx: Ctx, flag: Flag): [Session, () => string] {
 }
 
 const ANY: readonly CallbackName[] = [
-  "connect", "helo", "envfrom", "envrcpt", "header", "eoh", "body", "eom", "abort", "close", "unknown", "data",
+  "connect",
+  "helo",
+  "envfrom",
+  "envrcpt",
+  "header",
+  "eoh",
+  "body",
+  "eom",
+  "abort",
+  "close",
+  "unknown",
+  "data",
   "negotiate",
 ];
 
@@ -126,7 +137,9 @@ export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undef
   const problem = replyCodeProblem(rcode, x) ?? replyLinesProblem(lines);
   if (problem) fail("setmlreply", problem);
   for (const line of lines) requireString("setmlreply", "a line", line);
-  if (lines.length > MAX_LINES) fail("setmlreply", `at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
+  if (lines.length > MAX_LINES) {
+    fail("setmlreply", `at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
+  }
   check("setmlreply", callSetmlreply(native("setmlreply"), session.ptr, rcode, x, lines));
 }
 
@@ -277,6 +290,9 @@ export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
   const session = inCallback("setsymlist", ctx, ["negotiate"]);
   if (!isStage(stage)) fail("setsymlist", `expected a Stage, got ${describe(stage)}`);
   requireString("setsymlist", "the macro list", macros);
-  check("setsymlist", native("setsymlist").fn.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
-    () => `libmilter refused (a list for ${stage} was already set in this negotiation, or the list is empty)`);
+  check(
+    "setsymlist",
+    native("setsymlist").fn.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
+    () => `libmilter refused (a list for ${stage} was already set in this negotiation, or the list is empty)`,
+  );
 }

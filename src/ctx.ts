@@ -16,8 +16,19 @@ import { fail } from "./error.ts";
 
 /** The name of each callback of a filter. */
 export type CallbackName =
-  | "connect" | "helo" | "envfrom" | "envrcpt" | "header" | "eoh" | "body" | "eom" | "abort" | "close" | "unknown"
-  | "data" | "negotiate";
+  | "connect"
+  | "helo"
+  | "envfrom"
+  | "envrcpt"
+  | "header"
+  | "eoh"
+  | "body"
+  | "eom"
+  | "abort"
+  | "close"
+  | "unknown"
+  | "data"
+  | "negotiate";
 
 const TOKEN = Symbol("Ctx");
 
@@ -116,8 +127,11 @@ export function active(fn: string, ctx: unknown): Session {
   if (!session) fail(fn, `expected the Ctx passed to a callback, got ${describe(ctx)}`);
   if (session.closed) fail(fn, `${session.ctx} belongs to a connection that has closed`);
   if (running !== session) {
-    fail(fn, `${session.ctx} is used outside its callbacks (from a timer, a promise or another connection's callback); ` +
-      "contexts are only valid while one of their own callbacks runs");
+    fail(
+      fn,
+      `${session.ctx} is used outside its callbacks (from a timer, a promise or another connection's callback); ` +
+        "contexts are only valid while one of their own callbacks runs",
+    );
   }
   return session;
 }

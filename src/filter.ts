@@ -12,7 +12,15 @@
  */
 
 import { MI_SUCCESS, SMFI_VERSION, SMFIP_SKIP, SMFIS_CONTINUE, SMFIS_TEMPFAIL } from "../ffi/constants.ts";
-import { readArgv, readBytes, readULong, readUShort, type Pointer, registerCallback, writeULong } from "../ffi/memory.ts";
+import {
+  type Pointer,
+  readArgv,
+  readBytes,
+  readULong,
+  readUShort,
+  registerCallback,
+  writeULong,
+} from "../ffi/memory.ts";
 import type { CallbackSymbol } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import { type CallbackName, type Ctx, describe, enter, leave, release, type Session } from "./ctx.ts";
@@ -21,7 +29,17 @@ import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";
 import {
-  decodeMask, encodeMask, type Flag, FLAG_BITS, isFlag, isStat, isStep, type Stat, STAT_CODES, type Step, STEP_BITS,
+  decodeMask,
+  encodeMask,
+  type Flag,
+  FLAG_BITS,
+  isFlag,
+  isStat,
+  isStep,
+  type Stat,
+  STAT_CODES,
+  type Step,
+  STEP_BITS,
 } from "./variants.ts";
 
 /**
@@ -97,14 +115,32 @@ export interface Filter {
 export const empty: Readonly<Filter> = Object.freeze({ name: "", version: version_code, flags: [] });
 
 const CALLBACKS: readonly CallbackName[] = [
-  "connect", "helo", "envfrom", "envrcpt", "header", "eoh", "body", "eom", "abort", "close", "unknown", "data",
+  "connect",
+  "helo",
+  "envfrom",
+  "envrcpt",
+  "header",
+  "eoh",
+  "body",
+  "eom",
+  "abort",
+  "close",
+  "unknown",
+  "data",
   "negotiate",
 ];
 
 /** The NO* step libmilter asks for when a stage's callback is absent. */
 const STEP_OF_ABSENT: Partial<Record<CallbackName, Step>> = {
-  connect: "NOCONNECT", helo: "NOHELO", envfrom: "NOMAIL", envrcpt: "NORCPT", header: "NOHDRS", eoh: "NOEOH",
-  body: "NOBODY", unknown: "NOUNKNOWN", data: "NODATA",
+  connect: "NOCONNECT",
+  helo: "NOHELO",
+  envfrom: "NOMAIL",
+  envrcpt: "NORCPT",
+  header: "NOHDRS",
+  eoh: "NOEOH",
+  body: "NOBODY",
+  unknown: "NOUNKNOWN",
+  data: "NODATA",
 };
 
 /** The registered filter, frozen at registration. */
@@ -120,16 +156,23 @@ class BadReturn extends Error {
 }
 
 function validateFilter(filter: unknown): Filter {
-  if (typeof filter !== "object" || filter === null) fail("register", `expected a filter object, got ${describe(filter)}`);
+  if (typeof filter !== "object" || filter === null) {
+    fail("register", `expected a filter object, got ${describe(filter)}`);
+  }
   const f = filter as Record<string, unknown>;
   if (typeof f.name !== "string") fail("register", `filter.name must be a string, got ${describe(f.name)}`);
   if (f.name.includes("\0")) fail("register", "filter.name contains a NUL byte");
   if (!Number.isInteger(f.version)) fail("register", `filter.version must be an integer, got ${describe(f.version)}`);
   if ((f.version as number) <= 4) {
-    fail("register", `filter.version ${f.version} would make libmilter skip negotiate, data and unknown; use version_code`);
+    fail(
+      "register",
+      `filter.version ${f.version} would make libmilter skip negotiate, data and unknown; use version_code`,
+    );
   }
   if (!Array.isArray(f.flags)) fail("register", `filter.flags must be an array of Flag, got ${describe(f.flags)}`);
-  for (const flag of f.flags) if (!isFlag(flag)) fail("register", `filter.flags contains ${describe(flag)}, not a Flag`);
+  for (const flag of f.flags) {
+    if (!isFlag(flag)) fail("register", `filter.flags contains ${describe(flag)}, not a Flag`);
+  }
   for (const name of CALLBACKS) {
     const cb = f[name];
     if (cb !== undefined && cb !== null && typeof cb !== "function") {
@@ -147,11 +190,20 @@ function validateFilter(filter: unknown): Filter {
  */
 export function register(filter: Filter): void {
   const f = validateFilter(filter);
-  if (registered) fail("register", `filter ${JSON.stringify(registered.name)} is already registered; libmilter allows one per process`);
+  if (registered) {
+    fail(
+      "register",
+      `filter ${JSON.stringify(registered.name)} is already registered; libmilter allows one per process`,
+    );
+  }
   if (lifecycle.phase !== "idle") fail("register", "main has already run");
   const lib = native("register");
   const frozen = Object.freeze({ ...f, flags: Object.freeze([...f.flags]) as Flag[] });
-  const desc: Record<string, unknown> = { xxfi_name: f.name, xxfi_version: f.version, xxfi_flags: encodeMask(FLAG_BITS, f.flags) };
+  const desc: Record<string, unknown> = {
+    xxfi_name: f.name,
+    xxfi_version: f.version,
+    xxfi_flags: encodeMask(FLAG_BITS, f.flags),
+  };
   for (const name of CALLBACKS) {
     const symbol = `xxfi_${name}` as CallbackSymbol;
     // negotiate and close are always registered: the binding needs them to
@@ -168,15 +220,22 @@ export function register(filter: Filter): void {
   }
   const rc = lib.fn.smfi_register(desc) as number;
   if (rc !== MI_SUCCESS) {
-    fail("register", `libmilter refused the filter: version 0x${(f.version as number).toString(16)} must have ` +
-      "the major and minor numbers of the installed libmilter (use version_code)", { code: rc });
+    fail(
+      "register",
+      `libmilter refused the filter: version 0x${(f.version as number).toString(16)} must have ` +
+        "the major and minor numbers of the installed libmilter (use version_code)",
+      { code: rc },
+    );
   }
   registered = frozen;
   registeredFlags = encodeMask(FLAG_BITS, f.flags);
-  absentSteps = encodeMask(STEP_BITS, CALLBACKS.flatMap((name) => {
-    const step = STEP_OF_ABSENT[name];
-    return step && typeof f[name] !== "function" ? [step] : [];
-  }));
+  absentSteps = encodeMask(
+    STEP_BITS,
+    CALLBACKS.flatMap((name) => {
+      const step = STEP_OF_ABSENT[name];
+      return step && typeof f[name] !== "function" ? [step] : [];
+    }),
+  );
   lifecycle.filterName = f.name;
 }
 
@@ -208,7 +267,11 @@ const NO_REPLY_STAGES: ReadonlySet<CallbackName> = new Set(["negotiate", "abort"
  * Runs one callback for the connection at `ptr`: opens the session, calls
  * `body`, and turns anything that escapes into the failure policy.
  */
-function dispatch(callback: CallbackName, ptr: Pointer, body: (session: Session, filter: Readonly<Filter>) => number): number {
+function dispatch(
+  callback: CallbackName,
+  ptr: Pointer,
+  body: (session: Session, filter: Readonly<Filter>) => number,
+): number {
   const filter = registered!;
   const session = enter(ptr, callback, registeredFlags);
   try {
@@ -237,8 +300,10 @@ function simple(callback: CallbackName, ptr: Pointer, args: (session: Session) =
     if (!fn) return SMFIS_CONTINUE; // close is registered for the binding's sake
     const result = fn(session.ctx, ...args(session));
     if (typeof (result as { then?: unknown })?.then === "function") {
-      (result as Promise<unknown>).then(undefined, (error) =>
-        report(error, { callback, filter: filter.name, ctx: session.ctx, kind: "exception" }));
+      (result as Promise<unknown>).then(
+        undefined,
+        (error) => report(error, { callback, filter: filter.name, ctx: session.ctx, kind: "exception" }),
+      );
     }
     return statCode(callback, result);
   });
@@ -291,8 +356,15 @@ const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
   xxfi_unknown: (ptr: Pointer, command: string | null) => simple("unknown", ptr, () => [command ?? ""]),
   xxfi_data: (ptr: Pointer) => simple("data", ptr, () => []),
   xxfi_negotiate: (
-    ptr: Pointer, f0: number | bigint, f1: number | bigint, _f2: unknown, _f3: unknown,
-    pf0: Pointer, pf1: Pointer, pf2: Pointer, pf3: Pointer,
+    ptr: Pointer,
+    f0: number | bigint,
+    f1: number | bigint,
+    _f2: unknown,
+    _f3: unknown,
+    pf0: Pointer,
+    pf1: Pointer,
+    pf2: Pointer,
+    pf3: Pointer,
   ) =>
     dispatch("negotiate", ptr, (session, filter) => {
       if (lifecycle.phase !== "running") return SMFIS_TEMPFAIL; // stopping: refuse new connections
@@ -304,8 +376,11 @@ const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
         writeULong(pf1, (readULong(pf1) & ~SMFIP_SKIP) >>> 0);
         return SMFIS_CONTINUE;
       }
-      const result = filter.negotiate(session.ctx, decodeMask(FLAG_BITS, Number(f0)), decodeMask(STEP_BITS, Number(f1)));
+      const result = filter.negotiate(
+        session.ctx,
+        decodeMask(FLAG_BITS, Number(f0)),
+        decodeMask(STEP_BITS, Number(f1)),
+      );
       return answerNegotiate(result, pf, session);
     }),
 };
-

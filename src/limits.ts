@@ -47,9 +47,13 @@ function countOpenFds(lib: Libmilter, below: number): number {
  * Pure, for tests.
  */
 export function connectionFileLimit(
-  maxAsyncCalls: number, hard: number, maxConnections: number | undefined, ownFds: number, openBelow: (n: number) => number,
+  maxAsyncCalls: number,
+  hard: number,
+  maxConnections: number | undefined,
+  ownFds: number,
+  openBelow: (n: number) => number,
 ): number {
-  let soft = Math.min(Math.max(maxAsyncCalls - RESERVED_ASYNC_CALLS, 16), hard);
+  const soft = Math.min(Math.max(maxAsyncCalls - RESERVED_ASYNC_CALLS, 16), hard);
   if (maxConnections === undefined) return soft;
   // Descriptors numbered at or above the limit take no slot below it, so
   // shrink until the count of those below is stable.
@@ -64,15 +68,24 @@ export function connectionFileLimit(
  * Applies the connection ceiling; returns the previous limit to restore, or
  * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
  */
-export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined, socketOpen: boolean): FileLimit | null {
+export function applyConnectionLimit(
+  lib: Libmilter,
+  maxConnections: number | undefined,
+  socketOpen: boolean,
+): FileLimit | null {
   const { getrlimit, setrlimit, fcntl } = lib.libc;
   const resource = rlimitNofile();
   if (resource === null || !getrlimit || !setrlimit || !fcntl) return null;
   const current: { rlim_cur: number | bigint; rlim_max: number | bigint } = { rlim_cur: 0, rlim_max: 0 };
   if ((getrlimit(resource, current) as number) !== 0) return null;
   const previous = { soft: Number(current.rlim_cur), hard: Number(current.rlim_max) };
-  const soft = connectionFileLimit(lib.maxAsyncCalls, previous.hard, maxConnections, libmilterOwnFds(socketOpen), (n) =>
-    countOpenFds(lib, n));
+  const soft = connectionFileLimit(
+    lib.maxAsyncCalls,
+    previous.hard,
+    maxConnections,
+    libmilterOwnFds(socketOpen),
+    (n) => countOpenFds(lib, n),
+  );
   if ((setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
   return previous;
 }

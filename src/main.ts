@@ -39,10 +39,15 @@ function beforeMain(fn: string): void {
 export function setconn(conn: string): void {
   beforeMain("setconn");
   if (typeof conn !== "string" || conn === "" || conn.includes("\0")) {
-    fail("setconn", `expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ${describe(conn)}`);
+    fail(
+      "setconn",
+      `expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ${describe(conn)}`,
+    );
   }
   const match = /^(unix|local|inet|inet6):(.+)$/.exec(conn);
-  if (!match && conn.includes(":")) fail("setconn", `unknown socket type in ${JSON.stringify(conn)}; use unix:, local:, inet: or inet6:`);
+  if (!match && conn.includes(":")) {
+    fail("setconn", `unknown socket type in ${JSON.stringify(conn)}; use unix:, local:, inet: or inet6:`);
+  }
   if (match && (match[1] === "inet" || match[1] === "inet6") && !/^\d+(@.+)?$/.test(match[2])) {
     fail("setconn", `${JSON.stringify(conn)} must be ${match[1]}:port@host`);
   }
@@ -64,9 +69,13 @@ export function opensocket(rmsocket: boolean): void {
   if (typeof rmsocket !== "boolean") fail("opensocket", `expected a boolean, got ${describe(rmsocket)}`);
   if (!registeredFilter()) fail("opensocket", "register a filter first");
   if (lifecycle.conn === null) fail("opensocket", "call setconn first");
-  check("opensocket", native("opensocket").fn.smfi_opensocket(rmsocket), () =>
-    `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
-    "or a missing directory or permission)");
+  check(
+    "opensocket",
+    native("opensocket").fn.smfi_opensocket(rmsocket),
+    () =>
+      `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
+      "or a missing directory or permission)",
+  );
   lifecycle.socketOpen = true;
 }
 
@@ -169,13 +178,19 @@ export function main(options: MainOptions = {}): Promise<void> {
 }
 
 function start(options: MainOptions): Promise<void> {
-  if (typeof options !== "object" || options === null) fail("main", `expected options or nothing, got ${describe(options)}`);
-  if (lifecycle.phase === "stopped") fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
+  if (typeof options !== "object" || options === null) {
+    fail("main", `expected options or nothing, got ${describe(options)}`);
+  }
+  if (lifecycle.phase === "stopped") {
+    fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
+  }
   if (lifecycle.phase !== "idle") fail("main", "already running");
   if (!registeredFilter()) fail("main", "no filter registered; call register first");
   if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
   const drain = options.drainTimeout ?? 30;
-  if (typeof drain !== "number" || !(drain >= 0)) fail("main", `drainTimeout must be a number of seconds >= 0, got ${describe(drain)}`);
+  if (typeof drain !== "number" || !(drain >= 0)) {
+    fail("main", `drainTimeout must be a number of seconds >= 0, got ${describe(drain)}`);
+  }
   if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
   const lib = native("main");
   drainTimeoutMs = drain * 1000;
@@ -185,8 +200,10 @@ function start(options: MainOptions): Promise<void> {
   try {
     limit = applyConnectionLimit(lib, options.maxConnections, lifecycle.socketOpen);
     if (limit === null) {
-      writeStderr(`milter: cannot bound connections on this system (no setrlimit); more than ${lib.maxAsyncCalls - 8} ` +
-        "MTA commands in flight at once would exceed koffi's relay pool and end the process");
+      writeStderr(
+        `milter: cannot bound connections on this system (no setrlimit); more than ${lib.maxAsyncCalls - 8} ` +
+          "MTA commands in flight at once would exceed koffi's relay pool and end the process",
+      );
     }
     if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
   } catch (error) {
@@ -211,8 +228,14 @@ function start(options: MainOptions): Promise<void> {
       await stopReturned;
       if (error) reject(new MilterError("Milter.main", `smfi_main could not run: ${error}`, { cause: error }));
       else if (rc !== MI_SUCCESS) {
-        reject(new MilterError("Milter.main", `libmilter failed on ${lifecycle.conn} (could not listen, or ` +
-          "repeated accept/thread failures; libmilter logs the cause to syslog)", { code: rc }));
+        reject(
+          new MilterError(
+            "Milter.main",
+            `libmilter failed on ${lifecycle.conn} (could not listen, or ` +
+              "repeated accept/thread failures; libmilter logs the cause to syslog)",
+            { code: rc },
+          ),
+        );
       } else resolve();
     });
   });
@@ -231,8 +254,10 @@ function watchLibmilterStop(miStop: NativeFunction | null): ReturnType<typeof se
   return setInterval(() => {
     if (lifecycle.phase !== "running" || (miStop() as number) === 0) return;
     lifecycle.phase = "draining";
-    writeStderr("milter: libmilter's signal thread took the stop signal; open connections end now without draining " +
-      "(the MTA applies its milter_default_action)");
+    writeStderr(
+      "milter: libmilter's signal thread took the stop signal; open connections end now without draining " +
+        "(the MTA applies its milter_default_action)",
+    );
     wakeListener();
   }, 100);
 }
@@ -269,7 +294,11 @@ function wakeListener(): void {
   const poke = (): void => {
     if (lifecycle.phase === "stopped") return;
     try {
-      const host = inet?.[2] && !["0.0.0.0", "::", "*"].includes(inet[2]) ? inet[2] : conn.startsWith("inet6") ? "::1" : "127.0.0.1";
+      const host = inet?.[2] && !["0.0.0.0", "::", "*"].includes(inet[2])
+        ? inet[2]
+        : conn.startsWith("inet6")
+        ? "::1"
+        : "127.0.0.1";
       const socket = path !== null ? netConnect(path) : netConnect(Number(inet![1]), host);
       socket.on("error", () => {});
       socket.on("connect", () => socket.destroy());

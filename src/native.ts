@@ -24,7 +24,9 @@ export function native(fn: string): Libmilter {
   } catch (error) {
     if (!(error instanceof LoadFailure)) throw error;
     const tried = error.attempts.map((a) => `  ${a.name}: ${a.error}`).join("\n");
-    const where = error.fromEnv ? `${LIBMILTER_PATH_ENV} names a file that does not load` : "libmilter is not installed";
+    const where = error.fromEnv
+      ? `${LIBMILTER_PATH_ENV} names a file that does not load`
+      : "libmilter is not installed";
     fail(
       fn,
       `cannot load libmilter: ${where}.\nTried:\n${tried}\nInstall it with your system's package manager:\n` +

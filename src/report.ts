@@ -26,8 +26,10 @@ export type ErrorReporter = (error: unknown, info: ErrorInfo) => void;
 
 const defaultReporter: ErrorReporter = (error, info) => {
   const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
-  writeStderr(`milter ${JSON.stringify(info.filter)}: ${info.callback} callback failed (${info.kind}) on ${info.ctx}; ` +
-    `answered Tempfail\n${detail}`);
+  writeStderr(
+    `milter ${JSON.stringify(info.filter)}: ${info.callback} callback failed (${info.kind}) on ${info.ctx}; ` +
+      `answered Tempfail\n${detail}`,
+  );
 };
 
 let reporter: ErrorReporter = defaultReporter;

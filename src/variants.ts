@@ -26,7 +26,16 @@ function variant<const K extends string>(keys: readonly K[]): { readonly [P in K
  * - `Skip`: skip the rest of the body chunks (body only, when the MTA offers `SKIP`).
  * - `All`: from `negotiate` only: take every action and step the MTA offers.
  */
-export const Stat: { readonly Continue: "Continue"; readonly Reject: "Reject"; readonly Discard: "Discard"; readonly Accept: "Accept"; readonly Tempfail: "Tempfail"; readonly No_reply: "No_reply"; readonly Skip: "Skip"; readonly All: "All" } = variant(
+export const Stat: {
+  readonly Continue: "Continue";
+  readonly Reject: "Reject";
+  readonly Discard: "Discard";
+  readonly Accept: "Accept";
+  readonly Tempfail: "Tempfail";
+  readonly No_reply: "No_reply";
+  readonly Skip: "Skip";
+  readonly All: "All";
+} = variant(
   ["Continue", "Reject", "Discard", "Accept", "Tempfail", "No_reply", "Skip", "All"] as const,
 );
 /** A callback's answer: one of the values of {@linkcode Stat}. */
@@ -36,14 +45,42 @@ export type Stat = keyof typeof Stat;
  * The actions a filter must declare (in `Filter.flags`, or from
  * `negotiate`) before it may take them at end of message.
  */
-export const Flag: { readonly ADDHDRS: "ADDHDRS"; readonly CHGHDRS: "CHGHDRS"; readonly CHGBODY: "CHGBODY"; readonly ADDRCPT: "ADDRCPT"; readonly ADDRCPT_PAR: "ADDRCPT_PAR"; readonly DELRCPT: "DELRCPT"; readonly QUARANTINE: "QUARANTINE"; readonly CHGFROM: "CHGFROM"; readonly SETSYMLIST: "SETSYMLIST" } = variant(
-  ["ADDHDRS", "CHGHDRS", "CHGBODY", "ADDRCPT", "ADDRCPT_PAR", "DELRCPT", "QUARANTINE", "CHGFROM", "SETSYMLIST"] as const,
+export const Flag: {
+  readonly ADDHDRS: "ADDHDRS";
+  readonly CHGHDRS: "CHGHDRS";
+  readonly CHGBODY: "CHGBODY";
+  readonly ADDRCPT: "ADDRCPT";
+  readonly ADDRCPT_PAR: "ADDRCPT_PAR";
+  readonly DELRCPT: "DELRCPT";
+  readonly QUARANTINE: "QUARANTINE";
+  readonly CHGFROM: "CHGFROM";
+  readonly SETSYMLIST: "SETSYMLIST";
+} = variant(
+  [
+    "ADDHDRS",
+    "CHGHDRS",
+    "CHGBODY",
+    "ADDRCPT",
+    "ADDRCPT_PAR",
+    "DELRCPT",
+    "QUARANTINE",
+    "CHGFROM",
+    "SETSYMLIST",
+  ] as const,
 );
 /** An action flag: one of the values of {@linkcode Flag}. */
 export type Flag = keyof typeof Flag;
 
 /** The protocol stages for which `setsymlist` can request macros. */
-export const Stage: { readonly CONNECT: "CONNECT"; readonly HELO: "HELO"; readonly ENVFROM: "ENVFROM"; readonly ENVRCPT: "ENVRCPT"; readonly DATA: "DATA"; readonly EOM: "EOM"; readonly EOH: "EOH" } = variant(
+export const Stage: {
+  readonly CONNECT: "CONNECT";
+  readonly HELO: "HELO";
+  readonly ENVFROM: "ENVFROM";
+  readonly ENVRCPT: "ENVRCPT";
+  readonly DATA: "DATA";
+  readonly EOM: "EOM";
+  readonly EOH: "EOH";
+} = variant(
   ["CONNECT", "HELO", "ENVFROM", "ENVRCPT", "DATA", "EOM", "EOH"] as const,
 );
 /** A protocol stage: one of the values of {@linkcode Stage}. */
@@ -54,11 +91,55 @@ export type Stage = keyof typeof Stage;
  * `negotiate`: `NO*` asks the MTA not to send a stage, `NR_*` promises not to
  * reply to it (the callback must then return `No_reply`).
  */
-export const Step: { readonly NOCONNECT: "NOCONNECT"; readonly NOHELO: "NOHELO"; readonly NOMAIL: "NOMAIL"; readonly NORCPT: "NORCPT"; readonly NOBODY: "NOBODY"; readonly NOHDRS: "NOHDRS"; readonly NOEOH: "NOEOH"; readonly NR_HDR: "NR_HDR"; readonly NOUNKNOWN: "NOUNKNOWN"; readonly NODATA: "NODATA"; readonly SKIP: "SKIP"; readonly RCPT_REJ: "RCPT_REJ"; readonly NR_CONN: "NR_CONN"; readonly NR_HELO: "NR_HELO"; readonly NR_MAIL: "NR_MAIL"; readonly NR_RCPT: "NR_RCPT"; readonly NR_DATA: "NR_DATA"; readonly NR_UNKN: "NR_UNKN"; readonly NR_EOH: "NR_EOH"; readonly NR_BODY: "NR_BODY"; readonly HDR_LEADSPC: "HDR_LEADSPC"; readonly MDS_256K: "MDS_256K"; readonly MDS_1M: "MDS_1M" } = variant(
+export const Step: {
+  readonly NOCONNECT: "NOCONNECT";
+  readonly NOHELO: "NOHELO";
+  readonly NOMAIL: "NOMAIL";
+  readonly NORCPT: "NORCPT";
+  readonly NOBODY: "NOBODY";
+  readonly NOHDRS: "NOHDRS";
+  readonly NOEOH: "NOEOH";
+  readonly NR_HDR: "NR_HDR";
+  readonly NOUNKNOWN: "NOUNKNOWN";
+  readonly NODATA: "NODATA";
+  readonly SKIP: "SKIP";
+  readonly RCPT_REJ: "RCPT_REJ";
+  readonly NR_CONN: "NR_CONN";
+  readonly NR_HELO: "NR_HELO";
+  readonly NR_MAIL: "NR_MAIL";
+  readonly NR_RCPT: "NR_RCPT";
+  readonly NR_DATA: "NR_DATA";
+  readonly NR_UNKN: "NR_UNKN";
+  readonly NR_EOH: "NR_EOH";
+  readonly NR_BODY: "NR_BODY";
+  readonly HDR_LEADSPC: "HDR_LEADSPC";
+  readonly MDS_256K: "MDS_256K";
+  readonly MDS_1M: "MDS_1M";
+} = variant(
   [
-    "NOCONNECT", "NOHELO", "NOMAIL", "NORCPT", "NOBODY", "NOHDRS", "NOEOH", "NR_HDR", "NOUNKNOWN", "NODATA", "SKIP",
-    "RCPT_REJ", "NR_CONN", "NR_HELO", "NR_MAIL", "NR_RCPT", "NR_DATA", "NR_UNKN", "NR_EOH", "NR_BODY", "HDR_LEADSPC",
-    "MDS_256K", "MDS_1M",
+    "NOCONNECT",
+    "NOHELO",
+    "NOMAIL",
+    "NORCPT",
+    "NOBODY",
+    "NOHDRS",
+    "NOEOH",
+    "NR_HDR",
+    "NOUNKNOWN",
+    "NODATA",
+    "SKIP",
+    "RCPT_REJ",
+    "NR_CONN",
+    "NR_HELO",
+    "NR_MAIL",
+    "NR_RCPT",
+    "NR_DATA",
+    "NR_UNKN",
+    "NR_EOH",
+    "NR_BODY",
+    "HDR_LEADSPC",
+    "MDS_256K",
+    "MDS_1M",
   ] as const,
 );
 /** A protocol step: one of the values of {@linkcode Step}. */
@@ -66,25 +147,59 @@ export type Step = keyof typeof Step;
 
 /** The C value of each variant constructor, in OCaml constructor order. */
 export const STAT_CODES: Readonly<Record<Stat, number>> = {
-  Continue: C.SMFIS_CONTINUE, Reject: C.SMFIS_REJECT, Discard: C.SMFIS_DISCARD, Accept: C.SMFIS_ACCEPT,
-  Tempfail: C.SMFIS_TEMPFAIL, No_reply: C.SMFIS_NOREPLY, Skip: C.SMFIS_SKIP, All: C.SMFIS_ALL_OPTS,
+  Continue: C.SMFIS_CONTINUE,
+  Reject: C.SMFIS_REJECT,
+  Discard: C.SMFIS_DISCARD,
+  Accept: C.SMFIS_ACCEPT,
+  Tempfail: C.SMFIS_TEMPFAIL,
+  No_reply: C.SMFIS_NOREPLY,
+  Skip: C.SMFIS_SKIP,
+  All: C.SMFIS_ALL_OPTS,
 };
 export const FLAG_BITS: Readonly<Record<Flag, number>> = {
-  ADDHDRS: C.SMFIF_ADDHDRS, CHGHDRS: C.SMFIF_CHGHDRS, CHGBODY: C.SMFIF_CHGBODY, ADDRCPT: C.SMFIF_ADDRCPT,
-  ADDRCPT_PAR: C.SMFIF_ADDRCPT_PAR, DELRCPT: C.SMFIF_DELRCPT, QUARANTINE: C.SMFIF_QUARANTINE,
-  CHGFROM: C.SMFIF_CHGFROM, SETSYMLIST: C.SMFIF_SETSYMLIST,
+  ADDHDRS: C.SMFIF_ADDHDRS,
+  CHGHDRS: C.SMFIF_CHGHDRS,
+  CHGBODY: C.SMFIF_CHGBODY,
+  ADDRCPT: C.SMFIF_ADDRCPT,
+  ADDRCPT_PAR: C.SMFIF_ADDRCPT_PAR,
+  DELRCPT: C.SMFIF_DELRCPT,
+  QUARANTINE: C.SMFIF_QUARANTINE,
+  CHGFROM: C.SMFIF_CHGFROM,
+  SETSYMLIST: C.SMFIF_SETSYMLIST,
 };
 export const STAGE_CODES: Readonly<Record<Stage, number>> = {
-  CONNECT: C.SMFIM_CONNECT, HELO: C.SMFIM_HELO, ENVFROM: C.SMFIM_ENVFROM, ENVRCPT: C.SMFIM_ENVRCPT,
-  DATA: C.SMFIM_DATA, EOM: C.SMFIM_EOM, EOH: C.SMFIM_EOH,
+  CONNECT: C.SMFIM_CONNECT,
+  HELO: C.SMFIM_HELO,
+  ENVFROM: C.SMFIM_ENVFROM,
+  ENVRCPT: C.SMFIM_ENVRCPT,
+  DATA: C.SMFIM_DATA,
+  EOM: C.SMFIM_EOM,
+  EOH: C.SMFIM_EOH,
 };
 export const STEP_BITS: Readonly<Record<Step, number>> = {
-  NOCONNECT: C.SMFIP_NOCONNECT, NOHELO: C.SMFIP_NOHELO, NOMAIL: C.SMFIP_NOMAIL, NORCPT: C.SMFIP_NORCPT,
-  NOBODY: C.SMFIP_NOBODY, NOHDRS: C.SMFIP_NOHDRS, NOEOH: C.SMFIP_NOEOH, NR_HDR: C.SMFIP_NR_HDR,
-  NOUNKNOWN: C.SMFIP_NOUNKNOWN, NODATA: C.SMFIP_NODATA, SKIP: C.SMFIP_SKIP, RCPT_REJ: C.SMFIP_RCPT_REJ,
-  NR_CONN: C.SMFIP_NR_CONN, NR_HELO: C.SMFIP_NR_HELO, NR_MAIL: C.SMFIP_NR_MAIL, NR_RCPT: C.SMFIP_NR_RCPT,
-  NR_DATA: C.SMFIP_NR_DATA, NR_UNKN: C.SMFIP_NR_UNKN, NR_EOH: C.SMFIP_NR_EOH, NR_BODY: C.SMFIP_NR_BODY,
-  HDR_LEADSPC: C.SMFIP_HDR_LEADSPC, MDS_256K: C.SMFIP_MDS_256K, MDS_1M: C.SMFIP_MDS_1M,
+  NOCONNECT: C.SMFIP_NOCONNECT,
+  NOHELO: C.SMFIP_NOHELO,
+  NOMAIL: C.SMFIP_NOMAIL,
+  NORCPT: C.SMFIP_NORCPT,
+  NOBODY: C.SMFIP_NOBODY,
+  NOHDRS: C.SMFIP_NOHDRS,
+  NOEOH: C.SMFIP_NOEOH,
+  NR_HDR: C.SMFIP_NR_HDR,
+  NOUNKNOWN: C.SMFIP_NOUNKNOWN,
+  NODATA: C.SMFIP_NODATA,
+  SKIP: C.SMFIP_SKIP,
+  RCPT_REJ: C.SMFIP_RCPT_REJ,
+  NR_CONN: C.SMFIP_NR_CONN,
+  NR_HELO: C.SMFIP_NR_HELO,
+  NR_MAIL: C.SMFIP_NR_MAIL,
+  NR_RCPT: C.SMFIP_NR_RCPT,
+  NR_DATA: C.SMFIP_NR_DATA,
+  NR_UNKN: C.SMFIP_NR_UNKN,
+  NR_EOH: C.SMFIP_NR_EOH,
+  NR_BODY: C.SMFIP_NR_BODY,
+  HDR_LEADSPC: C.SMFIP_HDR_LEADSPC,
+  MDS_256K: C.SMFIP_MDS_256K,
+  MDS_1M: C.SMFIP_MDS_1M,
 };
 
 const has = (table: object, key: unknown): boolean => typeof key === "string" && Object.hasOwn(table, key);

@@ -6,7 +6,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { MilterClient } from "../src/testing/mod.ts";
-import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
+import { type Event, type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
 
 const ALL_FLAGS = "ADDHDRS,CHGHDRS,CHGBODY,ADDRCPT,ADDRCPT_PAR,DELRCPT,QUARANTINE,CHGFROM,SETSYMLIST";
 let filter: FilterProcess;
@@ -18,13 +18,15 @@ afterAll(killAll);
 let messages = 0;
 let latestHost = "";
 /** The eom callback event of the latest message (its stdout line may arrive after the client's reply). */
-const lastEom = async (): Promise<Record<string, any>> => {
+const lastEom = async (): Promise<Event> => {
   const connect = await filter.waitFor((e) => e.cb === "connect" && e.args[0] === latestHost);
   return await filter.waitFor((e) => e.cb === "eom" && e.ctx === connect.ctx);
 };
 
 /** Runs one message whose callbacks follow `instructions`; returns the eom outcome and the client. */
-async function message(instructions: Record<string, unknown>): Promise<{ client: MilterClient; result: Awaited<ReturnType<MilterClient["message"]>> }> {
+async function message(
+  instructions: Record<string, unknown>,
+): Promise<{ client: MilterClient; result: Awaited<ReturnType<MilterClient["message"]>> }> {
   latestHost = `message${++messages}.example`;
   const client = await filter.client();
   await client.connect(latestHost, null);
@@ -38,11 +40,17 @@ async function message(instructions: Record<string, unknown>): Promise<{ client:
   return { client, result };
 }
 
-
 describe("modifications at end of message", () => {
   test("addheader, insheader at index 0, chgheader change and delete", async () => {
     const { result } = await message({
-      eom: { actions: [["addheader", "X-Added", "yes"], ["insheader", 0, "X-Top", "first"], ["chgheader", "Subject", 1, "changed"], ["chgheader", "To", 1, null]] },
+      eom: {
+        actions: [["addheader", "X-Added", "yes"], ["insheader", 0, "X-Top", "first"], [
+          "chgheader",
+          "Subject",
+          1,
+          "changed",
+        ], ["chgheader", "To", 1, null]],
+      },
     });
     expect(result.reply.action).toBe("continue");
     expect(result.modifications).toEqual([
@@ -54,7 +62,9 @@ describe("modifications at end of message", () => {
   });
 
   test("chgfrom with and without ESMTP arguments", async () => {
-    const { result } = await message({ eom: { actions: [["chgfrom", "<new@example.org>", "SIZE=42"], ["chgfrom", "<plain@example.org>"]] } });
+    const { result } = await message({
+      eom: { actions: [["chgfrom", "<new@example.org>", "SIZE=42"], ["chgfrom", "<plain@example.org>"]] },
+    });
     expect(result.modifications).toEqual([
       { type: "chgfrom", from: "<new@example.org>", args: "SIZE=42" },
       { type: "chgfrom", from: "<plain@example.org>", args: null },
@@ -63,7 +73,13 @@ describe("modifications at end of message", () => {
 
   test("addrcpt, addrcpt_par and delrcpt", async () => {
     const { result } = await message({
-      eom: { actions: [["addrcpt", "<carol@example.net>"], ["addrcpt_par", "<dave@example.net>", "NOTIFY=NEVER"], ["addrcpt_par", "<erin@example.net>", null], ["delrcpt", "<bob@example.net>"]] },
+      eom: {
+        actions: [["addrcpt", "<carol@example.net>"], ["addrcpt_par", "<dave@example.net>", "NOTIFY=NEVER"], [
+          "addrcpt_par",
+          "<erin@example.net>",
+          null,
+        ], ["delrcpt", "<bob@example.net>"]],
+      },
     });
     expect(result.modifications).toEqual([
       { type: "addrcpt", rcpt: "<carol@example.net>" },
@@ -74,7 +90,9 @@ describe("modifications at end of message", () => {
   });
 
   test("replacebody with text, appended by a second call", async () => {
-    const { result } = await message({ eom: { actions: [["replacebody", "new body\r\n"], ["replacebody", "more\r\n"]] } });
+    const { result } = await message({
+      eom: { actions: [["replacebody", "new body\r\n"], ["replacebody", "more\r\n"]] },
+    });
     expect(new TextDecoder().decode(result.body!)).toBe("new body\r\nmore\r\n");
   });
 
@@ -87,7 +105,10 @@ describe("modifications at end of message", () => {
 
   test("progress and quarantine", async () => {
     const { result } = await message({ eom: { actions: [["progress"], ["quarantine", "suspicious attachment"]] } });
-    expect(result.modifications).toEqual([{ type: "progress" }, { type: "quarantine", reason: "suspicious attachment" }]);
+    expect(result.modifications).toEqual([{ type: "progress" }, {
+      type: "quarantine",
+      reason: "suspicious attachment",
+    }]);
   });
 });
 
@@ -95,8 +116,16 @@ describe("replies", () => {
   test("setreply with Reject at RCPT gives exactly that 5xx", async () => {
     const client = await filter.client();
     await client.connect("client.example", null);
-    await client.envfrom("<a@example.org>", [], script({ envrcpt: { reply: ["550", "5.7.1", "no such user here"], stat: "Reject" } }));
-    expect(await client.envrcpt("<x@example.net>")).toEqual({ action: "replycode", text: "550 5.7.1 no such user here", smtpCode: 550 });
+    await client.envfrom(
+      "<a@example.org>",
+      [],
+      script({ envrcpt: { reply: ["550", "5.7.1", "no such user here"], stat: "Reject" } }),
+    );
+    expect(await client.envrcpt("<x@example.net>")).toEqual({
+      action: "replycode",
+      text: "550 5.7.1 no such user here",
+      smtpCode: 550,
+    });
     client.quit();
   });
 
@@ -106,7 +135,9 @@ describe("replies", () => {
   });
 
   test("setmlreply sends a multi-line reply", async () => {
-    const { result } = await message({ eom: { mlreply: ["550", "5.7.0", ["first", "second", "third"]], stat: "Reject" } });
+    const { result } = await message({
+      eom: { mlreply: ["550", "5.7.0", ["first", "second", "third"]], stat: "Reject" },
+    });
     expect(result.reply.text).toBe("550-5.7.0 first\r\n550-5.7.0 second\r\n550 5.7.0 third");
   });
 
@@ -117,7 +148,11 @@ describe("replies", () => {
     expect(text).toHaveLength(32);
     expect(text[31]).toBe("550 5.0.0 line 32");
     await message({ eom: { mlreply: ["550", null, lines(33)], stat: "Reject" } });
-    expect((await lastEom()).mlreply).toMatchObject({ ok: false, name: "MilterError", message: "Milter.setmlreply: at most 32 lines are allowed, got 33" });
+    expect((await lastEom()).mlreply).toMatchObject({
+      ok: false,
+      name: "MilterError",
+      message: "Milter.setmlreply: at most 32 lines are allowed, got 33",
+    });
   });
 
   test.each([
@@ -135,12 +170,27 @@ describe("errors that name the function and the reason", () => {
   test("modifications outside eom are refused before reaching C", async () => {
     const client = await filter.client();
     await client.connect("outside.example", null);
-    await client.envfrom("<a@example.org>", [], script({ envrcpt: { actions: [["addheader", "X", "y"], ["addrcpt", "<c@example.net>"], ["replacebody", "x"], ["quarantine", "q"], ["progress"], ["setsymlist", "EOM", "i"]] } }));
+    await client.envfrom(
+      "<a@example.org>",
+      [],
+      script({
+        envrcpt: {
+          actions: [
+            ["addheader", "X", "y"],
+            ["addrcpt", "<c@example.net>"],
+            ["replacebody", "x"],
+            ["quarantine", "q"],
+            ["progress"],
+            ["setsymlist", "EOM", "i"],
+          ],
+        },
+      }),
+    );
     await client.envrcpt("<b@example.net>");
     client.quit();
     const connect = await filter.waitFor((e) => e.cb === "connect" && e.args[0] === "outside.example");
     const event = await filter.waitFor((e) => e.cb === "envrcpt" && e.ctx === connect.ctx);
-    expect(event.actions.map((a: any) => a.message)).toEqual([
+    expect(event.actions.map((a: Event) => a.message)).toEqual([
       "Milter.addheader: only allowed in eom, not in envrcpt",
       "Milter.addrcpt: only allowed in eom, not in envrcpt",
       "Milter.replacebody: only allowed in eom, not in envrcpt",
@@ -148,13 +198,19 @@ describe("errors that name the function and the reason", () => {
       "Milter.progress: only allowed in eom, not in envrcpt",
       "Milter.setsymlist: only allowed in negotiate, not in envrcpt",
     ]);
-    expect(event.actions.every((a: any) => a.name === "MilterError")).toBe(true);
+    expect(event.actions.every((a: Event) => a.name === "MilterError")).toBe(true);
   });
 
   test.each([
     [["addheader", 42, "v"], "Milter.addheader: the header name must be a string, got number 42"],
-    [["chgheader", "Subject", -1, "v"], "Milter.chgheader: the index must be an integer from 0 to 2147483647, got number -1"],
-    [["insheader", 1.5, "X", "v"], "Milter.insheader: the index must be an integer from 0 to 2147483647, got number 1.5"],
+    [
+      ["chgheader", "Subject", -1, "v"],
+      "Milter.chgheader: the index must be an integer from 0 to 2147483647, got number -1",
+    ],
+    [
+      ["insheader", 1.5, "X", "v"],
+      "Milter.insheader: the index must be an integer from 0 to 2147483647, got number 1.5",
+    ],
     [["addrcpt", null], "Milter.addrcpt: the recipient must be a string, got null"],
     [["replacebody", 7], "Milter.replacebody: the body must be a Uint8Array or a string, got number 7"],
     [["quarantine", ""], "Milter.quarantine: the reason must not be empty"],

@@ -10,12 +10,32 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, test } from "vitest";
 import * as Milter from "../mod.ts";
+import type { Event } from "./helpers/filter.ts";
 import { command, ROOT } from "./helpers/runtimes.ts";
 
 describe("variants", () => {
   test("are frozen objects of their own names", () => {
-    expect(Object.keys(Milter.Stat)).toEqual(["Continue", "Reject", "Discard", "Accept", "Tempfail", "No_reply", "Skip", "All"]);
-    expect(Object.keys(Milter.Flag)).toEqual(["ADDHDRS", "CHGHDRS", "CHGBODY", "ADDRCPT", "ADDRCPT_PAR", "DELRCPT", "QUARANTINE", "CHGFROM", "SETSYMLIST"]);
+    expect(Object.keys(Milter.Stat)).toEqual([
+      "Continue",
+      "Reject",
+      "Discard",
+      "Accept",
+      "Tempfail",
+      "No_reply",
+      "Skip",
+      "All",
+    ]);
+    expect(Object.keys(Milter.Flag)).toEqual([
+      "ADDHDRS",
+      "CHGHDRS",
+      "CHGBODY",
+      "ADDRCPT",
+      "ADDRCPT_PAR",
+      "DELRCPT",
+      "QUARANTINE",
+      "CHGFROM",
+      "SETSYMLIST",
+    ]);
     expect(Object.keys(Milter.Stage)).toEqual(["CONNECT", "HELO", "ENVFROM", "ENVRCPT", "DATA", "EOM", "EOH"]);
     expect(Object.keys(Milter.Step)).toHaveLength(23);
     for (const v of [Milter.Stat, Milter.Flag, Milter.Stage, Milter.Step]) {
@@ -49,22 +69,49 @@ describe("ordering and input errors", () => {
   test.each([
     [null, "Milter.register: expected a filter object, got null"],
     [{ ...Milter.empty, name: 7 }, "Milter.register: filter.name must be a string, got number 7"],
-    [{ ...Milter.empty, version: 4 }, "Milter.register: filter.version 4 would make libmilter skip negotiate, data and unknown; use version_code"],
-    [{ ...Milter.empty, version: 0x02000000 }, "Milter.register: libmilter refused the filter: version 0x2000000 must have the major and minor numbers of the installed libmilter (use version_code)"],
-    [{ ...Milter.empty, flags: ["ADDHDRS", "ADDHEADERS"] }, 'Milter.register: filter.flags contains "ADDHEADERS", not a Flag'],
+    [
+      { ...Milter.empty, version: 4 },
+      "Milter.register: filter.version 4 would make libmilter skip negotiate, data and unknown; use version_code",
+    ],
+    [
+      { ...Milter.empty, version: 0x02000000 },
+      "Milter.register: libmilter refused the filter: version 0x2000000 must have the major and minor numbers of the installed libmilter (use version_code)",
+    ],
+    [
+      { ...Milter.empty, flags: ["ADDHDRS", "ADDHEADERS"] },
+      'Milter.register: filter.flags contains "ADDHEADERS", not a Flag',
+    ],
     [{ ...Milter.empty, eom: "yes" }, 'Milter.register: filter.eom must be a function, null or absent, got "yes"'],
   ])("register(%j) is refused", (filter, message) => {
     expect(() => Milter.register(filter as never)).toThrow(message);
   });
 
   test.each([
-    [() => Milter.setconn(""), 'Milter.setconn: expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ""'],
-    [() => Milter.setconn("tcp:25@localhost"), 'Milter.setconn: unknown socket type in "tcp:25@localhost"; use unix:, local:, inet: or inet6:'],
+    [
+      () => Milter.setconn(""),
+      'Milter.setconn: expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ""',
+    ],
+    [
+      () => Milter.setconn("tcp:25@localhost"),
+      'Milter.setconn: unknown socket type in "tcp:25@localhost"; use unix:, local:, inet: or inet6:',
+    ],
     [() => Milter.setconn("inet:localhost"), 'Milter.setconn: "inet:localhost" must be inet:port@host'],
-    [() => Milter.settimeout(-1), "Milter.settimeout: the timeout must be an integer from 0 to 2147483647, got number -1"],
-    [() => Milter.setbacklog(0), "Milter.setbacklog: the backlog must be an integer from 1 to 2147483647, got number 0"],
-    [() => Milter.setdbg("6" as never), 'Milter.setdbg: the debug level must be an integer from 0 to 2147483647, got "6"'],
-    [() => Milter.setmaxdatasize(1.5), "Milter.setmaxdatasize: the size must be an integer from 1 to 2147483647, got number 1.5"],
+    [
+      () => Milter.settimeout(-1),
+      "Milter.settimeout: the timeout must be an integer from 0 to 2147483647, got number -1",
+    ],
+    [
+      () => Milter.setbacklog(0),
+      "Milter.setbacklog: the backlog must be an integer from 1 to 2147483647, got number 0",
+    ],
+    [
+      () => Milter.setdbg("6" as never),
+      'Milter.setdbg: the debug level must be an integer from 0 to 2147483647, got "6"',
+    ],
+    [
+      () => Milter.setmaxdatasize(1.5),
+      "Milter.setmaxdatasize: the size must be an integer from 1 to 2147483647, got number 1.5",
+    ],
     [() => Milter.opensocket("yes" as never), 'Milter.opensocket: expected a boolean, got "yes"'],
     [() => Milter.setErrorReporter(42 as never), "Milter.setErrorReporter: expected a function or null, got number 42"],
   ])("%s is refused", (call, message) => {
@@ -78,7 +125,9 @@ describe("ordering and input errors", () => {
 
   test("register once, main once, then never again", async () => {
     Milter.register({ ...Milter.empty, name: "api" });
-    expect(() => Milter.register({ ...Milter.empty, name: "again" })).toThrow('Milter.register: filter "api" is already registered; libmilter allows one per process');
+    expect(() => Milter.register({ ...Milter.empty, name: "again" })).toThrow(
+      'Milter.register: filter "api" is already registered; libmilter allows one per process',
+    );
     await expect(Milter.main()).rejects.toThrow("Milter.main: no socket; call setconn first");
     expect(() => Milter.opensocket(false)).toThrow("Milter.opensocket: call setconn first");
     Milter.setconn(conn);
@@ -92,13 +141,15 @@ describe("ordering and input errors", () => {
     Milter.stop();
     Milter.stop(); // a second stop while stopping does nothing
     await running;
-    await expect(Milter.main()).rejects.toThrow("Milter.main: libmilter has already run and stopped; it cannot be restarted in this process");
+    await expect(Milter.main()).rejects.toThrow(
+      "Milter.main: libmilter has already run and stopped; it cannot be restarted in this process",
+    );
     expect(() => Milter.stop()).not.toThrow();
   });
 });
 
 describe("loading libmilter", () => {
-  const run = async (env: Record<string, string>): Promise<Record<string, any>[]> => {
+  const run = async (env: Record<string, string>): Promise<Event[]> => {
     const [cmd, args] = command("node", join(ROOT, "test/fixtures/load.ts"));
     const { stdout } = await promisify(execFile)(cmd, args, { cwd: ROOT, env: { ...process.env, ...env } });
     return stdout.trim().split("\n").map((line) => JSON.parse(line));
@@ -108,8 +159,17 @@ describe("loading libmilter", () => {
     const [imported, result] = await run({ LIBMILTER_PATH: "/nonexistent/libmilter.so.1.0.1" });
     expect(imported).toEqual({ event: "imported" });
     expect(result).toMatchObject({ event: "error", name: "MilterError", fn: "Milter.version", isMilterError: true });
-    expect(result.message).toMatch(/^Milter\.version: cannot load libmilter: LIBMILTER_PATH names a file that does not load\.\nTried:\n  \/nonexistent\/libmilter\.so\.1\.0\.1: /);
-    for (const hint of ["apt-get install libmilter1.0.1", "dnf install sendmail-milter", "apk add libmilter", "pkg install libmilter"]) {
+    expect(result.message).toMatch(
+      /^Milter\.version: cannot load libmilter: LIBMILTER_PATH names a file that does not load\.\nTried:\n {2}\/nonexistent\/libmilter\.so\.1\.0\.1: /,
+    );
+    for (
+      const hint of [
+        "apt-get install libmilter1.0.1",
+        "dnf install sendmail-milter",
+        "apk add libmilter",
+        "pkg install libmilter",
+      ]
+    ) {
       expect(result.message).toContain(hint);
     }
   });

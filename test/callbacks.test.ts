@@ -19,11 +19,18 @@ describe.each<SocketKind>(["unix", "inet", "inet6"])("over a %s socket", (socket
   test("a full session reaches every callback with its exact arguments", async () => {
     const client = await filter.client();
     await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 4711 }, {
-      "{client_addr}": "192.0.2.7", j: "mx.example", _: "client.example [192.0.2.7]",
+      "{client_addr}": "192.0.2.7",
+      j: "mx.example",
+      _: "client.example [192.0.2.7]",
     });
     await client.helo("helo.example");
-    await client.envfrom("<alice@example.org>", ["SIZE=123", "BODY=8BITMIME"], { i: "4Qx1", "{mail_addr}": "alice@example.org" });
-    await client.envrcpt("<bob@example.net>", ["NOTIFY=NEVER", "ORCPT=rfc822;bob@example.net"], { "{rcpt_addr}": "bob@example.net" });
+    await client.envfrom("<alice@example.org>", ["SIZE=123", "BODY=8BITMIME"], {
+      i: "4Qx1",
+      "{mail_addr}": "alice@example.org",
+    });
+    await client.envrcpt("<bob@example.net>", ["NOTIFY=NEVER", "ORCPT=rfc822;bob@example.net"], {
+      "{rcpt_addr}": "bob@example.net",
+    });
     await client.data();
     await client.header("Subject", "Hi there");
     await client.header("X-Folded", "one\r\n\ttwo");
@@ -55,16 +62,22 @@ describe.each<SocketKind>(["unix", "inet", "inet6"])("over a %s socket", (socket
     ]);
     // Macros of a stage stay visible in later callbacks, as libmilter keeps them.
     expect(calls[0].macros).toEqual({ "{client_addr}": "192.0.2.7", j: "mx.example", _: "client.example [192.0.2.7]" });
-    expect(filter.callbacks("envrcpt")[0].macros).toMatchObject({ i: "4Qx1", "{mail_addr}": "alice@example.org", "{rcpt_addr}": "bob@example.net" });
+    expect(filter.callbacks("envrcpt")[0].macros).toMatchObject({
+      i: "4Qx1",
+      "{mail_addr}": "alice@example.org",
+      "{rcpt_addr}": "bob@example.net",
+    });
     expect(filter.callbacks("helo")[0].macros["{mail_addr}"]).toBeUndefined();
   });
 
-  test.each([
-    ["inet6", { family: "inet6", address: "2001:db8::25", port: 25 }],
-    ["v4-mapped inet6", { family: "inet6", address: "::ffff:192.0.2.1", port: 587 }],
-    ["unix", { family: "unix", path: "/var/spool/postfix/private/smtpd" }],
-    ["unknown family", null],
-  ] as const)("connect decodes a %s client address", async (_name, addr) => {
+  test.each(
+    [
+      ["inet6", { family: "inet6", address: "2001:db8::25", port: 25 }],
+      ["v4-mapped inet6", { family: "inet6", address: "::ffff:192.0.2.1", port: 587 }],
+      ["unix", { family: "unix", path: "/var/spool/postfix/private/smtpd" }],
+      ["unknown family", null],
+    ] as const,
+  )("connect decodes a %s client address", async (_name, addr) => {
     const client = await filter.client();
     const host = `${_name.replaceAll(" ", "-")}.example`;
     await client.connect(host, addr);

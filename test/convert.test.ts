@@ -8,15 +8,24 @@ import { isIPv6 } from "node:net";
 import { describe, expect, test } from "vitest";
 import { AF_INET, AF_INET6, AF_UNIX } from "../ffi/constants.ts";
 import {
-  decodeSockAddr, escapeReplyText, formatIPv6, replyCodeProblem, replyLinesProblem, sockaddrLength, splitArgv,
+  decodeSockAddr,
+  escapeReplyText,
+  formatIPv6,
+  replyCodeProblem,
+  replyLinesProblem,
+  sockaddrLength,
+  splitArgv,
 } from "../src/convert.ts";
 import { connectionFileLimit, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
 import { unixSocketPath } from "../src/main.ts";
+import { decodeMask, encodeMask, FLAG_BITS, isStat, STAT_CODES, type Step, STEP_BITS } from "../src/variants.ts";
 import {
-  decodeMask, encodeMask, FLAG_BITS, isStat, STAT_CODES, STEP_BITS, type Step,
-} from "../src/variants.ts";
-import {
-  decodeModification, decodeNegotiation, decodeReply, encodeFrame, splitFrames, u32,
+  decodeModification,
+  decodeNegotiation,
+  decodeReply,
+  encodeFrame,
+  splitFrames,
+  u32,
 } from "../src/testing/protocol.ts";
 import { parseSpec } from "../src/testing/client.ts";
 
@@ -30,7 +39,16 @@ function sockaddr(family: number, size: number, fill: (bytes: Uint8Array) => voi
 
 describe("variants ↔ C", () => {
   test("stat codes are libmilter's", () => {
-    expect(STAT_CODES).toEqual({ Continue: 0, Reject: 1, Discard: 2, Accept: 3, Tempfail: 4, No_reply: 7, Skip: 8, All: 10 });
+    expect(STAT_CODES).toEqual({
+      Continue: 0,
+      Reject: 1,
+      Discard: 2,
+      Accept: 3,
+      Tempfail: 4,
+      No_reply: 7,
+      Skip: 8,
+      All: 10,
+    });
     expect(isStat("Continue")).toBe(true);
     for (const bad of ["continue", "toString", "__proto__", 0, null, undefined]) expect(isStat(bad)).toBe(false);
   });
@@ -52,7 +70,11 @@ describe("sockaddr", () => {
   });
 
   test("inet6 and unix", () => {
-    const v6 = sockaddr(AF_INET6, 24, (b) => b.set([0, 25, 0, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1], 2));
+    const v6 = sockaddr(
+      AF_INET6,
+      24,
+      (b) => b.set([0, 25, 0, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1], 2),
+    );
     expect(decodeSockAddr(v6)).toEqual({ family: "inet6", address: "2001:db8::1", port: 25 });
     const unix = sockaddr(AF_UNIX, 110, (b) => b.set(new TextEncoder().encode("/run/x.sock"), 2));
     expect(decodeSockAddr(unix)).toEqual({ family: "unix", path: "/run/x.sock" });
@@ -65,13 +87,24 @@ describe("sockaddr", () => {
   });
 
   test.each([
-    "::", "::1", "2001:db8::1", "2001:db8:0:0:1:0:0:1", "fe80::1:2:3:4", "1:2:3:4:5:6:7:8", "1::", "0:0:1::",
-    "2001:db8:0:1:1:1:1:1", "::ffff:192.0.2.128", "1:0:0:2:0:0:0:3",
+    "::",
+    "::1",
+    "2001:db8::1",
+    "2001:db8:0:0:1:0:0:1",
+    "fe80::1:2:3:4",
+    "1:2:3:4:5:6:7:8",
+    "1::",
+    "0:0:1::",
+    "2001:db8:0:1:1:1:1:1",
+    "::ffff:192.0.2.128",
+    "1:0:0:2:0:0:0:3",
   ])("formatIPv6 writes %s as URL normalization does", (text) => {
     const bytes = new Uint8Array(16);
     const url = new URL(`http://[${text}]/`).hostname.slice(1, -1); // WHATWG serializer: RFC 5952
     const [head, tail] = url.split("::");
-    const words = (s: string | undefined): number[] => (s ? s.split(":").flatMap((w) => w.includes(".") ? [] : [parseInt(w, 16)]) : []);
+    const words = (
+      s: string | undefined,
+    ): number[] => (s ? s.split(":").flatMap((w) => w.includes(".") ? [] : [parseInt(w, 16)]) : []);
     const h = words(head), t = tail === undefined ? [] : words(tail);
     const all = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill(0), ...t];
     all.forEach((w, i) => bytes.set([w >> 8, w & 0xff], 2 * i));
@@ -123,19 +156,44 @@ describe("wire protocol", () => {
   });
 
   test("negotiation reply with macro lists", () => {
-    const data = new Uint8Array([...u32(6), ...u32(0x41), ...u32(0x2), ...u32(0), ...new TextEncoder().encode("{client_addr}\0"), ...u32(5), ...new TextEncoder().encode("i\0")]);
+    const data = new Uint8Array([
+      ...u32(6),
+      ...u32(0x41),
+      ...u32(0x2),
+      ...u32(0),
+      ...new TextEncoder().encode("{client_addr}\0"),
+      ...u32(5),
+      ...new TextEncoder().encode("i\0"),
+    ]);
     expect(decodeNegotiation(data)).toEqual({
-      version: 6, actions: ["ADDHDRS", "CHGFROM"], steps: ["NOHELO"], actionMask: 0x41, stepMask: 0x2, macros: { CONNECT: "{client_addr}", EOM: "i" },
+      version: 6,
+      actions: ["ADDHDRS", "CHGFROM"],
+      steps: ["NOHELO"],
+      actionMask: 0x41,
+      stepMask: 0x2,
+      macros: { CONNECT: "{client_addr}", EOM: "i" },
     });
   });
 
   test("modifications", () => {
     const frame = (code: string, ...parts: (string | number)[]): { code: string; data: Uint8Array } => ({
       code,
-      data: new Uint8Array(parts.flatMap((p) => typeof p === "number" ? [...u32(p)] : [...new TextEncoder().encode(`${p}\0`)])),
+      data: new Uint8Array(
+        parts.flatMap((p) => typeof p === "number" ? [...u32(p)] : [...new TextEncoder().encode(`${p}\0`)]),
+      ),
     });
-    expect(decodeModification(frame("i", 0, "X-Top", "v"))).toEqual({ type: "insheader", index: 0, name: "X-Top", value: "v" });
-    expect(decodeModification(frame("m", 2, "Subject", ""))).toEqual({ type: "chgheader", index: 2, name: "Subject", value: "" });
+    expect(decodeModification(frame("i", 0, "X-Top", "v"))).toEqual({
+      type: "insheader",
+      index: 0,
+      name: "X-Top",
+      value: "v",
+    });
+    expect(decodeModification(frame("m", 2, "Subject", ""))).toEqual({
+      type: "chgheader",
+      index: 2,
+      name: "Subject",
+      value: "",
+    });
     expect(decodeModification(frame("e", "<a@b>"))).toEqual({ type: "chgfrom", from: "<a@b>", args: null });
     expect(decodeModification(frame("c"))).toBeNull();
   });

@@ -5,7 +5,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
+import { type Event, type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
 
 afterAll(killAll);
 let filter: FilterProcess;
@@ -14,7 +14,7 @@ beforeAll(async () => {
 });
 
 /** The callback events of the connection from `host`, once it has closed. */
-const closedEventsOf = async (host: string): Promise<Record<string, any>[]> => {
+const closedEventsOf = async (host: string): Promise<Event[]> => {
   const ctx = await filter.ctxOf(host);
   await filter.waitFor((e) => e.cb === "close" && e.ctx === ctx);
   return filter.eventsOf(ctx);
@@ -25,8 +25,12 @@ describe("private data", () => {
     const client = await filter.client();
     await client.connect("priv.example", null, script({ connect: { setpriv: { seen: ["connect"], n: 1 } } }));
     await client.helo("x");
-    await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "1" }, { envfrom: script({ eom: { setpriv: [1, "two", { three: 3 }] } }) });
-    await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "2" }, { envfrom: script({ eom: { setpriv: null } }) });
+    await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "1" }, {
+      envfrom: script({ eom: { setpriv: [1, "two", { three: 3 }] } }),
+    });
+    await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "2" }, {
+      envfrom: script({ eom: { setpriv: null } }),
+    });
     await client.helo("y");
     client.quit();
     const seen = (await closedEventsOf("priv.example")).map((e) => [e.cb, e.priv]);
@@ -62,7 +66,9 @@ describe("contexts used where they are not valid", () => {
     const client = await filter.client();
     await client.connect("timer.example", null);
     await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" }, {
-      envfrom: script({ eom: { later: [["addheader", "X-Late", "1"], ["getsymval", "i"], ["getpriv"], ["setreply", "550"]] } }),
+      envfrom: script({
+        eom: { later: [["addheader", "X-Late", "1"], ["getsymval", "i"], ["getpriv"], ["setreply", "550"]] },
+      }),
     });
     const ctx = await filter.ctxOf("timer.example");
     await filter.waitFor(() => filter.events.filter((e) => e.event === "later" && e.ctx === ctx).length === 4);
@@ -71,7 +77,9 @@ describe("contexts used where they are not valid", () => {
     for (const result of later) {
       expect(result.ok).toBe(false);
       expect(result.name).toBe("MilterError");
-      expect(result.message).toMatch(new RegExp(`^Milter\\.${result.fn}: Milter\\.Ctx#${ctx} is used outside its callbacks`));
+      expect(result.message).toMatch(
+        new RegExp(`^Milter\\.${result.fn}: Milter\\.Ctx#${ctx} is used outside its callbacks`),
+      );
     }
   });
 
@@ -83,14 +91,27 @@ describe("contexts used where they are not valid", () => {
     const open = await filter.client();
     await open.connect("other.example", null);
     const b = await filter.client();
-    await b.connect("user.example", null, script({
-      helo: { actions: [["@closed.example:getsymval", "i"], ["@closed.example:setpriv", 1], ["@other.example:getpriv"], ["@other.example:setreply", "550"], ["fake:getsymval", "i"], ["fake:addheader", "X", "y"]] },
-    }));
+    await b.connect(
+      "user.example",
+      null,
+      script({
+        helo: {
+          actions: [
+            ["@closed.example:getsymval", "i"],
+            ["@closed.example:setpriv", 1],
+            ["@other.example:getpriv"],
+            ["@other.example:setreply", "550"],
+            ["fake:getsymval", "i"],
+            ["fake:addheader", "X", "y"],
+          ],
+        },
+      }),
+    );
     await b.helo("x");
     const userCtx = await filter.ctxOf("user.example");
     const event = await filter.waitFor((e) => e.cb === "helo" && e.ctx === userCtx);
     const otherCtx = await filter.ctxOf("other.example");
-    expect(event.actions.map((a: any) => a.message)).toEqual([
+    expect(event.actions.map((a: Event) => a.message)).toEqual([
       `Milter.getsymval: Milter.Ctx#${closedCtx} belongs to a connection that has closed`,
       `Milter.setpriv: Milter.Ctx#${closedCtx} belongs to a connection that has closed`,
       expect.stringMatching(new RegExp(`^Milter\\.getpriv: Milter\\.Ctx#${otherCtx} is used outside its callbacks`)),

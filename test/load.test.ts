@@ -18,10 +18,17 @@ async function flood(filter: FilterProcess, n: number): Promise<Record<string, n
     try {
       const client = await Client.open(filter.spec, { timeout: 30_000 });
       await client.connect(`host${i}.example`, null);
-      const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", `${i}`]], body: "hello\r\n" });
+      const result = await client.message({
+        from: "<a@example.org>",
+        rcpt: ["<b@example.net>"],
+        headers: [["Subject", `${i}`]],
+        body: "hello\r\n",
+      });
       client.quit();
       const stamp = result.modifications[0];
-      return stamp?.type === "addheader" && stamp.value === `host${i}.example` ? `${result.reply.action}+stamped` : result.reply.action;
+      return stamp?.type === "addheader" && stamp.value === `host${i}.example`
+        ? `${result.reply.action}+stamped`
+        : result.reply.action;
     } catch (error) {
       return `error: ${(error as Error).message}`;
     }

@@ -40,7 +40,9 @@ describe("with a reporter installed by the program", () => {
     [["Continue"], "an array"],
   ])("answering %j is a bad return, answered 451 4.3.0", async (stat, described) => {
     expect(await rcptWith({ stat })).toEqual(REPLY);
-    const reported = await filter.waitFor((e) => e.event === "reported" && e.message.includes(`returned ${described},`));
+    const reported = await filter.waitFor((e) =>
+      e.event === "reported" && e.message.includes(`returned ${described},`)
+    );
     expect(reported).toMatchObject({ cb: "envrcpt", kind: "bad-return" });
     expect(reported.message).toBe(`the envrcpt callback returned ${described}, not a Stat`);
   });
@@ -53,9 +55,16 @@ describe("with a reporter installed by the program", () => {
 
   test("failures at every stage tempfail, and the filter keeps serving", async () => {
     const client = await filter.client();
-    expect(await client.connect("client.example", null, script({ helo: { throw: "helo" } }))).toEqual({ action: "continue" });
+    expect(await client.connect("client.example", null, script({ helo: { throw: "helo" } }))).toEqual({
+      action: "continue",
+    });
     expect(await client.helo("x")).toEqual(REPLY);
-    const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", "s"]], body: "b" }, { envfrom: script({ eom: { throw: "eom" } }) });
+    const result = await client.message({
+      from: "<a@example.org>",
+      rcpt: ["<b@example.net>"],
+      headers: [["Subject", "s"]],
+      body: "b",
+    }, { envfrom: script({ eom: { throw: "eom" } }) });
     expect(result.reply).toEqual(REPLY);
     client.quit();
     expect(await rcptWith({})).toEqual({ action: "continue" });
@@ -85,8 +94,13 @@ test("the default reporter writes the callback, the filter and the stack to stde
   await client.connect("client.example", null);
   await client.envfrom("<a@example.org>", [], script({ envrcpt: { throw: "kaboom" } }));
   // A % in the filter name is escaped so that libmilter keeps the reply text.
-  expect(await client.envrcpt("<b@example.net>")).toEqual({ ...REPLY, text: "451 4.3.0 mail filter 100%% pure failed; try again later" });
+  expect(await client.envrcpt("<b@example.net>")).toEqual({
+    ...REPLY,
+    text: "451 4.3.0 mail filter 100%% pure failed; try again later",
+  });
   client.quit();
   await expect.poll(() => filter.stderr, { timeout: 5000 }).toContain("kaboom");
-  expect(filter.stderr).toMatch(/milter "100% pure": envrcpt callback failed \(exception\) on Milter\.Ctx#\d+; answered Tempfail\nError: kaboom\n\s+at /);
+  expect(filter.stderr).toMatch(
+    /milter "100% pure": envrcpt callback failed \(exception\) on Milter\.Ctx#\d+; answered Tempfail\nError: kaboom\n\s+at /,
+  );
 });

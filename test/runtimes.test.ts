@@ -24,7 +24,10 @@ describe.each(RUNTIMES)("under %s", (runtime: Runtime) => {
       socket: "inet",
       env: {
         FLAGS: "ADDHDRS,CHGHDRS,CHGBODY,ADDRCPT,SETSYMLIST",
-        NEGOTIATE: JSON.stringify({ result: ["Continue", ["ADDHDRS", "CHGHDRS", "CHGBODY", "ADDRCPT", "SETSYMLIST"], []], symlist: { ENVFROM: "{mail_addr} i" } }),
+        NEGOTIATE: JSON.stringify({
+          result: ["Continue", ["ADDHDRS", "CHGHDRS", "CHGBODY", "ADDRCPT", "SETSYMLIST"], []],
+          symlist: { ENVFROM: "{mail_addr} i" },
+        }),
       },
     });
   });
@@ -45,8 +48,20 @@ describe.each(RUNTIMES)("under %s", (runtime: Runtime) => {
       i: "Q123",
     });
     expect((await client.envrcpt("<nobody@example.net>")).text).toBe("550-5.1.1 no such user\r\n550 5.1.1 here");
-    const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", "s"]], body: "body\r\n" }, {
-      envfrom: script({ eom: { actions: [["addheader", "X-Runtime", runtime], ["chgheader", "Subject", 1, "changed"], ["addrcpt", "<c@example.net>"], ["replacebody", { sequence: 70_000 }]] } }),
+    const result = await client.message({
+      from: "<a@example.org>",
+      rcpt: ["<b@example.net>"],
+      headers: [["Subject", "s"]],
+      body: "body\r\n",
+    }, {
+      envfrom: script({
+        eom: {
+          actions: [["addheader", "X-Runtime", runtime], ["chgheader", "Subject", 1, "changed"], [
+            "addrcpt",
+            "<c@example.net>",
+          ], ["replacebody", { sequence: 70_000 }]],
+        },
+      }),
     });
     expect(result.reply.action).toBe("continue");
     expect(result.modifications.filter((m) => m.type !== "replacebody")).toEqual([
@@ -69,7 +84,11 @@ describe.each(RUNTIMES)("under %s", (runtime: Runtime) => {
 
   test("exceptions and bad returns answer 451 4.3.0, contexts refuse misuse", async () => {
     const client = await filter.client();
-    await client.connect("misuse.example", null, script({ helo: { throw: "boom", later: [["getsymval", "i"]] }, unknown: { stat: 42 } }));
+    await client.connect(
+      "misuse.example",
+      null,
+      script({ helo: { throw: "boom", later: [["getsymval", "i"]] }, unknown: { stat: 42 } }),
+    );
     expect((await client.helo("x")).text).toBe("451 4.3.0 mail filter scripted failed; try again later");
     expect((await client.unknown("XYZZY")).text).toBe("451 4.3.0 mail filter scripted failed; try again later");
     const ctx = (await filter.waitFor((e) => e.cb === "connect" && e.args[0] === "misuse.example")).ctx;
@@ -103,7 +122,9 @@ describe.each(RUNTIMES)("under %s", (runtime: Runtime) => {
       timeout: 60_000,
     });
     expect(stdout).toContain("envrcpt  replycode 550 5.7.1 no mail for <spam@example.net>");
-    expect(stdout).toMatch(/modification: \{"type":"addheader","name":"X-Demo","value":"checked by 1\.0\.1 for client\.example \(2 rcpt\)"\}/);
+    expect(stdout).toMatch(
+      /modification: \{"type":"addheader","name":"X-Demo","value":"checked by 1\.0\.1 for client\.example \(2 rcpt\)"\}/,
+    );
     expect(stdout.trim().split("\n").at(-1)).toBe("demo filter stopped");
   });
 });

@@ -25,14 +25,17 @@ test("stop() from a callback ends main; the process exits by itself", async () =
   expect(existsSync(socketFile(filter.spec))).toBe(false);
 });
 
-test.each(["SIGTERM", "SIGINT", "SIGHUP"] as const)("%s stops the filter like a C milter, exit code 0", async (signal) => {
-  const filter = await startFilter();
-  const started = Date.now();
-  expect(await filter.signal(signal)).toEqual({ code: 0, signal: null });
-  expect(Date.now() - started).toBeLessThan(4000); // no wait for libmilter's 5 s accept loop
-  expect(filter.events.find((e) => e.event === "stopped")?.signalListeners).toEqual([0, 0, 0]);
-  expect(existsSync(socketFile(filter.spec))).toBe(false);
-});
+test.each(["SIGTERM", "SIGINT", "SIGHUP"] as const)(
+  "%s stops the filter like a C milter, exit code 0",
+  async (signal) => {
+    const filter = await startFilter();
+    const started = Date.now();
+    expect(await filter.signal(signal)).toEqual({ code: 0, signal: null });
+    expect(Date.now() - started).toBeLessThan(4000); // no wait for libmilter's 5 s accept loop
+    expect(filter.events.find((e) => e.event === "stopped")?.signalListeners).toEqual([0, 0, 0]);
+    expect(existsSync(socketFile(filter.spec))).toBe(false);
+  },
+);
 
 test("a message in flight at SIGTERM finishes; new connections are refused meanwhile", async () => {
   const filter = await startFilter({ env: { FLAGS: "ADDHDRS", DRAIN: "20" } });
@@ -72,7 +75,9 @@ test("a stop signal that libmilter's own signal thread takes still ends main pro
   const filter = await startFilter();
   const pid = filter.child.pid!;
   const findSigwaiter = (): string | undefined =>
-    readdirSync(`/proc/${pid}/task`).find((tid) => readFileSync(`/proc/${pid}/task/${tid}/wchan`, "utf8").includes("sigtimedwait"));
+    readdirSync(`/proc/${pid}/task`).find((tid) =>
+      readFileSync(`/proc/${pid}/task/${tid}/wchan`, "utf8").includes("sigtimedwait")
+    );
   // smfi_main starts its signal thread on a worker thread shortly after main() returns.
   await expect.poll(findSigwaiter, { timeout: 5000 }).toBeDefined();
   const sigwaiter = findSigwaiter();

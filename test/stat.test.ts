@@ -42,7 +42,12 @@ describe("answers", () => {
     for (const [stat, action] of [["Discard", "discard"], ["Reject", "reject"]]) {
       const client = await filter.client();
       await client.connect("client.example", null);
-      const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x\r\n" }, { envfrom: script({ eom: { stat } }) });
+      const result = await client.message({
+        from: "<a@example.org>",
+        rcpt: ["<b@example.net>"],
+        headers: [],
+        body: "x\r\n",
+      }, { envfrom: script({ eom: { stat } }) });
       expect(result.reply.action).toBe(action);
       client.quit();
     }
@@ -52,9 +57,15 @@ describe("answers", () => {
 describe("negotiation", () => {
   test("without a negotiate callback the filter asks for exactly what libmilter would", async () => {
     // Same flags and callbacks as a C probe filter (connect, helo, eom, close; ADDHDRS), which answers (6, 0x1, 0x37c).
-    const filter = await startFilter({ env: { FLAGS: "ADDHDRS", OMIT: "envfrom,envrcpt,header,eoh,body,abort,unknown,data" } });
+    const filter = await startFilter({
+      env: { FLAGS: "ADDHDRS", OMIT: "envfrom,envrcpt,header,eoh,body,abort,unknown,data" },
+    });
     const client = await filter.client();
-    expect([client.negotiated.version, client.negotiated.actionMask, client.negotiated.stepMask]).toEqual([6, 0x1, 0x37c]);
+    expect([client.negotiated.version, client.negotiated.actionMask, client.negotiated.stepMask]).toEqual([
+      6,
+      0x1,
+      0x37c,
+    ]);
     expect(client.negotiated.steps).toEqual(["NOMAIL", "NORCPT", "NOBODY", "NOHDRS", "NOEOH", "NOUNKNOWN", "NODATA"]);
     // Skipped stages are not sent at all, as an MTA would not.
     expect(await client.envfrom("<a@example.org>")).toEqual({ action: "continue", skipped: true });
@@ -66,17 +77,39 @@ describe("negotiation", () => {
       env: {
         FLAGS: "ADDHDRS",
         OMIT: "data",
-        NEGOTIATE: JSON.stringify({ result: ["Continue", ["ADDHDRS", "CHGBODY", "SETSYMLIST"], ["NOHELO", "NR_HDR", "SKIP"]], symlist: { CONNECT: "{client_addr} j", EOM: "i" } }),
+        NEGOTIATE: JSON.stringify({
+          result: ["Continue", ["ADDHDRS", "CHGBODY", "SETSYMLIST"], ["NOHELO", "NR_HDR", "SKIP"]],
+          symlist: { CONNECT: "{client_addr} j", EOM: "i" },
+        }),
       },
     });
-    const client = await filter.client({ actions: ["ADDHDRS", "CHGBODY", "SETSYMLIST", "QUARANTINE"], steps: ["NOHELO", "NR_HDR", "NODATA", "SKIP", "HDR_LEADSPC"] });
+    const client = await filter.client({
+      actions: ["ADDHDRS", "CHGBODY", "SETSYMLIST", "QUARANTINE"],
+      steps: ["NOHELO", "NR_HDR", "NODATA", "SKIP", "HDR_LEADSPC"],
+    });
     const event = await filter.waitFor((e) => e.cb === "negotiate");
     expect(event.args[0]).toEqual(["ADDHDRS", "CHGBODY", "QUARANTINE", "SETSYMLIST"]);
     // libmilter adds the NR_* steps it can fake to the MTA's offer.
     expect(event.args[1]).toEqual([
-      "NOHELO", "NR_HDR", "NODATA", "SKIP", "NR_CONN", "NR_HELO", "NR_MAIL", "NR_RCPT", "NR_DATA", "NR_UNKN", "NR_EOH", "NR_BODY", "HDR_LEADSPC",
+      "NOHELO",
+      "NR_HDR",
+      "NODATA",
+      "SKIP",
+      "NR_CONN",
+      "NR_HELO",
+      "NR_MAIL",
+      "NR_RCPT",
+      "NR_DATA",
+      "NR_UNKN",
+      "NR_EOH",
+      "NR_BODY",
+      "HDR_LEADSPC",
     ]);
-    expect(event.symlist).toEqual([{ fn: "setsymlist", ok: true, result: null }, { fn: "setsymlist", ok: true, result: null }]);
+    expect(event.symlist).toEqual([{ fn: "setsymlist", ok: true, result: null }, {
+      fn: "setsymlist",
+      ok: true,
+      result: null,
+    }]);
     expect(client.negotiated.actions).toEqual(["ADDHDRS", "CHGBODY", "SETSYMLIST"]);
     // The filter's own steps, plus NODATA for its absent data callback (libmilter drops it when not offered).
     expect(client.negotiated.steps).toEqual(["NOHELO", "NR_HDR", "NODATA", "SKIP"]);

@@ -10,10 +10,23 @@
 
 import { connect as netConnect, type Socket } from "node:net";
 import type { SockAddr } from "../convert.ts";
-import { encodeMask, FLAG_BITS, type Flag, type Step, STEP_BITS } from "../variants.ts";
+import { encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../variants.ts";
 import {
-  ALL_ACTIONS, ALL_STEPS, concat, cstrings, decodeModification, decodeNegotiation, decodeReply, encodeFrame, type Frame,
-  type Modification, type Negotiated, PROTOCOL_VERSION, type Reply, splitFrames, u32,
+  ALL_ACTIONS,
+  ALL_STEPS,
+  concat,
+  cstrings,
+  decodeModification,
+  decodeNegotiation,
+  decodeReply,
+  encodeFrame,
+  type Frame,
+  type Modification,
+  type Negotiated,
+  PROTOCOL_VERSION,
+  type Reply,
+  splitFrames,
+  u32,
 } from "./protocol.ts";
 
 /** Options of {@linkcode MilterClient.open}. */
@@ -149,7 +162,9 @@ export class MilterClient {
   }
 
   async #negotiate(options: ClientOptions): Promise<void> {
-    const actions = Array.isArray(options.actions) ? encodeMask(FLAG_BITS, options.actions) : options.actions ?? ALL_ACTIONS;
+    const actions = Array.isArray(options.actions)
+      ? encodeMask(FLAG_BITS, options.actions)
+      : options.actions ?? ALL_ACTIONS;
     const steps = Array.isArray(options.steps) ? encodeMask(STEP_BITS, options.steps) : options.steps ?? ALL_STEPS;
     this.#send("O", concat([u32(options.version ?? PROTOCOL_VERSION), u32(actions), u32(steps)]));
     const frame = await this.#read();
@@ -168,7 +183,13 @@ export class MilterClient {
   }
 
   /** Sends one command and reads its reply, honouring NO* and NR_* steps. */
-  async #command(code: string, data: Uint8Array, skip: Step | null, noReply: Step | null, macros?: Macros): Promise<Reply> {
+  async #command(
+    code: string,
+    data: Uint8Array,
+    skip: Step | null,
+    noReply: Step | null,
+    macros?: Macros,
+  ): Promise<Reply> {
     if (skip && this.#has(skip) && !this.#sendSkipped) return { action: "continue", skipped: true };
     this.#macros(code, macros);
     this.#send(code, data);
@@ -189,8 +210,9 @@ export class MilterClient {
   connect(hostname: string, addr: SockAddr | null = null, macros?: Macros): Promise<Reply> {
     let info: Uint8Array;
     if (addr === null) info = new TextEncoder().encode("U");
-    else if (addr.family === "unix") info = concat([new TextEncoder().encode("L"), new Uint8Array(2), cstrings(addr.path)]);
-    else {
+    else if (addr.family === "unix") {
+      info = concat([new TextEncoder().encode("L"), new Uint8Array(2), cstrings(addr.path)]);
+    } else {
       const port = new Uint8Array([addr.port >> 8, addr.port & 0xff]);
       info = concat([new TextEncoder().encode(addr.family === "inet" ? "4" : "6"), port, cstrings(addr.address)]);
     }
@@ -274,7 +296,10 @@ export class MilterClient {
    * Pushes a whole message: MAIL, each RCPT, DATA, the headers, EOH, the
    * body and EOM, stopping at the first answer that ends the message.
    */
-  async message(input: MessageInput, macros: { envfrom?: Macros; envrcpt?: Macros; eom?: Macros } = {}): Promise<MessageResult> {
+  async message(
+    input: MessageInput,
+    macros: { envfrom?: Macros; envrcpt?: Macros; eom?: Macros } = {},
+  ): Promise<MessageResult> {
     const replies: { stage: string; reply: Reply }[] = [];
     const done = (stage: string, reply: Reply): boolean => {
       replies.push({ stage, reply });

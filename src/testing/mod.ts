@@ -21,6 +21,12 @@
  */
 
 export {
-  type ClientOptions, type EomResult, type Macros, type MessageInput, type MessageResult, MilterClient, parseSpec,
+  type ClientOptions,
+  type EomResult,
+  type Macros,
+  type MessageInput,
+  type MessageResult,
+  MilterClient,
+  parseSpec,
 } from "./client.ts";
 export type { Action, Modification, Negotiated, Reply } from "./protocol.ts";

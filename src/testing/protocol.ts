@@ -6,7 +6,7 @@
  * @module
  */
 
-import { decodeMask, FLAG_BITS, type Flag, type Stage, STAGE_CODES, type Step, STEP_BITS } from "../variants.ts";
+import { decodeMask, type Flag, FLAG_BITS, type Stage, STAGE_CODES, type Step, STEP_BITS } from "../variants.ts";
 
 /** The protocol version this client speaks. */
 export const PROTOCOL_VERSION = 6;
@@ -174,7 +174,15 @@ export function decodeModification(frame: Frame): Modification | null {
 
 /** The filter's answer to one command. */
 export type Action =
-  | "continue" | "accept" | "reject" | "tempfail" | "discard" | "skip" | "replycode" | "connfail" | "shutdown"
+  | "continue"
+  | "accept"
+  | "reject"
+  | "tempfail"
+  | "discard"
+  | "skip"
+  | "replycode"
+  | "connfail"
+  | "shutdown"
   | "noreply";
 
 /** A reply to one command, as the MTA sees it. */
@@ -190,7 +198,14 @@ export interface Reply {
 }
 
 const ACTIONS: Readonly<Record<string, Action>> = {
-  c: "continue", a: "accept", r: "reject", t: "tempfail", d: "discard", s: "skip", y: "replycode", f: "connfail",
+  c: "continue",
+  a: "accept",
+  r: "reject",
+  t: "tempfail",
+  d: "discard",
+  s: "skip",
+  y: "replycode",
+  f: "connfail",
   "4": "shutdown",
 };
 

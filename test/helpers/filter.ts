@@ -86,14 +86,26 @@ export class FilterProcess {
         }
         if (this.child.exitCode !== null || this.child.signalCode !== null) {
           cleanup();
-          reject(new Error(`filter exited (${this.child.exitCode ?? this.child.signalCode}) before the event; stderr:\n${this.stderr}`));
+          reject(
+            new Error(
+              `filter exited (${
+                this.child.exitCode ?? this.child.signalCode
+              }) before the event; stderr:\n${this.stderr}`,
+            ),
+          );
           return true;
         }
         return false;
       };
       const timer = setTimeout(() => {
         cleanup();
-        reject(new Error(`no matching event within ${timeout} ms; events:\n${JSON.stringify(this.events.slice(-20))}\nstderr:\n${this.stderr}`));
+        reject(
+          new Error(
+            `no matching event within ${timeout} ms; events:\n${
+              JSON.stringify(this.events.slice(-20))
+            }\nstderr:\n${this.stderr}`,
+          ),
+        );
       }, timeout);
       const wake = (): void => void check();
       const cleanup = (): void => {

@@ -20,7 +20,16 @@ export function command(runtime: Runtime, file: string): [string, string[]] {
     case "node":
       return [process.execPath, ["--import", "tsx", file]];
     case "deno":
-      return [bin("deno"), ["run", "--quiet", "--allow-ffi", "--allow-env", "--allow-net", "--allow-read", "--allow-write", file]];
+      return [bin("deno"), [
+        "run",
+        "--quiet",
+        "--allow-ffi",
+        "--allow-env",
+        "--allow-net",
+        "--allow-read",
+        "--allow-write",
+        file,
+      ]];
     case "bun":
       return [bin("bun"), [file]];
   }
@@ -31,5 +40,5 @@ export function runtimeVersion(runtime: Runtime): string {
   if (runtime === "node") return process.version;
   const path = bin(runtime);
   if (!existsSync(path)) throw new Error(`${runtime} is not installed (expected ${path}; run npm ci)`);
-  return execFileSync(path, ["--version"], { encoding: "utf8" }).trim().split("\n")[0];
+  return execFileSync(path, ["--version"], { encoding: "utf8" }).trim().split("\n")[0].split(" (")[0];
 }
