@@ -12,7 +12,39 @@ export type Runtime = "node" | "deno" | "bun";
 export const RUNTIMES: readonly Runtime[] = ["node", "deno", "bun"];
 
 export const ROOT: string = fileURLToPath(new URL("../../", import.meta.url));
-const bin = (name: string): string => `${ROOT}node_modules/.bin/${name}`;
+
+/**
+ * Where npm puts each runtime's binary. The platform packages hold the real
+ * executables whether or not npm ran the packages' install scripts (which
+ * only link them into place; without them `.bin/bun` is a placeholder).
+ */
+function candidates(runtime: "deno" | "bun"): string[] {
+  const modules = `${ROOT}node_modules`;
+  const { platform, arch } = process;
+  const bunArch = arch === "arm64" ? "aarch64" : arch;
+  return runtime === "bun"
+    ? [`${modules}/@oven/bun-${platform}-${bunArch}/bin/bun`, `${modules}/@oven/bun-${platform}-${bunArch}-baseline/bin/bun`, `${modules}/bun/bin/bun.exe`]
+    : [`${modules}/@deno/${platform}-${arch}-glibc/deno`, `${modules}/@deno/${platform}-${arch}/deno`, `${modules}/deno/deno`];
+}
+
+const resolved = new Map<string, string>();
+
+/** The path of a working `deno` or `bun` binary, or throws naming what is missing. */
+function bin(runtime: "deno" | "bun"): string {
+  const known = resolved.get(runtime);
+  if (known) return known;
+  for (const path of candidates(runtime)) {
+    if (!existsSync(path)) continue;
+    try {
+      execFileSync(path, ["--version"], { stdio: "ignore" });
+    } catch {
+      continue; // a placeholder left by a skipped install script
+    }
+    resolved.set(runtime, path);
+    return path;
+  }
+  throw new Error(`${runtime} is not installed: none of ${candidates(runtime).join(", ")} runs; run npm ci`);
+}
 
 /** The command line that runs a TypeScript file under `runtime`. */
 export function command(runtime: Runtime, file: string): [string, string[]] {
@@ -38,7 +70,5 @@ export function command(runtime: Runtime, file: string): [string, string[]] {
 /** The runtime's version, or throws naming what is missing. */
 export function runtimeVersion(runtime: Runtime): string {
   if (runtime === "node") return process.version;
-  const path = bin(runtime);
-  if (!existsSync(path)) throw new Error(`${runtime} is not installed (expected ${path}; run npm ci)`);
-  return execFileSync(path, ["--version"], { encoding: "utf8" }).trim().split("\n")[0].split(" (")[0];
+  return execFileSync(bin(runtime), ["--version"], { encoding: "utf8" }).trim().split("\n")[0].split(" (")[0];
 }
