@@ -23,8 +23,16 @@ function candidates(runtime: "deno" | "bun"): string[] {
   const { platform, arch } = process;
   const bunArch = arch === "arm64" ? "aarch64" : arch;
   return runtime === "bun"
-    ? [`${modules}/@oven/bun-${platform}-${bunArch}/bin/bun`, `${modules}/@oven/bun-${platform}-${bunArch}-baseline/bin/bun`, `${modules}/bun/bin/bun.exe`]
-    : [`${modules}/@deno/${platform}-${arch}-glibc/deno`, `${modules}/@deno/${platform}-${arch}/deno`, `${modules}/deno/deno`];
+    ? [
+      `${modules}/@oven/bun-${platform}-${bunArch}/bin/bun`,
+      `${modules}/@oven/bun-${platform}-${bunArch}-baseline/bin/bun`,
+      `${modules}/bun/bin/bun.exe`,
+    ]
+    : [
+      `${modules}/@deno/${platform}-${arch}-glibc/deno`,
+      `${modules}/@deno/${platform}-${arch}/deno`,
+      `${modules}/deno/deno`,
+    ];
 }
 
 const resolved = new Map<string, string>();
