@@ -9,7 +9,7 @@
  */
 
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
-import { active, type CallbackName, describe, type Session } from "./ctx.ts";
+import { active, CALLBACK_NAMES, type CallbackName, describe, type Session } from "./ctx.ts";
 import { check, fail } from "./error.ts";
 import { native } from "./native.ts";
 import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
@@ -52,21 +52,8 @@ function inEom(fn: string, ctx: Ctx, flag: Flag): [Session, () => string] {
   return [session, why];
 }
 
-const ANY: readonly CallbackName[] = [
-  "connect",
-  "helo",
-  "envfrom",
-  "envrcpt",
-  "header",
-  "eoh",
-  "body",
-  "eom",
-  "abort",
-  "close",
-  "unknown",
-  "data",
-  "negotiate",
-];
+/** Where an SMTP reply can follow: every callback but negotiate. */
+const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !== "negotiate");
 
 /**
  * The value of the macro `name` (`"i"`, `"{client_addr}"`; braces are
@@ -113,7 +100,7 @@ export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
  * @throws {MilterError} outside a callback, or when the codes or text are invalid.
  */
 export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message?: string | null): void {
-  const session = inCallback("setreply", ctx, ANY.filter((c) => c !== "negotiate"));
+  const session = inCallback("setreply", ctx, REPLY_STAGES);
   requireString("setreply", "rcode", rcode);
   const x = optionalString("setreply", "xcode", xcode);
   const text = optionalString("setreply", "message", message);
@@ -130,7 +117,7 @@ export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message
  * @throws {MilterError} outside a callback, or when the codes or lines are invalid (never truncated).
  */
 export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undefined, lines: string[]): void {
-  const session = inCallback("setmlreply", ctx, ANY.filter((c) => c !== "negotiate"));
+  const session = inCallback("setmlreply", ctx, REPLY_STAGES);
   requireString("setmlreply", "rcode", rcode);
   const x = optionalString("setmlreply", "xcode", xcode);
   if (!Array.isArray(lines)) fail("setmlreply", `lines must be an array of strings, got ${describe(lines)}`);

@@ -14,21 +14,25 @@
 import type { Pointer } from "../ffi/memory.ts";
 import { fail } from "./error.ts";
 
-/** The name of each callback of a filter. */
-export type CallbackName =
-  | "connect"
-  | "helo"
-  | "envfrom"
-  | "envrcpt"
-  | "header"
-  | "eoh"
-  | "body"
-  | "eom"
-  | "abort"
-  | "close"
-  | "unknown"
-  | "data"
-  | "negotiate";
+/** The callbacks of a filter, in `struct smfiDesc` order. */
+export const CALLBACK_NAMES = [
+  "connect",
+  "helo",
+  "envfrom",
+  "envrcpt",
+  "header",
+  "eoh",
+  "body",
+  "eom",
+  "abort",
+  "close",
+  "unknown",
+  "data",
+  "negotiate",
+] as const;
+
+/** The name of a callback of a filter. */
+export type CallbackName = (typeof CALLBACK_NAMES)[number];
 
 const TOKEN = Symbol("Ctx");
 

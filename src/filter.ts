@@ -23,7 +23,7 @@ import {
 } from "../ffi/memory.ts";
 import type { CallbackSymbol } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import { type CallbackName, type Ctx, describe, enter, leave, release, type Session } from "./ctx.ts";
+import { CALLBACK_NAMES, type CallbackName, type Ctx, describe, enter, leave, release, type Session } from "./ctx.ts";
 import { fail } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
@@ -114,22 +114,6 @@ export interface Filter {
  */
 export const empty: Readonly<Filter> = Object.freeze({ name: "", version: version_code, flags: [] });
 
-const CALLBACKS: readonly CallbackName[] = [
-  "connect",
-  "helo",
-  "envfrom",
-  "envrcpt",
-  "header",
-  "eoh",
-  "body",
-  "eom",
-  "abort",
-  "close",
-  "unknown",
-  "data",
-  "negotiate",
-];
-
 /** The NO* step libmilter asks for when a stage's callback is absent. */
 const STEP_OF_ABSENT: Partial<Record<CallbackName, Step>> = {
   connect: "NOCONNECT",
@@ -173,7 +157,7 @@ function validateFilter(filter: unknown): Filter {
   for (const flag of f.flags) {
     if (!isFlag(flag)) fail("register", `filter.flags contains ${describe(flag)}, not a Flag`);
   }
-  for (const name of CALLBACKS) {
+  for (const name of CALLBACK_NAMES) {
     const cb = f[name];
     if (cb !== undefined && cb !== null && typeof cb !== "function") {
       fail("register", `filter.${name} must be a function, null or absent, got ${describe(cb)}`);
@@ -204,7 +188,7 @@ export function register(filter: Filter): void {
     xxfi_version: f.version,
     xxfi_flags: encodeMask(FLAG_BITS, f.flags),
   };
-  for (const name of CALLBACKS) {
+  for (const name of CALLBACK_NAMES) {
     const symbol = `xxfi_${name}` as CallbackSymbol;
     // negotiate and close are always registered: the binding needs them to
     // open and end sessions. Neither is a protocol stage, so the MTA still
@@ -231,7 +215,7 @@ export function register(filter: Filter): void {
   registeredFlags = encodeMask(FLAG_BITS, f.flags);
   absentSteps = encodeMask(
     STEP_BITS,
-    CALLBACKS.flatMap((name) => {
+    CALLBACK_NAMES.flatMap((name) => {
       const step = STEP_OF_ABSENT[name];
       return step && typeof f[name] !== "function" ? [step] : [];
     }),

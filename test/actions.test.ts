@@ -167,6 +167,24 @@ describe("replies", () => {
 });
 
 describe("errors that name the function and the reason", () => {
+  test("a modification without its flag says which flag is missing", async () => {
+    // The shared filter declares every flag; this one declares none. libmilter refuses, and the error says why.
+    const bare = await startFilter();
+    const client = await bare.client();
+    await client.connect("noflag.example", null);
+    await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" }, {
+      envfrom: script({ eom: { actions: [["addheader", "X", "y"], ["quarantine", "why"], ["chgfrom", "<c@d>"]] } }),
+    });
+    client.quit();
+    const connect = await bare.waitFor((e) => e.cb === "connect" && e.args[0] === "noflag.example");
+    const event = await bare.waitFor((e) => e.cb === "eom" && e.ctx === connect.ctx);
+    expect(event.actions.map((a: Event) => a.message)).toEqual([
+      "Milter.addheader: the filter did not declare Flag.ADDHDRS (in Filter.flags or from negotiate)",
+      "Milter.quarantine: the filter did not declare Flag.QUARANTINE (in Filter.flags or from negotiate)",
+      "Milter.chgfrom: the filter did not declare Flag.CHGFROM (in Filter.flags or from negotiate)",
+    ]);
+  });
+
   test("modifications outside eom are refused before reaching C", async () => {
     const client = await filter.client();
     await client.connect("outside.example", null);
@@ -182,6 +200,11 @@ describe("errors that name the function and the reason", () => {
             ["quarantine", "q"],
             ["progress"],
             ["setsymlist", "EOM", "i"],
+            ["chgheader", "Subject", 1, "x"],
+            ["insheader", 0, "X", "y"],
+            ["chgfrom", "<x@example.org>"],
+            ["addrcpt_par", "<c@example.net>", null],
+            ["delrcpt", "<b@example.net>"],
           ],
         },
       }),
@@ -197,6 +220,11 @@ describe("errors that name the function and the reason", () => {
       "Milter.quarantine: only allowed in eom, not in envrcpt",
       "Milter.progress: only allowed in eom, not in envrcpt",
       "Milter.setsymlist: only allowed in negotiate, not in envrcpt",
+      "Milter.chgheader: only allowed in eom, not in envrcpt",
+      "Milter.insheader: only allowed in eom, not in envrcpt",
+      "Milter.chgfrom: only allowed in eom, not in envrcpt",
+      "Milter.addrcpt_par: only allowed in eom, not in envrcpt",
+      "Milter.delrcpt: only allowed in eom, not in envrcpt",
     ]);
     expect(event.actions.every((a: Event) => a.name === "MilterError")).toBe(true);
   });
