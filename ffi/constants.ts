@@ -23,6 +23,9 @@ export const SMFIS_NOREPLY = 7;
 export const SMFIS_SKIP = 8;
 export const SMFIS_ALL_OPTS = 10;
 
+/** Every action of protocol 6 (`SMFI_CURR_ACTS`). */
+export const SMFI_CURR_ACTS = 0x1ff;
+
 // SMFIF_*: actions a filter may take at end of message.
 export const SMFIF_ADDHDRS = 0x001;
 export const SMFIF_CHGBODY = 0x002;

@@ -11,7 +11,14 @@
  * @module
  */
 
-import { MI_SUCCESS, SMFI_VERSION, SMFIP_SKIP, SMFIS_CONTINUE, SMFIS_TEMPFAIL } from "../ffi/constants.ts";
+import {
+  MI_SUCCESS,
+  SMFI_CURR_ACTS,
+  SMFI_VERSION,
+  SMFIP_SKIP,
+  SMFIS_CONTINUE,
+  SMFIS_TEMPFAIL,
+} from "../ffi/constants.ts";
 import {
   type Pointer,
   readArgv,
@@ -195,7 +202,7 @@ export function register(filter: Filter): void {
     // skips every stage the filter leaves out.
     const wanted = typeof f[name] === "function" || name === "negotiate" || name === "close";
     if (wanted) {
-      const ptr = registerCallback(TRAMPOLINES[symbol], lib.callbackTypes[symbol]);
+      const ptr = registerCallback(total(TRAMPOLINES[symbol]), lib.callbackTypes[symbol]);
       keepAlive.push(ptr);
       desc[symbol] = ptr;
     } else {
@@ -311,12 +318,27 @@ function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Sessi
   if (!Array.isArray(steps) || !steps.every(isStep)) {
     throw new BadReturn(`the negotiate callback's steps are ${describe(steps)}, not Step[]`);
   }
-  session.actions = stat === "All" ? 0x1ff : encodeMask(FLAG_BITS, flags);
+  session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   writeULong(pf[1], (encodeMask(STEP_BITS, steps) | absentSteps) >>> 0);
   writeULong(pf[2], 0);
   writeULong(pf[3], 0);
   return code;
+}
+
+/**
+ * The last line of defence: whatever escapes a trampoline (even the
+ * binding's own bookkeeping) answers Tempfail, never koffi's default of 0.
+ */
+// deno-lint-ignore no-explicit-any
+function total<F extends (...args: any[]) => number>(fn: F): F {
+  return ((...args: Parameters<F>): number => {
+    try {
+      return fn(...args);
+    } catch {
+      return SMFIS_TEMPFAIL;
+    }
+  }) as F;
 }
 
 // deno-lint-ignore no-explicit-any

@@ -214,7 +214,7 @@ function start(options: MainOptions): Promise<void> {
   lifecycle.phase = "running";
   const watch = watchLibmilterStop(lib.internal.mi_stop);
   return new Promise<void>((resolve, reject) => {
-    lib.fn.smfi_main.async(async (error: unknown, rc: number) => {
+    const done = async (error: unknown, rc: number): Promise<void> => {
       clearInterval(watch);
       lifecycle.phase = "stopped";
       stopRequested?.();
@@ -237,7 +237,12 @@ function start(options: MainOptions): Promise<void> {
           ),
         );
       } else resolve();
-    });
+    };
+    try {
+      lib.fn.smfi_main.async(done);
+    } catch (error) {
+      void done(error, -1); // koffi could not start the call: undo everything main set up
+    }
   });
 }
 
