@@ -20,6 +20,10 @@ const RULES = {
     "<blocked@example.net>": { reply: ["550", "5.7.1", "no mail for blocked here"], stat: "Reject" },
     "<busy@example.net>": { stat: "Tempfail" },
     "<vip@example.net>": { stat: "Accept" },
+    "<policy@example.net>": {
+      mlreply: ["550", "5.7.26", ["unauthenticated mail is not accepted", "see RFC 7489"]],
+      stat: "Reject",
+    },
   },
 };
 
@@ -119,6 +123,27 @@ describe.each<SocketKind>(["unix", "inet"])("Postfix with the filter on a %s soc
     expect(tx.rcpt[0]).toEqual({ code: 550, lines: ["550 5.7.1 no mail for blocked here"] });
     expect(tx.rcpt[1].code).toBe(250);
     expect((await postfix.waitForDelivery(bySubject(subject))).rcptTo).toEqual(["bob@example.net"]);
+  });
+
+  test("setmlreply with Reject at RCPT gives that multi-line 5xx", async () => {
+    const tx = await send(postfix.smtpPort, {
+      from: "alice@example.org",
+      to: ["policy@example.net"],
+      content: message().content,
+    });
+    expect(tx.rcpt[0]).toEqual({
+      code: 550,
+      lines: ["550-5.7.26 unauthenticated mail is not accepted", "550 5.7.26 see RFC 7489"],
+    });
+  });
+
+  test("setreply with Reject at end of message gives exactly that 5xx", async () => {
+    const tx = await send(postfix.smtpPort, {
+      from: "alice@example.org",
+      to: ["bob@example.net"],
+      content: message({ reply: ["554", "5.7.1", "message content rejected"], stat: "Reject" }).content,
+    });
+    expect(tx.end).toEqual({ code: 554, lines: ["554 5.7.1 message content rejected"] });
   });
 
   test("Tempfail at RCPT gives 4xx", async () => {
