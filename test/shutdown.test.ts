@@ -89,3 +89,27 @@ test("a stop signal that libmilter's own signal thread takes still ends main pro
   expect(filter.stderr).toContain("libmilter's signal thread took the stop signal");
   expect(existsSync(socketFile(filter.spec))).toBe(false);
 });
+
+test("SIGTERM with 50 messages in flight: every one finishes, the socket file goes, exit code 0", async () => {
+  const filter = await startFilter({ env: { FLAGS: "ADDHDRS", DRAIN: "20" } });
+  const clients = await Promise.all(Array.from({ length: 50 }, async (_, i) => {
+    const client = await filter.client();
+    await client.connect(`inflight${i}.example`, null);
+    await client.envfrom("<a@example.org>", [], script({ eom: { actions: [["addheader", "X-Finished", `${i}`]] } }));
+    await client.envrcpt("<b@example.net>");
+    return client;
+  }));
+  filter.child.kill("SIGTERM");
+  const results = await Promise.all(clients.map(async (client, i) => {
+    await client.data();
+    await client.header("Subject", `in flight ${i}`);
+    await client.eoh();
+    await client.body("finishing after SIGTERM\r\n");
+    const { reply, modifications } = await client.eom();
+    client.quit();
+    return reply.action === "continue" && modifications[0]?.type === "addheader" && modifications[0].value === `${i}`;
+  }));
+  expect(results.filter(Boolean)).toHaveLength(50);
+  expect(await filter.exited).toEqual({ code: 0, signal: null });
+  expect(existsSync(socketFile(filter.spec))).toBe(false);
+});

@@ -88,9 +88,9 @@ export class FilterProcess {
           cleanup();
           reject(
             new Error(
-              `filter exited (${
-                this.child.exitCode ?? this.child.signalCode
-              }) before the event; stderr:\n${this.stderr}`,
+              `filter exited (${this.child.exitCode ?? this.child.signalCode}) before the event; events: ${
+                JSON.stringify(this.events.slice(-5))
+              }; stderr:\n${this.stderr}`,
             ),
           );
           return true;

@@ -1,0 +1,141 @@
+/**
+ * Faults on the MTA side: disconnects at every stage, garbage, truncated and
+ * oversized frames, a client that stalls. libmilter calls abort and close as
+ * it documents, and the filter keeps serving everyone else.
+ */
+
+import { connect } from "node:net";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { MilterClient } from "../src/testing/mod.ts";
+import { concat, cstrings, encodeFrame, u32 } from "../src/testing/protocol.ts";
+import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+afterAll(killAll);
+
+/** Steps an MTA takes, in order; a disconnect follows the last one given. */
+const STEPS: [string, (c: MilterClient) => Promise<unknown> | void][] = [
+  ["connect", (c) => c.connect("fault.example", null)],
+  ["helo", (c) => c.helo("fault.example")],
+  ["envfrom", (c) => c.envfrom("<a@example.org>")],
+  ["envrcpt", (c) => c.envrcpt("<b@example.net>")],
+  ["data", (c) => c.data()],
+  ["header", (c) => c.header("Subject", "faulty")],
+  ["eoh", (c) => c.eoh()],
+  ["body", (c) => c.body("part of the body\r\n")],
+];
+
+describe("the MTA disconnects", () => {
+  let filter: FilterProcess;
+  beforeAll(async () => {
+    filter = await startFilter();
+  });
+
+  test.each(STEPS.map((_, i) => [STEPS[i][0], i] as const))(
+    "after %s: abort and close as libmilter documents",
+    async (stage, last) => {
+      const client = await filter.client();
+      const host = `after-${stage}.example`;
+      await client.connect(host, null);
+      for (const [, step] of STEPS.slice(1, last + 1)) await step(client);
+      client.close(); // vanishes without QUIT, mid-stage
+      const ctx = await filter.ctxOf(host);
+      await filter.waitFor((e) => e.cb === "close" && e.ctx === ctx);
+      const seen = filter.eventsOf(ctx).map((e) => e.cb);
+      const inMessage = last >= 2; // MAIL FROM was sent
+      expect(seen.filter((cb) => cb === "abort")).toHaveLength(inMessage ? 1 : 0);
+      expect(seen.at(-1)).toBe("close");
+      // The filter still serves a full message.
+      const next = await filter.client();
+      await next.connect("next.example", null);
+      const result = await next.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" });
+      expect(result.reply.action).toBe("continue");
+      next.quit();
+    },
+  );
+});
+
+/** Sends raw bytes on a fresh connection; resolves when the filter closes it. */
+function raw(spec: string, bytes: Uint8Array, keepOpen = false): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(spec.slice("unix:".length));
+    const started = Date.now();
+    socket.on("connect", () => {
+      socket.write(bytes);
+      if (!keepOpen) socket.end();
+    });
+    socket.on("data", () => {});
+    socket.on("error", () => {});
+    socket.on("close", () => resolve(Date.now() - started));
+    setTimeout(() => reject(new Error("the filter kept the connection open")), 15_000);
+  });
+}
+
+describe("bad frames and stalls", () => {
+  let filter: FilterProcess;
+  beforeAll(async () => {
+    filter = await startFilter({ env: { TIMEOUT: "1" } });
+  });
+
+  async function stillServes(): Promise<void> {
+    const client = await filter.client();
+    await client.connect("ok.example", null);
+    expect(
+      (await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x" })).reply
+        .action,
+    )
+      .toBe("continue");
+    client.quit();
+  }
+
+  test("garbage bytes", async () => {
+    const garbage = Uint8Array.from({ length: 4096 }, (_, i) => (i * 131 + 7) % 256);
+    await raw(filter.spec, garbage);
+    await stillServes();
+  });
+
+  test("a truncated frame", async () => {
+    const frame = encodeFrame("C", concat([cstrings("host.example"), new TextEncoder().encode("4")]));
+    await raw(filter.spec, frame.subarray(0, frame.length - 3));
+    await stillServes();
+  });
+
+  test("an oversized frame is refused without reading it", async () => {
+    const negotiate = encodeFrame("O", concat([u32(6), u32(0x1ff), u32(0x1fffff)]));
+    const huge = concat([u32(0x7fffffff), new TextEncoder().encode("B"), new Uint8Array(1024)]);
+    await raw(filter.spec, concat([negotiate, huge]), true);
+    await stillServes();
+  });
+
+  test("a client that stalls mid-frame past settimeout is dropped, others served meanwhile", async () => {
+    const negotiate = encodeFrame("O", concat([u32(6), u32(0x1ff), u32(0x1fffff)]));
+    const partial = concat([negotiate, u32(200), new TextEncoder().encode("C")]); // promises 200 bytes, sends 1
+    const stalled = raw(filter.spec, partial, true);
+    await stillServes();
+    expect(await stalled).toBeLessThan(8000); // settimeout(1): libmilter gives up on the read
+    await stillServes();
+  });
+});
+
+describe("socket files", () => {
+  test("opensocket(true) replaces a stale socket file; opensocket(false) says why it cannot", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "milter-stale-"));
+    const spec = `unix:${join(dir, "milter.sock")}`;
+    const killed = await startFilter({ env: { SOCKET: spec } });
+    killed.child.kill("SIGKILL"); // leaves its socket file behind
+    await killed.exited;
+    expect(statSync(join(dir, "milter.sock")).isSocket()).toBe(true);
+    await expect(startFilter({ env: { SOCKET: spec, RMSOCKET: "0" } })).rejects.toThrow(
+      /Milter\.opensocket: cannot create unix:.*a stale socket file without opensocket\(true\)/,
+    );
+    const replacing = await startFilter({ env: { SOCKET: spec } });
+    const client = await MilterClient.open(spec);
+    expect((await client.connect("x.example", null)).action).toBe("continue");
+    client.quit();
+    await replacing.kill();
+    expect(existsSync(join(dir, "milter.sock"))).toBe(false);
+    rmSync(dir, { recursive: true });
+  });
+});
