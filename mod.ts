@@ -58,6 +58,7 @@ export {
   insheader,
   progress,
   quarantine,
+  rawargs,
   replacebody,
   setmlreply,
   setpriv,

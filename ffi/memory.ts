@@ -19,15 +19,25 @@ export function readBytes(ptr: Pointer | null, len: number): Uint8Array {
   return new Uint8Array(koffi.view(ptr, len)).slice();
 }
 
-/** Decodes the NULL-terminated `char *argv[]` at `ptr` as UTF-8 strings. */
-export function readArgv(ptr: Pointer | null): string[] {
-  const out: string[] = [];
+/** The pointers of the NULL-terminated `char *argv[]` at `ptr`. */
+export function readPointers(ptr: Pointer | null): Pointer[] {
+  const out: Pointer[] = [];
   if (ptr === null) return out;
   for (let i = 0;; i++) {
-    const s = koffi.decode(ptr, i * POINTER_SIZE, "const char *") as string | null;
-    if (s === null) return out;
-    out.push(s);
+    const p = koffi.decode(ptr, i * POINTER_SIZE, "void *") as Pointer | null;
+    if (p === null) return out;
+    out.push(p);
   }
+}
+
+/** Decodes the C string at `ptr` as UTF-8 (invalid sequences become U+FFFD); `null` for NULL. */
+export function readCString(ptr: Pointer | null): string | null {
+  return ptr === null ? null : koffi.decode.string(ptr);
+}
+
+/** Copies the bytes of the C string at `ptr`, without its NUL; `strlen` is libc's. */
+export function readCStringBytes(ptr: Pointer | null, strlen: (ptr: Pointer) => number | bigint): Uint8Array {
+  return ptr === null ? new Uint8Array(0) : readBytes(ptr, Number(strlen(ptr)));
 }
 
 /** Reads the `unsigned short` at `ptr` (host byte order). */

@@ -3,25 +3,26 @@
  * `struct smfiDesc`, the struct itself, and every `smfi_*` function, keyed by
  * C name. The C declaration is the definition.
  *
- * Pointers the facade must decode itself (sockaddr, argv, body, negotiate's
- * output words) are declared `void *` so they arrive as BigInt addresses.
+ * Pointers the facade decodes itself are declared `void *` so they arrive as
+ * BigInt addresses: sockaddr, argv, body, negotiate's output words, and the
+ * C strings, whose raw bytes `rawargs` offers (they need not be UTF-8).
  *
  * @module
  */
 
 /** The xxfi_* callback prototypes, in `struct smfiDesc` order. */
 export const CALLBACK_PROTOTYPES = {
-  xxfi_connect: "int xxfi_connect(SMFICTX *ctx, const char *hostname, void *hostaddr)",
-  xxfi_helo: "int xxfi_helo(SMFICTX *ctx, const char *helohost)",
+  xxfi_connect: "int xxfi_connect(SMFICTX *ctx, void *hostname, void *hostaddr)",
+  xxfi_helo: "int xxfi_helo(SMFICTX *ctx, void *helohost)",
   xxfi_envfrom: "int xxfi_envfrom(SMFICTX *ctx, void *argv)",
   xxfi_envrcpt: "int xxfi_envrcpt(SMFICTX *ctx, void *argv)",
-  xxfi_header: "int xxfi_header(SMFICTX *ctx, const char *headerf, const char *headerv)",
+  xxfi_header: "int xxfi_header(SMFICTX *ctx, void *headerf, void *headerv)",
   xxfi_eoh: "int xxfi_eoh(SMFICTX *ctx)",
   xxfi_body: "int xxfi_body(SMFICTX *ctx, void *bodyp, size_t len)",
   xxfi_eom: "int xxfi_eom(SMFICTX *ctx)",
   xxfi_abort: "int xxfi_abort(SMFICTX *ctx)",
   xxfi_close: "int xxfi_close(SMFICTX *ctx)",
-  xxfi_unknown: "int xxfi_unknown(SMFICTX *ctx, const char *arg)",
+  xxfi_unknown: "int xxfi_unknown(SMFICTX *ctx, void *arg)",
   xxfi_data: "int xxfi_data(SMFICTX *ctx)",
   xxfi_negotiate:
     "int xxfi_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3, void *pf0, void *pf1, void *pf2, void *pf3)",
@@ -85,6 +86,7 @@ export const LIBC_PROTOTYPES = {
   getrlimit: "int getrlimit(int resource, _Out_ rlimit *rlim)",
   setrlimit: "int setrlimit(int resource, const rlimit *rlim)",
   fcntl: "int fcntl(int fd, int cmd, ...)",
+  strlen: "size_t strlen(const void *s)",
   dlopen: "void *dlopen(const char *filename, int flags)",
 } as const;
 

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { readCStringBytes } from "../ffi/memory.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, describe, type Session } from "./ctx.ts";
 import { check, fail } from "./error.ts";
@@ -282,4 +283,23 @@ export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
     native("setsymlist").fn.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
     () => `libmilter refused (a list for ${stage} was already set in this negotiation, or the list is empty)`,
   );
+}
+
+/**
+ * The raw bytes of the running callback's string arguments, for a filter
+ * that must see exactly what the MTA sent (header values and addresses need
+ * not be UTF-8; the strings the callbacks receive show invalid sequences as
+ * U+FFFD). In order: `connect` the host name; `helo` its argument; `envfrom`
+ * and `envrcpt` the address, then each ESMTP argument; `header` the name and
+ * the value; `unknown` the command. Empty in the other callbacks, and for a
+ * host name libmilter did not give. Each is a copy. This function is an
+ * extension: the OCaml module has no equivalent.
+ *
+ * @throws {MilterError} outside a callback of the context's connection.
+ */
+export function rawargs(ctx: Ctx): Uint8Array[] {
+  const session = active("rawargs", ctx);
+  const strlen = native("rawargs").libc.strlen;
+  if (!strlen) fail("rawargs", "this C library has no strlen reachable through libmilter");
+  return session.raw.map((ptr) => readCStringBytes(ptr, strlen as (ptr: bigint) => number));
 }

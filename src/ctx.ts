@@ -70,6 +70,8 @@ export interface Session {
   priv: unknown;
   /** Action flags the filter declared for this connection (registration or negotiate). */
   actions: number;
+  /** The C string arguments of the running callback, valid only while it runs (for `rawargs`). */
+  raw: readonly Pointer[];
 }
 
 const sessions = new Map<Pointer, Session>();
@@ -82,7 +84,7 @@ let sessionsChanged: (() => void) | null = null;
 export function enter(ptr: Pointer, callback: CallbackName, actions: number): Session {
   let session = sessions.get(ptr);
   if (!session) {
-    session = { ptr, ctx: new Ctx(TOKEN, nextId++), callback: null, closed: false, priv: null, actions };
+    session = { ptr, ctx: new Ctx(TOKEN, nextId++), callback: null, closed: false, priv: null, actions, raw: [] };
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
@@ -94,6 +96,7 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
 /** Marks the callback of `session` as returned. */
 export function leave(session: Session): void {
   session.callback = null;
+  session.raw = [];
   running = null;
 }
 

@@ -21,8 +21,9 @@ import {
 } from "../ffi/constants.ts";
 import {
   type Pointer,
-  readArgv,
   readBytes,
+  readCString,
+  readPointers,
   readULong,
   readUShort,
   registerCallback,
@@ -284,12 +285,20 @@ function dispatch(
   }
 }
 
-/** Calls a filter callback that answers a plain `Stat`. */
-function simple(callback: CallbackName, ptr: Pointer, args: (session: Session) => unknown[]): number {
+/** A callback's decoded arguments, and the C strings among them for `rawargs`. */
+interface Decoded {
+  readonly args: unknown[];
+  readonly raw?: readonly Pointer[];
+}
+
+/** Calls a filter callback that answers a plain `Stat`, with the arguments `decode` reads. */
+function simple(callback: CallbackName, ptr: Pointer, decode: () => Decoded): number {
   return dispatch(callback, ptr, (session, filter) => {
     const fn = filter[callback] as ((ctx: Ctx, ...rest: unknown[]) => unknown) | null | undefined;
     if (!fn) return SMFIS_CONTINUE; // close is registered for the binding's sake
-    const result = fn(session.ctx, ...args(session));
+    const { args, raw = [] } = decode();
+    session.raw = raw;
+    const result = fn(session.ctx, ...args);
     if (typeof (result as { then?: unknown })?.then === "function") {
       (result as Promise<unknown>).then(
         undefined,
@@ -298,6 +307,17 @@ function simple(callback: CallbackName, ptr: Pointer, args: (session: Session) =
     }
     return statCode(callback, result);
   });
+}
+
+/** C string arguments: the decoded strings, and their non-NULL pointers for `rawargs`. */
+function strings(...pointers: (Pointer | null)[]): Decoded {
+  return { args: pointers.map((p) => readCString(p) ?? ""), raw: pointers.filter((p) => p !== null) };
+}
+
+/** envfrom and envrcpt: argv[0] is the address, the rest its ESMTP arguments. */
+function argv(pointer: Pointer | null): Decoded {
+  const pointers = readPointers(pointer);
+  return { args: splitArgv(pointers.map((p) => readCString(p)!)), raw: pointers };
 }
 
 function readSockAddr(ptr: Pointer | null): SockAddr | null {
@@ -343,24 +363,24 @@ function total<F extends (...args: any[]) => number>(fn: F): F {
 
 // deno-lint-ignore no-explicit-any
 const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
-  xxfi_connect: (ptr: Pointer, host: string | null, addr: Pointer | null) =>
-    simple("connect", ptr, () => [host, readSockAddr(addr)]),
-  xxfi_helo: (ptr: Pointer, helo: string | null) => simple("helo", ptr, () => [helo ?? ""]),
-  xxfi_envfrom: (ptr: Pointer, argv: Pointer | null) => simple("envfrom", ptr, () => splitArgv(readArgv(argv))),
-  xxfi_envrcpt: (ptr: Pointer, argv: Pointer | null) => simple("envrcpt", ptr, () => splitArgv(readArgv(argv))),
-  xxfi_header: (ptr: Pointer, name: string | null, value: string | null) =>
-    simple("header", ptr, () => [name ?? "", value ?? ""]),
-  xxfi_eoh: (ptr: Pointer) => simple("eoh", ptr, () => []),
+  xxfi_connect: (ptr: Pointer, host: Pointer | null, addr: Pointer | null) =>
+    simple("connect", ptr, () => ({ args: [readCString(host), readSockAddr(addr)], raw: host === null ? [] : [host] })),
+  xxfi_helo: (ptr: Pointer, helo: Pointer | null) => simple("helo", ptr, () => strings(helo)),
+  xxfi_envfrom: (ptr: Pointer, pointer: Pointer | null) => simple("envfrom", ptr, () => argv(pointer)),
+  xxfi_envrcpt: (ptr: Pointer, pointer: Pointer | null) => simple("envrcpt", ptr, () => argv(pointer)),
+  xxfi_header: (ptr: Pointer, name: Pointer | null, value: Pointer | null) =>
+    simple("header", ptr, () => strings(name, value)),
+  xxfi_eoh: (ptr: Pointer) => simple("eoh", ptr, () => ({ args: [] })),
   xxfi_body: (ptr: Pointer, chunk: Pointer | null, len: number | bigint) =>
     simple("body", ptr, () => {
       const bytes = readBytes(chunk, Number(len));
-      return [bytes, bytes.length];
+      return { args: [bytes, bytes.length] };
     }),
-  xxfi_eom: (ptr: Pointer) => simple("eom", ptr, () => []),
-  xxfi_abort: (ptr: Pointer) => simple("abort", ptr, () => []),
-  xxfi_close: (ptr: Pointer) => simple("close", ptr, () => []),
-  xxfi_unknown: (ptr: Pointer, command: string | null) => simple("unknown", ptr, () => [command ?? ""]),
-  xxfi_data: (ptr: Pointer) => simple("data", ptr, () => []),
+  xxfi_eom: (ptr: Pointer) => simple("eom", ptr, () => ({ args: [] })),
+  xxfi_abort: (ptr: Pointer) => simple("abort", ptr, () => ({ args: [] })),
+  xxfi_close: (ptr: Pointer) => simple("close", ptr, () => ({ args: [] })),
+  xxfi_unknown: (ptr: Pointer, command: Pointer | null) => simple("unknown", ptr, () => strings(command)),
+  xxfi_data: (ptr: Pointer) => simple("data", ptr, () => ({ args: [] })),
   xxfi_negotiate: (
     ptr: Pointer,
     f0: number | bigint,

@@ -224,13 +224,13 @@ export class MilterClient {
     return this.#command("H", cstrings(name), "NOHELO", "NR_HELO", macros);
   }
 
-  /** Sends MAIL FROM with its ESMTP arguments. */
-  envfrom(sender: string, args: string[] = [], macros?: Macros): Promise<Reply> {
+  /** Sends MAIL FROM with its ESMTP arguments (raw bytes where given as `Uint8Array`). */
+  envfrom(sender: string | Uint8Array, args: string[] = [], macros?: Macros): Promise<Reply> {
     return this.#command("M", cstrings(sender, ...args), "NOMAIL", "NR_MAIL", macros);
   }
 
-  /** Sends RCPT TO with its ESMTP arguments. */
-  envrcpt(rcpt: string, args: string[] = [], macros?: Macros): Promise<Reply> {
+  /** Sends RCPT TO with its ESMTP arguments (raw bytes where given as `Uint8Array`). */
+  envrcpt(rcpt: string | Uint8Array, args: string[] = [], macros?: Macros): Promise<Reply> {
     return this.#command("R", cstrings(rcpt, ...args), "NORCPT", "NR_RCPT", macros);
   }
 
@@ -239,8 +239,8 @@ export class MilterClient {
     return this.#command("T", new Uint8Array(0), "NODATA", "NR_DATA", macros);
   }
 
-  /** Sends one header. */
-  header(name: string, value: string, macros?: Macros): Promise<Reply> {
+  /** Sends one header (raw bytes where given as `Uint8Array`, e.g. a Latin-1 value). */
+  header(name: string | Uint8Array, value: string | Uint8Array, macros?: Macros): Promise<Reply> {
     return this.#command("L", cstrings(name, value), "NOHDRS", "NR_HDR", macros);
   }
 

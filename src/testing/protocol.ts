@@ -46,9 +46,9 @@ export function concat(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** NUL-terminated UTF-8 strings, back to back. */
-export function cstrings(...values: readonly string[]): Uint8Array {
-  return concat(values.map((v) => encoder.encode(`${v}\0`)));
+/** NUL-terminated strings (UTF-8) or raw byte strings, back to back. */
+export function cstrings(...values: readonly (string | Uint8Array)[]): Uint8Array {
+  return concat(values.map((v) => typeof v === "string" ? encoder.encode(`${v}\0`) : concat([v, new Uint8Array(1)])));
 }
 
 /** A 32-bit big-endian unsigned integer. */
