@@ -42,6 +42,7 @@ export {
   setconn,
   setdbg,
   setmaxdatasize,
+  setsocketmode,
   settimeout,
   stop,
   version,

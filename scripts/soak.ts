@@ -59,6 +59,7 @@ async function worker(): Promise<void> {
       const sample = {
         connections: n + 1,
         rssMiB: Math.round(rss(pid) * 10) / 10,
+        heapUsedMiB: await heapUsed(),
         seconds: (Date.now() - started) / 1000,
       };
       samples.push(sample);
@@ -70,6 +71,7 @@ async function worker(): Promise<void> {
 await Promise.all(Array.from({ length: parallel }, worker));
 await new Promise((resolve) => setTimeout(resolve, 1000));
 const first = samples[0].rssMiB, last = rss(pid);
+const heapGrowthMiB = (await heapUsed()) - samples[0].heapUsedMiB;
 const growth = (last - first) / first;
 console.log(JSON.stringify({
   runtime,
@@ -80,6 +82,7 @@ console.log(JSON.stringify({
   rssAfterFirstTenthMiB: first,
   rssAtEndMiB: Math.round(last * 10) / 10,
   growthPercent: Math.round(growth * 1000) / 10,
+  heapAfterGcGrowthMiB: Math.round(heapGrowthMiB * 10) / 10,
   withinTenPercent: growth <= 0.1,
 }));
 await killAll();

@@ -21,4 +21,6 @@ export const lifecycle: {
   conn: string | null;
   /** Whether opensocket has created the listening socket. */
   socketOpen: boolean;
-} = { phase: "idle", filterName: null, conn: null, socketOpen: false };
+  /** Permissions given to a unix socket when it is created. */
+  socketMode: number;
+} = { phase: "idle", filterName: null, conn: null, socketOpen: false, socketMode: 0o660 };

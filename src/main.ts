@@ -5,7 +5,7 @@
  * @module
  */
 
-import { statSync, unlinkSync } from "node:fs";
+import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
 import type { NativeFunction } from "../ffi/load.ts";
@@ -58,25 +58,58 @@ export function setconn(conn: string): void {
 /**
  * Creates the socket given to {@linkcode setconn} now, so that a bad path
  * or a busy port fails here rather than in `main`. With `true`, an existing
- * unix socket file at that path is removed first. Call after
- * {@linkcode register} and {@linkcode setconn}, before `main`. Wraps
- * `smfi_opensocket`.
+ * unix socket file at that path is removed first (libmilter removes only a
+ * socket, never another kind of file). A unix socket gets the permissions of
+ * {@linkcode setsocketmode} at once. Call after {@linkcode register} and
+ * {@linkcode setconn}, before `main`. Wraps `smfi_opensocket`.
  *
  * @throws {MilterError} when the socket cannot be created.
  */
 export function opensocket(rmsocket: boolean): void {
   beforeMain("opensocket");
   if (typeof rmsocket !== "boolean") fail("opensocket", `expected a boolean, got ${describe(rmsocket)}`);
-  if (!registeredFilter()) fail("opensocket", "register a filter first");
-  if (lifecycle.conn === null) fail("opensocket", "call setconn first");
+  createSocket("opensocket", rmsocket);
+}
+
+/** smfi_opensocket, then the socket's permissions. */
+function createSocket(fn: string, rmsocket: boolean): void {
+  if (!registeredFilter()) fail(fn, "register a filter first");
+  if (lifecycle.conn === null) fail(fn, "call setconn first");
   check(
-    "opensocket",
-    native("opensocket").fn.smfi_opensocket(rmsocket),
+    fn,
+    native(fn).fn.smfi_opensocket(rmsocket),
     () =>
       `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
       "or a missing directory or permission)",
   );
   lifecycle.socketOpen = true;
+  const path = unixSocketPath(lifecycle.conn);
+  if (path === null) return;
+  try {
+    chmodSync(path, lifecycle.socketMode);
+  } catch (error) {
+    fail(fn, `cannot set the permissions of ${path} to ${lifecycle.socketMode.toString(8)}`, { cause: error });
+  }
+}
+
+/**
+ * Sets the permissions a unix socket gets when it is created: by default
+ * `0o660`, read-write for its owner and group only. The MTA's user must be
+ * able to write to the socket: give the socket's directory the MTA's group
+ * with the setgid bit (`chgrp postfix dir && chmod 2750 dir`), or run the
+ * filter in that group. Inet sockets have no permissions: bind them to a
+ * loopback address. Must be called before {@linkcode opensocket} and `main`.
+ * This function is an extension: the OCaml module has no equivalent.
+ *
+ * @throws {MilterError} for a mode that is not an integer from 0 to 0o777, or after main.
+ */
+export function setsocketmode(mode: number): void {
+  beforeMain("setsocketmode");
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) {
+    fail("setsocketmode", `expected a mode from 0 to 0o777, got ${describe(mode)}`);
+  }
+  if (lifecycle.socketOpen) fail("setsocketmode", "the socket is already open; call setsocketmode before opensocket");
+  lifecycle.socketMode = mode;
 }
 
 /**
@@ -194,6 +227,9 @@ function start(options: MainOptions): Promise<void> {
   if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
   const lib = native("main");
   drainTimeoutMs = drain * 1000;
+  // Create the socket now rather than inside smfi_main, so that a unix socket
+  // gets its permissions before any MTA can connect.
+  if (!lifecycle.socketOpen) createSocket("main", false);
 
   let limit: FileLimit | null = null;
   let removeSignals: () => void = () => {};

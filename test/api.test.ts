@@ -113,6 +113,7 @@ describe("ordering and input errors", () => {
       "Milter.setmaxdatasize: the size must be an integer from 1 to 2147483647, got number 1.5",
     ],
     [() => Milter.opensocket("yes" as never), 'Milter.opensocket: expected a boolean, got "yes"'],
+    [() => Milter.setsocketmode(0o1777), "Milter.setsocketmode: expected a mode from 0 to 0o777, got number 1023"],
     [() => Milter.setErrorReporter(42 as never), "Milter.setErrorReporter: expected a function or null, got number 42"],
   ])("%s is refused", (call, message) => {
     expect(call).toThrow(message);
@@ -134,7 +135,11 @@ describe("ordering and input errors", () => {
     Milter.settimeout(30);
     Milter.setbacklog(64);
     expect(Milter.setmaxdatasize(1024 * 1024 - 1)).toBe(65535);
+    Milter.setsocketmode(0o600);
     Milter.opensocket(true);
+    expect(() => Milter.setsocketmode(0o660)).toThrow(
+      "Milter.setsocketmode: the socket is already open; call setsocketmode before opensocket",
+    );
     const running = Milter.main({ signals: false, drainTimeout: 1 });
     await expect(Milter.main()).rejects.toThrow("Milter.main: already running");
     expect(() => Milter.setconn(conn)).toThrow("Milter.setconn: must be called before main");

@@ -120,6 +120,21 @@ describe("bad frames and stalls", () => {
 });
 
 describe("socket files", () => {
+  const mode = (spec: string): string => (statSync(spec.slice("unix:".length)).mode & 0o777).toString(8);
+
+  test("a unix socket is owner/group-only (0660) by default, whether opensocket or main creates it", async () => {
+    expect(mode((await startFilter()).spec)).toBe("660");
+    const byMain = await startFilter({ env: { NO_OPENSOCKET: "1" } });
+    expect(mode(byMain.spec)).toBe("660");
+    const client = await byMain.client();
+    expect((await client.connect("x.example", null)).action).toBe("continue");
+    client.quit();
+  });
+
+  test("setsocketmode changes it", async () => {
+    expect(mode((await startFilter({ env: { SOCKET_MODE: "600" } })).spec)).toBe("600");
+  });
+
   test("opensocket(true) replaces a stale socket file; opensocket(false) says why it cannot", async () => {
     const dir = mkdtempSync(join(tmpdir(), "milter-stale-"));
     const spec = `unix:${join(dir, "milter.sock")}`;
