@@ -183,7 +183,7 @@ export interface MainOptions {
    * listen backlog until one closes (the MTA's own timeout then applies).
    * The bound is kept in file descriptors, so descriptors the program opens
    * or closes while main runs move it by as many. Default, and upper bound:
-   * what koffi's relay pool allows, about 4,080 less the descriptors in use.
+   * what koffi's relay pool allows: 4,088 descriptors, about 4,060 connections.
    */
   maxConnections?: number;
 }

@@ -28,14 +28,10 @@ import {
   u32,
 } from "../src/testing/protocol.ts";
 import { parseSpec } from "../src/testing/client.ts";
+import { sockaddrBytes } from "./helpers/bytes.ts";
 
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-function sockaddr(family: number, size: number, fill: (bytes: Uint8Array) => void): Uint8Array {
-  const bytes = new Uint8Array(size);
-  new DataView(bytes.buffer).setUint16(0, family, LE);
-  fill(bytes);
-  return bytes;
-}
+const sockaddr = (family: number, size: number, fill: (bytes: Uint8Array) => void): Uint8Array =>
+  sockaddrBytes(family, fill, size);
 
 describe("variants ↔ C", () => {
   test("stat codes are libmilter's", () => {

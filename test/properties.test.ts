@@ -14,14 +14,13 @@ import {
   formatIPv6,
   replyCodeProblem,
   replyLinesProblem,
-  sockaddrLength,
   splitArgv,
 } from "../src/convert.ts";
 import { connectionFileLimit, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
 import { decodeMask, encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../src/variants.ts";
 import { cstrings, encodeFrame, splitCStrings, splitFrames } from "../src/testing/protocol.ts";
+import { sockaddrBytes } from "./helpers/bytes.ts";
 
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const sortedBy = <K extends string>(table: Record<K, number>, names: K[]): K[] => {
   const order = Object.keys(table);
   return [...new Set(names)].sort((a, b) => order.indexOf(a) - order.indexOf(b));
@@ -64,12 +63,7 @@ describe("variants", () => {
 });
 
 describe("sockaddr", () => {
-  const sockaddr = (family: number, fill: (b: Uint8Array) => void): Uint8Array => {
-    const bytes = new Uint8Array(sockaddrLength(family));
-    new DataView(bytes.buffer).setUint16(0, family, LE);
-    fill(bytes);
-    return bytes;
-  };
+  const sockaddr = sockaddrBytes;
 
   test("inet: any address and port", () => {
     fc.assert(
