@@ -43,6 +43,7 @@ export {
   setdbg,
   setmaxdatasize,
   setsocketmode,
+  settcpnodelay,
   settimeout,
   stop,
   version,

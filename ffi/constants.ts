@@ -80,3 +80,9 @@ export const AF_INET6 = 10;
 export const MAXREPLIES = 32;
 /** Longest line `smfi_setmlreply` accepts (MAXREPLYLEN). */
 export const MAXREPLYLEN = 980;
+
+// Socket options, as Linux numbers them (used only on Linux).
+export const SOL_SOCKET = 1;
+export const SO_ACCEPTCONN = 30;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;

@@ -87,6 +87,9 @@ export const LIBC_PROTOTYPES = {
   setrlimit: "int setrlimit(int resource, const rlimit *rlim)",
   fcntl: "int fcntl(int fd, int cmd, ...)",
   strlen: "size_t strlen(const void *s)",
+  getsockopt: "int getsockopt(int fd, int level, int name, _Out_ int *value, _Inout_ uint32_t *len)",
+  setsockopt: "int setsockopt(int fd, int level, int name, const int *value, uint32_t len)",
+  getsockname: "int getsockname(int fd, void *addr, _Inout_ uint32_t *len)",
   dlopen: "void *dlopen(const char *filename, int flags)",
 } as const;
 

@@ -23,4 +23,6 @@ export const lifecycle: {
   socketOpen: boolean;
   /** Permissions given to a unix socket when it is created. */
   socketMode: number;
-} = { phase: "idle", filterName: null, conn: null, socketOpen: false, socketMode: 0o660 };
+  /** Whether an inet socket gets TCP_NODELAY when it is created. */
+  tcpNoDelay: boolean;
+} = { phase: "idle", filterName: null, conn: null, socketOpen: false, socketMode: 0o660, tcpNoDelay: true };

@@ -114,6 +114,7 @@ describe("ordering and input errors", () => {
     ],
     [() => Milter.opensocket("yes" as never), 'Milter.opensocket: expected a boolean, got "yes"'],
     [() => Milter.setsocketmode(0o1777), "Milter.setsocketmode: expected a mode from 0 to 0o777, got number 1023"],
+    [() => Milter.settcpnodelay("no" as never), 'Milter.settcpnodelay: expected a boolean, got "no"'],
     [() => Milter.setErrorReporter(42 as never), "Milter.setErrorReporter: expected a function or null, got number 42"],
   ])("%s is refused", (call, message) => {
     expect(call).toThrow(message);
@@ -139,6 +140,9 @@ describe("ordering and input errors", () => {
     Milter.opensocket(true);
     expect(() => Milter.setsocketmode(0o660)).toThrow(
       "Milter.setsocketmode: the socket is already open; call setsocketmode before opensocket",
+    );
+    expect(() => Milter.settcpnodelay(false)).toThrow(
+      "Milter.settcpnodelay: the socket is already open; call settcpnodelay before opensocket",
     );
     const running = Milter.main({ signals: false, drainTimeout: 1 });
     await expect(Milter.main()).rejects.toThrow("Milter.main: already running");

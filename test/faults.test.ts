@@ -154,3 +154,16 @@ describe("socket files", () => {
     rmSync(dir, { recursive: true });
   });
 });
+
+describe("TCP_NODELAY", () => {
+  // The stall it removes is measured in bench/tcp-latency.ts; here, whether the option is set.
+  test("an inet listening socket gets TCP_NODELAY by default", async () => {
+    expect((await startFilter({ socket: "inet" })).events[0].nodelay).toBe(true);
+    expect((await startFilter({ socket: "inet6" })).events[0].nodelay).toBe(true);
+    expect((await startFilter({ socket: "unix" })).events[0].nodelay).toBeNull();
+  });
+
+  test("settcpnodelay(false) leaves Nagle on", async () => {
+    expect((await startFilter({ socket: "inet", env: { NODELAY: "0" } })).events[0].nodelay).toBe(false);
+  });
+});

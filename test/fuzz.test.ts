@@ -87,6 +87,7 @@ test("process-level functions: arbitrary arguments from plain JS", () => {
     "setmaxdatasize",
     "opensocket",
     "setsocketmode",
+    "settcpnodelay",
     "setErrorReporter",
     "register",
   ];
