@@ -13,7 +13,7 @@ import { describe, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, fail, MilterError } from "./error.ts";
 import { registeredFilter } from "./filter.ts";
 import { lifecycle } from "./lifecycle.ts";
-import { applyConnectionLimit, type FileLimit, restoreFileLimit } from "./limits.ts";
+import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
 import { inetPort, setListenerNoDelay } from "./nodelay.ts";
 import { onStopSignals, writeStderr } from "./runtime.ts";
@@ -250,8 +250,9 @@ function start(options: MainOptions): Promise<void> {
   if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
   const lib = native("main");
   drainTimeoutMs = drain * 1000;
-  // Create the socket now rather than inside smfi_main, so that a unix socket
-  // gets its permissions before any MTA can connect.
+  // Create the socket now rather than inside smfi_main, so that a unix
+  // socket gets its permissions (and an inet one TCP_NODELAY) before
+  // libmilter accepts any connection on it.
   if (!lifecycle.socketOpen) createSocket("main", false);
 
   let limit: FileLimit | null = null;
@@ -260,7 +261,9 @@ function start(options: MainOptions): Promise<void> {
     limit = applyConnectionLimit(lib, options.maxConnections, lifecycle.socketOpen);
     if (limit === null) {
       writeStderr(
-        `milter: cannot bound connections on this system (no setrlimit); more than ${lib.maxAsyncCalls - 8} ` +
+        `milter: cannot bound connections on this system (no setrlimit); more than ${
+          lib.maxAsyncCalls - RESERVED_ASYNC_CALLS
+        } ` +
           "MTA commands in flight at once would exceed koffi's relay pool and end the process",
       );
     }
