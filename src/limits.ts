@@ -20,8 +20,11 @@ import { rlimitNofile } from "./runtime.ts";
 
 /** koffi async calls the binding itself may hold: smfi_main, smfi_stop, and a margin. */
 export const RESERVED_ASYNC_CALLS = 8;
-/** Descriptors libmilter opens inside smfi_main: the worker pool's pipe, and the listening socket unless opensocket made it. */
-const libmilterOwnFds = (socketOpen: boolean): number => (socketOpen ? 2 : 3);
+/**
+ * Descriptors libmilter opens inside smfi_main: its worker pool's pipe. (The
+ * listening socket is already open: main creates it before applying the limit.)
+ */
+const LIBMILTER_OWN_FDS = 2;
 const F_GETFD = 1;
 
 /** The soft and hard limits on open files. */
@@ -68,11 +71,7 @@ export function connectionFileLimit(
  * Applies the connection ceiling; returns the previous limit to restore, or
  * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
  */
-export function applyConnectionLimit(
-  lib: Libmilter,
-  maxConnections: number | undefined,
-  socketOpen: boolean,
-): FileLimit | null {
+export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined): FileLimit | null {
   const { getrlimit, setrlimit, fcntl } = lib.libc;
   const resource = rlimitNofile();
   if (resource === null || !getrlimit || !setrlimit || !fcntl) return null;
@@ -83,7 +82,7 @@ export function applyConnectionLimit(
     lib.maxAsyncCalls,
     previous.hard,
     maxConnections,
-    libmilterOwnFds(socketOpen),
+    LIBMILTER_OWN_FDS,
     (n) => countOpenFds(lib, n),
   );
   if ((setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;

@@ -258,7 +258,7 @@ function start(options: MainOptions): Promise<void> {
   let limit: FileLimit | null = null;
   let removeSignals: () => void = () => {};
   try {
-    limit = applyConnectionLimit(lib, options.maxConnections, lifecycle.socketOpen);
+    limit = applyConnectionLimit(lib, options.maxConnections);
     if (limit === null) {
       writeStderr(
         `milter: cannot bound connections on this system (no setrlimit); more than ${
