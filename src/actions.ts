@@ -10,8 +10,8 @@
 
 import { readCStringBytes } from "../ffi/memory.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
-import { active, CALLBACK_NAMES, type CallbackName, describe, type Session } from "./ctx.ts";
-import { check, fail } from "./error.ts";
+import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
+import { check, describe, fail, requireInt } from "./error.ts";
 import { native } from "./native.ts";
 import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
@@ -25,13 +25,6 @@ function requireString(fn: string, what: string, value: unknown): string {
 
 function optionalString(fn: string, what: string, value: unknown): string | null {
   return value === null || value === undefined ? null : requireString(fn, what, value);
-}
-
-function requireIndex(fn: string, what: string, value: unknown, min: number): number {
-  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
-    fail(fn, `${what} must be an integer from ${min} to 2147483647, got ${describe(value)}`);
-  }
-  return value as number;
 }
 
 /** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
@@ -154,7 +147,7 @@ export function addheader(ctx: Ctx, name: string, value: string): void {
 export function chgheader(ctx: Ctx, name: string, index: number, value: string | null | undefined): void {
   const [session, why] = inEom("chgheader", ctx, "CHGHDRS");
   requireString("chgheader", "the header name", name);
-  requireIndex("chgheader", "the index", index, 0);
+  requireInt("chgheader", "the index", index, 0);
   const v = optionalString("chgheader", "the header value", value);
   check("chgheader", native("chgheader").fn.smfi_chgheader(session.ptr, name, index, v), why);
 }
@@ -168,7 +161,7 @@ export function chgheader(ctx: Ctx, name: string, index: number, value: string |
  */
 export function insheader(ctx: Ctx, index: number, name: string, value: string): void {
   const [session, why] = inEom("insheader", ctx, "ADDHDRS");
-  requireIndex("insheader", "the index", index, 0);
+  requireInt("insheader", "the index", index, 0);
   requireString("insheader", "the header name", name);
   requireString("insheader", "the header value", value);
   check("insheader", native("insheader").fn.smfi_insheader(session.ptr, index, name, value), why);

@@ -12,7 +12,7 @@
  */
 
 import type { Pointer } from "../ffi/memory.ts";
-import { fail } from "./error.ts";
+import { describe, fail } from "./error.ts";
 
 /** The callbacks of a filter, in `struct smfiDesc` order. */
 export const CALLBACK_NAMES = [
@@ -141,18 +141,4 @@ export function active(fn: string, ctx: unknown): Session {
     );
   }
   return session;
-}
-
-/** A short description of a value for error messages. */
-export function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (value === undefined) return "undefined";
-  if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
-  if (typeof value === "object") {
-    if (Array.isArray(value)) return "an array";
-    if (typeof (value as { then?: unknown }).then === "function") return "a Promise";
-    return `an object (${value.constructor?.name ?? "null prototype"})`;
-  }
-  if (typeof value === "function") return "a function";
-  return `${typeof value} ${String(value)}`;
 }

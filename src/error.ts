@@ -1,6 +1,6 @@
 /**
- * The one error class of the module, and the funnel every libmilter return
- * code goes through.
+ * The one error class of the module, the funnel every libmilter return code
+ * goes through, and the helpers that describe and check arguments for errors.
  *
  * @module
  */
@@ -46,4 +46,29 @@ export function check(fn: string, rc: number, why?: () => string): void {
   if (rc === MI_SUCCESS) return;
   const reason = why?.() ?? (rc === MI_FAILURE ? "libmilter returned MI_FAILURE" : `libmilter returned ${rc}`);
   fail(fn, reason, { code: rc });
+}
+
+/** A short description of a value for error messages. */
+export function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === "object") {
+    if (Array.isArray(value)) return "an array";
+    if (typeof (value as { then?: unknown }).then === "function") return "a Promise";
+    return `an object (${value.constructor?.name ?? "null prototype"})`;
+  }
+  if (typeof value === "function") return "a function";
+  return `${typeof value} ${String(value)}`;
+}
+
+/**
+ * Checks that `value` is an integer from `min` to 2147483647 (a C `int`),
+ * raising a {@linkcode MilterError} for `fn` that names `what` otherwise.
+ */
+export function requireInt(fn: string, what: string, value: unknown, min: number): number {
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
+    fail(fn, `${what} must be an integer from ${min} to 2147483647, got ${describe(value)}`);
+  }
+  return value as number;
 }

@@ -31,8 +31,8 @@ import {
 } from "../ffi/memory.ts";
 import type { CallbackSymbol } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import { CALLBACK_NAMES, type CallbackName, type Ctx, describe, enter, leave, release, type Session } from "./ctx.ts";
-import { fail } from "./error.ts";
+import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, leave, release, type Session } from "./ctx.ts";
+import { describe, fail } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";

@@ -9,21 +9,14 @@ import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
 import type { NativeFunction } from "../ffi/load.ts";
-import { describe, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
-import { check, fail, MilterError } from "./error.ts";
+import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
+import { check, describe, fail, MilterError, requireInt } from "./error.ts";
 import { registeredFilter } from "./filter.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
 import { inetPort, setListenerNoDelay } from "./nodelay.ts";
 import { onStopSignals, writeStderr } from "./runtime.ts";
-
-function requireInt(fn: string, what: string, value: unknown, min: number): number {
-  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 0x7fffffff) {
-    fail(fn, `${what} must be an integer from ${min} to 2147483647, got ${describe(value)}`);
-  }
-  return value as number;
-}
 
 function beforeMain(fn: string): void {
   if (lifecycle.phase !== "idle") fail(fn, "must be called before main");

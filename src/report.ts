@@ -5,8 +5,8 @@
  * @module
  */
 
-import { type CallbackName, type Ctx, describe } from "./ctx.ts";
-import { fail } from "./error.ts";
+import type { CallbackName, Ctx } from "./ctx.ts";
+import { describe, fail } from "./error.ts";
 import { writeStderr } from "./runtime.ts";
 
 /** What went wrong, beside the error itself. */
