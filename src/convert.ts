@@ -129,3 +129,37 @@ export function replyCodeProblem(rcode: string, xcode: string | null): string | 
   if (xcode[0] !== rcode[0]) return `extended code ${xcode} does not match the class of ${rcode}`;
   return null;
 }
+
+/**
+ * A milter socket spec, parsed: a unix socket's path, or an inet port and
+ * the host it is bound to (`null`: any address).
+ */
+export type SocketSpec =
+  | { readonly kind: "unix"; readonly path: string }
+  | { readonly kind: "inet" | "inet6"; readonly port: number; readonly host: string | null };
+
+/**
+ * Parses a libmilter socket spec: `unix:/path` or `local:/path`, a bare path
+ * (what libmilter makes of a spec without a type), `inet:port@host` or
+ * `inet6:port@host` (the host may be left out). Returns why it is not one
+ * instead: `"type"` for an unknown type, `"port"` for an inet spec without a
+ * numeric port.
+ */
+export function parseSocketSpec(spec: string): SocketSpec | "type" | "port" {
+  const match = /^(unix|local|inet|inet6):(.+)$/.exec(spec);
+  if (!match) return spec.includes(":") ? "type" : { kind: "unix", path: spec };
+  const [, type, rest] = match;
+  if (type === "unix" || type === "local") return { kind: "unix", path: rest };
+  const inet = /^(\d+)(?:@(.+))?$/.exec(rest);
+  if (!inet) return "port";
+  return { kind: type as "inet" | "inet6", port: Number(inet[1]), host: inet[2] ?? null };
+}
+
+/**
+ * Where to connect to reach an inet socket: its host, or the loopback
+ * address of its family when it listens on any address.
+ */
+export function connectHost(spec: { readonly kind: "inet" | "inet6"; readonly host: string | null }): string {
+  if (spec.host !== null && !["0.0.0.0", "::", "*"].includes(spec.host)) return spec.host;
+  return spec.kind === "inet6" ? "::1" : "127.0.0.1";
+}

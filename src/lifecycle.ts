@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { SocketSpec } from "./convert.ts";
+
 /**
  * - `idle`: `main` has not been called.
  * - `running`: `smfi_main` is serving connections.
@@ -19,10 +21,20 @@ export const lifecycle: {
   filterName: string | null;
   /** The connection spec given to `setconn`, `null` before. */
   conn: string | null;
+  /** The same, parsed. */
+  socket: SocketSpec | null;
   /** Whether opensocket has created the listening socket. */
   socketOpen: boolean;
   /** Permissions given to a unix socket when it is created. */
   socketMode: number;
   /** Whether an inet socket gets TCP_NODELAY when it is created. */
   tcpNoDelay: boolean;
-} = { phase: "idle", filterName: null, conn: null, socketOpen: false, socketMode: 0o660, tcpNoDelay: true };
+} = {
+  phase: "idle",
+  filterName: null,
+  conn: null,
+  socket: null,
+  socketOpen: false,
+  socketMode: 0o660,
+  tcpNoDelay: true,
+};

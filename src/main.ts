@@ -8,6 +8,7 @@
 import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
+import { connectHost, parseSocketSpec, type SocketSpec } from "./convert.ts";
 import type { NativeFunction } from "../ffi/load.ts";
 import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, MilterError, requireInt } from "./error.ts";
@@ -15,7 +16,7 @@ import { registeredFilter } from "./filter.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
-import { inetPort, setListenerNoDelay } from "./nodelay.ts";
+import { setListenerNoDelay } from "./nodelay.ts";
 import { onStopSignals, writeStderr } from "./runtime.ts";
 
 function beforeMain(fn: string): void {
@@ -38,15 +39,14 @@ export function setconn(conn: string): void {
       `expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ${describe(conn)}`,
     );
   }
-  const match = /^(unix|local|inet|inet6):(.+)$/.exec(conn);
-  if (!match && conn.includes(":")) {
+  const socket = parseSocketSpec(conn);
+  if (socket === "type") {
     fail("setconn", `unknown socket type in ${JSON.stringify(conn)}; use unix:, local:, inet: or inet6:`);
   }
-  if (match && (match[1] === "inet" || match[1] === "inet6") && !/^\d+(@.+)?$/.test(match[2])) {
-    fail("setconn", `${JSON.stringify(conn)} must be ${match[1]}:port@host`);
-  }
+  if (socket === "port") fail("setconn", `${JSON.stringify(conn)} must be ${conn.split(":")[0]}:port@host`);
   check("setconn", native("setconn").fn.smfi_setconn(conn), () => "libmilter refused the socket spec (out of memory?)");
   lifecycle.conn = conn;
+  lifecycle.socket = socket;
 }
 
 /**
@@ -77,16 +77,19 @@ function createSocket(fn: string, rmsocket: boolean): void {
       "or a missing directory or permission)",
   );
   lifecycle.socketOpen = true;
-  const port = inetPort(lifecycle.conn);
-  if (port !== null && lifecycle.tcpNoDelay && !setListenerNoDelay(native(fn), port)) {
-    writeStderr(`milter: could not set TCP_NODELAY on ${lifecycle.conn}; messages may stall ~40 ms at end of message`);
+  const socket = lifecycle.socket!;
+  if (socket.kind !== "unix") {
+    if (lifecycle.tcpNoDelay && !setListenerNoDelay(native(fn), socket.port)) {
+      writeStderr(
+        `milter: could not set TCP_NODELAY on ${lifecycle.conn}; messages may stall ~40 ms at end of message`,
+      );
+    }
+    return;
   }
-  const path = unixSocketPath(lifecycle.conn);
-  if (path === null) return;
   try {
-    chmodSync(path, lifecycle.socketMode);
+    chmodSync(socket.path, lifecycle.socketMode);
   } catch (error) {
-    fail(fn, `cannot set the permissions of ${path} to ${lifecycle.socketMode.toString(8)}`, { cause: error });
+    fail(fn, `cannot set the permissions of ${socket.path} to ${lifecycle.socketMode.toString(8)}`, { cause: error });
   }
 }
 
@@ -276,7 +279,7 @@ function start(options: MainOptions): Promise<void> {
       removeSignals();
       releaseAll();
       restoreFileLimit(lib, limit);
-      removeUnixSocket(lifecycle.conn);
+      removeUnixSocket(lifecycle.socket);
       // Resolve only once no call into libmilter is outstanding, so that a
       // program exiting right after main never tears down with native work
       // still running on another thread.
@@ -322,19 +325,11 @@ function watchLibmilterStop(miStop: NativeFunction | null): ReturnType<typeof se
   }, 100);
 }
 
-/** The file of a unix socket spec (libmilter reads a spec without a type as a path), else `null`. */
-export function unixSocketPath(conn: string): string | null {
-  const match = /^(?:unix|local):(.+)$/.exec(conn);
-  if (match) return match[1];
-  return conn.includes(":") ? null : conn;
-}
-
 /** libmilter leaves its unix socket file behind when running as root; remove it. */
-function removeUnixSocket(conn: string | null): void {
-  const path = conn === null ? null : unixSocketPath(conn);
-  if (path === null) return;
+function removeUnixSocket(socket: SocketSpec | null): void {
+  if (socket?.kind !== "unix") return;
   try {
-    if (statSync(path).isSocket()) unlinkSync(path);
+    if (statSync(socket.path).isSocket()) unlinkSync(socket.path);
   } catch {
     // already gone
   }
@@ -347,27 +342,22 @@ function removeUnixSocket(conn: string | null): void {
  * may arrive before `smfi_stop` has set the stop flag).
  */
 function wakeListener(): void {
-  const conn = lifecycle.conn;
-  if (conn === null) return;
-  const path = unixSocketPath(conn);
-  const inet = /^inet6?:(\d+)(?:@(.+))?$/.exec(conn);
+  const socket = lifecycle.socket;
+  if (socket === null) return;
   const poke = (): void => {
     if (lifecycle.phase === "stopped") return;
     try {
-      const host = inet?.[2] && !["0.0.0.0", "::", "*"].includes(inet[2])
-        ? inet[2]
-        : conn.startsWith("inet6")
-        ? "::1"
-        : "127.0.0.1";
-      const socket = path !== null ? netConnect(path) : netConnect(Number(inet![1]), host);
-      socket.on("error", () => {});
-      socket.on("connect", () => socket.destroy());
+      const connection = socket.kind === "unix"
+        ? netConnect(socket.path)
+        : netConnect(socket.port, connectHost(socket));
+      connection.on("error", () => {});
+      connection.on("connect", () => connection.destroy());
     } catch {
       return; // not permitted (e.g. Deno without --allow-net): libmilter stops within 5 s anyway
     }
     setTimeout(poke, 50).unref?.();
   };
-  if (path !== null || inet) setTimeout(poke, 10).unref?.();
+  setTimeout(poke, 10).unref?.();
 }
 
 /**

@@ -21,12 +21,6 @@ const F_GETFD = 1;
 /** Stop looking after this many unused descriptor numbers in a row. */
 const GAP = 256;
 
-/** The port of an `inet:`/`inet6:` spec, or `null` for other sockets. */
-export function inetPort(conn: string): number | null {
-  const match = /^inet6?:(\d+)(?:@.*)?$/.exec(conn);
-  return match ? Number(match[1]) : null;
-}
-
 /**
  * Sets TCP_NODELAY on the listening socket of `port`. Returns `true` when
  * done, `false` where it cannot be done (not Linux, or no such socket found).

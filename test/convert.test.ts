@@ -8,16 +8,17 @@ import { isIPv6 } from "node:net";
 import { describe, expect, test } from "vitest";
 import { AF_INET, AF_INET6, AF_UNIX } from "../ffi/constants.ts";
 import {
+  connectHost,
   decodeSockAddr,
   escapeReplyText,
   formatIPv6,
+  parseSocketSpec,
   replyCodeProblem,
   replyLinesProblem,
   sockaddrLength,
   splitArgv,
 } from "../src/convert.ts";
 import { connectionFileLimit, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
-import { unixSocketPath } from "../src/main.ts";
 import { decodeMask, encodeMask, FLAG_BITS, isStat, STAT_CODES, type Step, STEP_BITS } from "../src/variants.ts";
 import {
   decodeModification,
@@ -200,9 +201,15 @@ describe("wire protocol", () => {
     expect(parseSpec("local:/run/m.sock")).toEqual({ path: "/run/m.sock" });
     expect(parseSpec("/run/m.sock")).toEqual({ path: "/run/m.sock" });
     expect(() => parseSpec("tcp:25")).toThrow("unknown milter socket spec");
-    expect(unixSocketPath("unix:/a")).toBe("/a");
-    expect(unixSocketPath("/b")).toBe("/b");
-    expect(unixSocketPath("inet:1@h")).toBeNull();
+    expect(parseSocketSpec("unix:/a")).toEqual({ kind: "unix", path: "/a" });
+    expect(parseSocketSpec("/b")).toEqual({ kind: "unix", path: "/b" });
+    expect(parseSocketSpec("inet:1@h")).toEqual({ kind: "inet", port: 1, host: "h" });
+    expect(parseSocketSpec("inet6:25")).toEqual({ kind: "inet6", port: 25, host: null });
+    expect(parseSocketSpec("tcp:25@h")).toBe("type");
+    expect(parseSocketSpec("inet:h@1")).toBe("port");
+    expect(connectHost({ kind: "inet", host: "0.0.0.0" })).toBe("127.0.0.1");
+    expect(connectHost({ kind: "inet6", host: null })).toBe("::1");
+    expect(connectHost({ kind: "inet", host: "192.0.2.1" })).toBe("192.0.2.1");
   });
 });
 

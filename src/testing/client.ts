@@ -9,7 +9,7 @@
  */
 
 import { connect as netConnect, type Socket } from "node:net";
-import type { SockAddr } from "../convert.ts";
+import { connectHost, parseSocketSpec, type SockAddr } from "../convert.ts";
 import { encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../variants.ts";
 import {
   ALL_ACTIONS,
@@ -372,15 +372,14 @@ function openSocket(spec: string, timeout: number): Promise<Socket> {
   });
 }
 
-/** Parses `unix:/path`, `local:/path`, `inet:port@host`, `inet6:port@host` or a bare path. */
+/**
+ * Parses `unix:/path`, `local:/path`, `inet:port@host`, `inet6:port@host`
+ * or a bare path into where to connect (an inet socket bound to any address
+ * is reached on the loopback address of its family).
+ */
 export function parseSpec(spec: string): { path: string } | { port: number; host: string } {
-  const match = /^(unix|local|inet|inet6):(.*)$/.exec(spec);
-  if (!match) {
-    if (spec.includes(":")) throw new Error(`unknown milter socket spec ${JSON.stringify(spec)}`);
-    return { path: spec };
-  }
-  if (match[1] === "unix" || match[1] === "local") return { path: match[2] };
-  const [port, host] = match[2].split("@");
-  if (!/^\d+$/.test(port)) throw new Error(`bad port in ${JSON.stringify(spec)}`);
-  return { port: Number(port), host: host ?? (match[1] === "inet6" ? "::1" : "127.0.0.1") };
+  const socket = parseSocketSpec(spec);
+  if (socket === "type") throw new Error(`unknown milter socket spec ${JSON.stringify(spec)}`);
+  if (socket === "port") throw new Error(`bad port in ${JSON.stringify(spec)}`);
+  return socket.kind === "unix" ? { path: socket.path } : { port: socket.port, host: connectHost(socket) };
 }
