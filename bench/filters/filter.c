@@ -1,0 +1,43 @@
+/*
+ * The benchmark filter in C against libmilter: every callback defined and
+ * answering CONTINUE, one header added at end of message.
+ *
+ *   filter <unix:/path | inet:port@host>
+ */
+#include <libmilter/mfapi.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static sfsistat on_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr) { return SMFIS_CONTINUE; }
+static sfsistat on_helo(SMFICTX *ctx, char *helo) { return SMFIS_CONTINUE; }
+static sfsistat on_envfrom(SMFICTX *ctx, char **argv) { return SMFIS_CONTINUE; }
+static sfsistat on_envrcpt(SMFICTX *ctx, char **argv) { return SMFIS_CONTINUE; }
+static sfsistat on_header(SMFICTX *ctx, char *name, char *value) { return SMFIS_CONTINUE; }
+static sfsistat on_eoh(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) { return SMFIS_CONTINUE; }
+static sfsistat on_eom(SMFICTX *ctx) {
+  return smfi_addheader(ctx, "X-Bench", "yes") == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
+}
+static sfsistat on_abort(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+static sfsistat on_close(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+static sfsistat on_unknown(SMFICTX *ctx, const char *command) { return SMFIS_CONTINUE; }
+static sfsistat on_data(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+
+static struct smfiDesc filter = {
+    "bench-c", SMFI_VERSION, SMFIF_ADDHDRS, on_connect, on_helo, on_envfrom, on_envrcpt, on_header, on_eoh,
+    on_body,   on_eom,       on_abort,      on_close,   on_unknown, on_data, NULL,
+};
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: filter <unix:/path | inet:port@host>\n");
+    return 2;
+  }
+  if (smfi_setconn(argv[1]) != MI_SUCCESS || smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(filter) != MI_SUCCESS ||
+      smfi_opensocket(1) != MI_SUCCESS) {
+    fprintf(stderr, "filter: cannot set up libmilter on %s\n", argv[1]);
+    return 1;
+  }
+  return smfi_main() == MI_SUCCESS ? 0 : 1;
+}

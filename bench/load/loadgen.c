@@ -1,0 +1,370 @@
+/*
+ * loadgen: the MTA side of the milter protocol (version 6), as a load
+ * generator. Each of `concurrency` threads opens a connection per message,
+ * as an MTA does for a one-message SMTP session: negotiate, connect, HELO,
+ * MAIL, RCPT, DATA, five headers, end of headers, the body in chunks of
+ * 65535 bytes, end of message, QUIT. It honours the steps the filter asks to
+ * skip (NO*) or not to answer (NR_*), expects exactly one added header at end
+ * of message, and counts anything else as an error.
+ *
+ *   loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>
+ *
+ * Prints one JSON object: messages answered within the measured window,
+ * messages/s, p50 and p99 latency (ms, from connect() to the end-of-message
+ * answer), errors, and the generator's own CPU time.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK 65535
+#define MAX_SAMPLES 2000000
+
+/* Protocol steps (mfdef.h). */
+#define P_NOCONNECT 0x1
+#define P_NOHELO 0x2
+#define P_NOMAIL 0x4
+#define P_NORCPT 0x8
+#define P_NOBODY 0x10
+#define P_NOHDRS 0x20
+#define P_NOEOH 0x40
+#define P_NR_HDR 0x80
+#define P_NODATA 0x200
+#define P_NR_CONN 0x1000
+#define P_NR_HELO 0x2000
+#define P_NR_MAIL 0x4000
+#define P_NR_RCPT 0x8000
+#define P_NR_DATA 0x10000
+#define P_NR_EOH 0x40000
+#define P_NR_BODY 0x80000
+#define ALL_ACTIONS 0x1ff
+#define ALL_STEPS 0x1fffff
+
+static struct sockaddr_storage target;
+static socklen_t target_len;
+static int concurrency;
+static size_t body_len;
+static char *body;
+static atomic_int phase; /* 0 warm-up, 1 measuring, 2 done */
+static atomic_long errors;
+static char first_error[256];
+static pthread_mutex_t error_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct worker {
+  pthread_t thread;
+  double *samples; /* ms, measured window only */
+  long count;
+  long capacity;
+  int fd;
+  size_t out_len;         /* bytes queued in out, sent by flush() */
+  size_t in_off, in_len;  /* unread bytes in in */
+  char out[CHUNK + 1024];
+  char in[4096];
+};
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void error_once(const char *what) {
+  atomic_fetch_add(&errors, 1);
+  pthread_mutex_lock(&error_lock);
+  if (!first_error[0]) snprintf(first_error, sizeof first_error, "%s", what);
+  pthread_mutex_unlock(&error_lock);
+}
+
+/* Queues one frame (length, command, data); flush() sends the queue in one write. */
+static void queue_frame(struct worker *w, char cmd, const char *data, size_t len) {
+  uint32_t n = htonl((uint32_t)(len + 1));
+  memcpy(w->out + w->out_len, &n, 4);
+  w->out[w->out_len + 4] = cmd;
+  if (len) memcpy(w->out + w->out_len + 5, data, len);
+  w->out_len += len + 5;
+}
+
+static int flush(struct worker *w) {
+  const char *p = w->out;
+  size_t n = w->out_len;
+  w->out_len = 0;
+  while (n > 0) {
+    ssize_t r = write(w->fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+static int send_frame(struct worker *w, char cmd, const char *data, size_t len) {
+  queue_frame(w, cmd, data, len);
+  return flush(w);
+}
+
+/* Copies n bytes of the connection's input to dst (NULL: skip them), reading as needed. */
+static int take(struct worker *w, char *dst, size_t n) {
+  while (n > 0) {
+    if (w->in_off == w->in_len) {
+      ssize_t r = read(w->fd, w->in, sizeof w->in);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return -1;
+      w->in_off = 0;
+      w->in_len = (size_t)r;
+    }
+    size_t k = w->in_len - w->in_off < n ? w->in_len - w->in_off : n;
+    if (dst) memcpy(dst, w->in + w->in_off, k), dst += k;
+    w->in_off += k;
+    n -= k;
+  }
+  return 0;
+}
+
+/* Reads one frame, keeping at most cap bytes of its data in buf; returns the command or -1. */
+static int read_frame(struct worker *w, char *buf, size_t cap, size_t *len) {
+  char head[5];
+  if (take(w, head, 5) < 0) return -1;
+  uint32_t n;
+  memcpy(&n, head, 4);
+  n = ntohl(n);
+  if (n == 0 || n > (1u << 20)) return -1;
+  size_t keep = n - 1 < cap ? n - 1 : cap;
+  if (take(w, buf, keep) < 0 || take(w, NULL, n - 1 - keep) < 0) return -1;
+  *len = keep;
+  return (unsigned char)head[4];
+}
+
+/* Sends the queued frames and a command; unless the filter negotiated no reply, expects 'c'. */
+static int step(struct worker *w, char cmd, const char *data, size_t len, int noreply) {
+  if (send_frame(w, cmd, data, len) < 0) return -1;
+  if (noreply) return 0;
+  char buf[256];
+  size_t n;
+  int reply = read_frame(w, buf, sizeof buf, &n);
+  if (reply != 'c') {
+    char what[64];
+    snprintf(what, sizeof what, "command '%c' answered %d", cmd, reply);
+    error_once(what);
+    return -1;
+  }
+  return 0;
+}
+
+/* Queues a macro frame; it goes out with the next command, as an MTA sends it. */
+static void macro(struct worker *w, char stage, const char *pairs, size_t len) {
+  char buf[256];
+  buf[0] = stage;
+  memcpy(buf + 1, pairs, len);
+  queue_frame(w, 'D', buf, len + 1);
+}
+
+static int open_connection(void) {
+  int fd = socket(target.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (target.ss_family != AF_UNIX) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as Postfix does */
+  }
+  while (connect(fd, (struct sockaddr *)&target, target_len) < 0) {
+    if (errno == EINTR) continue;
+    /* A full listen backlog on a unix socket: the filter is saturated; retry. */
+    if (errno == EAGAIN) {
+      usleep(1000);
+      continue;
+    }
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static const char HEADERS[][2][64] = {
+    {"From", "Alice <alice@example.org>"},
+    {"To", "Bob <bob@example.net>"},
+    {"Subject", "benchmark message"},
+    {"Date", "Wed, 25 Nov 2026 10:00:00 +0000"},
+    {"Message-ID", "<bench@example.org>"},
+};
+
+/* One whole milter session carrying one message; 0 on success. */
+static int one_message(struct worker *w) {
+  int fd = w->fd = open_connection();
+  w->out_len = w->in_off = w->in_len = 0;
+  if (fd < 0) {
+    error_once("connect failed");
+    return -1;
+  }
+  int rc = -1;
+  char buf[1024];
+  size_t n;
+  uint32_t neg[3] = {htonl(6), htonl(ALL_ACTIONS), htonl(ALL_STEPS)};
+  if (send_frame(w, 'O', (char *)neg, sizeof neg) < 0) goto out;
+  if (read_frame(w, buf, sizeof buf, &n) != 'O' || n < 12) {
+    error_once("negotiation failed");
+    goto out;
+  }
+  uint32_t steps;
+  memcpy(&steps, buf + 8, 4);
+  steps = ntohl(steps);
+
+#define STEP(cmd, data, len, no, nr)                                                                   \
+  if (!(steps & (no)) && step(w, cmd, data, len, steps & (nr)) < 0) goto out
+  static const char conn_macros[] = "j\0mx.example.org\0{daemon_name}\0bench";
+  /* host, family '4' (IPv4), port 0, address */
+  static const char conn[] = "client.example\0" "4" "\0\0" "192.0.2.1";
+  macro(w, 'C', conn_macros, sizeof conn_macros);
+  STEP('C', conn, sizeof conn, P_NOCONNECT, P_NR_CONN);
+  static const char helo[] = "client.example";
+  STEP('H', helo, sizeof helo, P_NOHELO, P_NR_HELO);
+  static const char mail_macros[] = "{mail_addr}\0alice@example.org";
+  static const char mail[] = "<alice@example.org>\0BODY=8BITMIME";
+  macro(w, 'M', mail_macros, sizeof mail_macros);
+  STEP('M', mail, sizeof mail, P_NOMAIL, P_NR_MAIL);
+  static const char rcpt[] = "<bob@example.net>";
+  STEP('R', rcpt, sizeof rcpt, P_NORCPT, P_NR_RCPT);
+  STEP('T', NULL, 0, P_NODATA, P_NR_DATA);
+  for (size_t i = 0; i < sizeof HEADERS / sizeof HEADERS[0]; i++) {
+    char header[160];
+    size_t a = strlen(HEADERS[i][0]) + 1, b = strlen(HEADERS[i][1]) + 1;
+    memcpy(header, HEADERS[i][0], a);
+    memcpy(header + a, HEADERS[i][1], b);
+    STEP('L', header, a + b, P_NOHDRS, P_NR_HDR);
+  }
+  STEP('N', NULL, 0, P_NOEOH, P_NR_EOH);
+  for (size_t off = 0; off < body_len; off += CHUNK) {
+    size_t len = body_len - off < CHUNK ? body_len - off : CHUNK;
+    STEP('B', body + off, len, P_NOBODY, P_NR_BODY);
+  }
+  static const char eom_macros[] = "i\0BENCH01";
+  macro(w, 'E', eom_macros, sizeof eom_macros);
+  if (send_frame(w, 'E', NULL, 0) < 0) goto out;
+  int headers = 0, reply;
+  while ((reply = read_frame(w, buf, sizeof buf, &n)) == 'h') headers++;
+  if (reply != 'c' || headers != 1) {
+    char what[64];
+    snprintf(what, sizeof what, "end of message: %d header(s), then %d", headers, reply);
+    error_once(what);
+    goto out;
+  }
+  rc = 0;
+out:
+  /* QUIT, then wait for the filter to close first (its side keeps TIME_WAIT). */
+  w->out_len = 0;
+  if (send_frame(w, 'Q', NULL, 0) == 0) {
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+  }
+  close(fd);
+  return rc;
+}
+
+static void *run(void *arg) {
+  struct worker *w = arg;
+  int state;
+  while ((state = atomic_load(&phase)) < 2) {
+    double start = now_ms();
+    int rc = one_message(w);
+    double elapsed = now_ms() - start;
+    if (rc < 0) {
+      usleep(10000);
+      continue;
+    }
+    if (state == 1 && atomic_load(&phase) == 1 && w->count < w->capacity) w->samples[w->count++] = elapsed;
+  }
+  return NULL;
+}
+
+static int compare(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static int parse_target(const char *spec) {
+  memset(&target, 0, sizeof target);
+  if (strncmp(spec, "unix:", 5) == 0 || strncmp(spec, "local:", 6) == 0) {
+    struct sockaddr_un *un = (struct sockaddr_un *)&target;
+    un->sun_family = AF_UNIX;
+    snprintf(un->sun_path, sizeof un->sun_path, "%s", strchr(spec, ':') + 1);
+    target_len = sizeof *un;
+    return 0;
+  }
+  if (strncmp(spec, "inet:", 5) == 0) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&target;
+    const char *at = strchr(spec, '@');
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)atoi(spec + 5));
+    if (!at || inet_pton(AF_INET, at + 1, &in->sin_addr) != 1) return -1;
+    target_len = sizeof *in;
+    return 0;
+  }
+  return -1;
+}
+
+static double cpu_ms(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 6 || parse_target(argv[1]) < 0) {
+    fprintf(stderr, "usage: loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>\n");
+    return 2;
+  }
+  concurrency = atoi(argv[2]);
+  body_len = (size_t)atol(argv[3]);
+  double warmup = atof(argv[4]), measure = atof(argv[5]);
+  body = malloc(body_len + 1);
+  for (size_t i = 0; i < body_len; i++) body[i] = (i % 64 == 62) ? '\r' : (i % 64 == 63) ? '\n' : 'a' + (char)(i % 26);
+
+  struct worker *workers = calloc((size_t)concurrency, sizeof *workers);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int i = 0; i < concurrency; i++) {
+    workers[i].capacity = MAX_SAMPLES / concurrency;
+    workers[i].samples = malloc(sizeof(double) * (size_t)workers[i].capacity);
+    if (pthread_create(&workers[i].thread, &attr, run, &workers[i]) != 0) {
+      fprintf(stderr, "loadgen: cannot start thread %d\n", i);
+      return 1;
+    }
+  }
+  usleep((useconds_t)(warmup * 1e6));
+  double cpu0 = cpu_ms(), t0 = now_ms();
+  long errors0 = atomic_load(&errors);
+  atomic_store(&phase, 1);
+  usleep((useconds_t)(measure * 1e6));
+  atomic_store(&phase, 2);
+  double seconds = (now_ms() - t0) / 1e3, cpu = cpu_ms() - cpu0;
+  long errs = atomic_load(&errors) - errors0;
+  for (int i = 0; i < concurrency; i++) pthread_join(workers[i].thread, NULL);
+
+  long total = 0;
+  for (int i = 0; i < concurrency; i++) total += workers[i].count;
+  double *all = malloc(sizeof(double) * (size_t)(total ? total : 1));
+  long k = 0;
+  for (int i = 0; i < concurrency; i++) {
+    memcpy(all + k, workers[i].samples, sizeof(double) * (size_t)workers[i].count);
+    k += workers[i].count;
+  }
+  qsort(all, (size_t)total, sizeof(double), compare);
+  double p50 = total ? all[(long)(total * 0.50)] : 0, p99 = total ? all[(long)(total * 0.99)] : 0;
+  printf("{\"messages\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50\":%.3f,\"p99\":%.3f,\"errors\":%ld,"
+         "\"cpuMs\":%.1f,\"firstError\":\"%s\"}\n",
+         total, seconds, total / seconds, p50, p99, errs, cpu, first_error);
+  return 0;
+}
