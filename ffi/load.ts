@@ -94,7 +94,7 @@ function configureKoffi(): number {
   const current = koffi.config().max_async_calls as number;
   if (current !== KOFFI_DEFAULT_ASYNC_CALLS) return current;
   try {
-    koffi.config({ max_async_calls: KOFFI_MAX_ASYNC_CALLS });
+    koffi.config({ max_async_calls: KOFFI_MAX_ASYNC_CALLS, resident_async_pools: 32 });
     return KOFFI_MAX_ASYNC_CALLS;
   } catch {
     return current; // a library was already loaded through koffi

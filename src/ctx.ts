@@ -93,6 +93,11 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
   return session;
 }
 
+/** Whether the connection at `ptr` has an open session (one of its callbacks has run). */
+export function isOpen(ptr: Pointer): boolean {
+  return sessions.has(ptr);
+}
+
 /** Marks the callback of `session` as returned. */
 export function leave(session: Session): void {
   session.callback = null;

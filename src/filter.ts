@@ -31,7 +31,7 @@ import {
 } from "../ffi/memory.ts";
 import type { CallbackSymbol } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, leave, release, type Session } from "./ctx.ts";
+import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, isOpen, leave, release, type Session } from "./ctx.ts";
 import { describe, fail } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
@@ -198,12 +198,16 @@ export function register(filter: Filter): void {
   };
   for (const name of CALLBACK_NAMES) {
     const symbol = `xxfi_${name}` as CallbackSymbol;
-    // negotiate and close are always registered: the binding needs them to
-    // open and end sessions. Neither is a protocol stage, so the MTA still
+    // close is always registered: it ends the session. negotiate is
+    // registered when the filter has one, or no connect callback: the
+    // binding must see every connection start to refuse the new ones while
+    // draining, and connect, when present, comes first anyway (one relay
+    // less per connection). Neither is a protocol stage, so the MTA still
     // skips every stage the filter leaves out.
-    const wanted = typeof f[name] === "function" || name === "negotiate" || name === "close";
+    const wanted = typeof f[name] === "function" || name === "close" ||
+      (name === "negotiate" && typeof f.connect !== "function");
     if (wanted) {
-      const ptr = registerCallback(total(TRAMPOLINES[symbol]), lib.callbackTypes[symbol]);
+      const ptr = registerCallback(trampoline(symbol), lib.callbackTypes[symbol]);
       keepAlive.push(ptr);
       desc[symbol] = ptr;
     } else {
@@ -229,6 +233,15 @@ export function register(filter: Filter): void {
     }),
   );
   lifecycle.filterName = f.name;
+}
+
+/**
+ * @internal The total trampoline libmilter calls for `symbol`, for
+ * `bench/profile.ts` to time the binding's own work without a socket.
+ */
+// deno-lint-ignore no-explicit-any
+export function trampoline(symbol: CallbackSymbol): (...args: any[]) => number {
+  return total(TRAMPOLINES[symbol]);
 }
 
 /** The registered filter, or `null`. */
@@ -265,8 +278,12 @@ function dispatch(
   body: (session: Session, filter: Readonly<Filter>) => number,
 ): number {
   const filter = registered!;
+  const opening = !isOpen(ptr);
   const session = enter(ptr, callback, registeredFlags);
   try {
+    // A connection that starts while main is stopping is refused at its
+    // first callback (negotiate or connect), so the MTA tempfails it.
+    if (opening && lifecycle.phase !== "running" && callback !== "close") return SMFIS_TEMPFAIL;
     return body(session, filter);
   } catch (error) {
     const kind = error instanceof BadReturn ? "bad-return" : "exception";
@@ -393,7 +410,6 @@ const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
     pf3: Pointer,
   ) =>
     dispatch("negotiate", ptr, (session, filter) => {
-      if (lifecycle.phase !== "running") return SMFIS_TEMPFAIL; // stopping: refuse new connections
       const pf = [pf0, pf1, pf2, pf3];
       if (!filter.negotiate) {
         // What libmilter does without a negotiate callback: the registered

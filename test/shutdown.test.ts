@@ -45,8 +45,11 @@ test("a message in flight at SIGTERM finishes; new connections are refused meanw
   await client.envrcpt("<b@example.net>");
   filter.child.kill("SIGTERM");
   await new Promise((resolve) => setTimeout(resolve, 300));
-  // Draining: a new connection is refused at negotiation, so the MTA applies its own policy (tempfail).
-  await expect(MilterClient.open(filter.spec, { timeout: 5000 })).rejects.toThrow(/closed/);
+  // Draining: a new connection is refused at its first callback, connect, so the MTA tempfails it.
+  const late = await MilterClient.open(filter.spec, { timeout: 5000 });
+  expect(await late.connect("late.example", null)).toEqual({ action: "tempfail" });
+  late.quit();
+  expect(filter.callbacks("connect").map((e) => e.args[0])).toEqual(["client.example"]); // never reached the filter
   expect(filter.child.exitCode).toBeNull();
   await client.data();
   await client.eoh();
@@ -54,6 +57,27 @@ test("a message in flight at SIGTERM finishes; new connections are refused meanw
   const result = await client.eom();
   expect(result.reply.action).toBe("continue");
   expect(result.modifications).toEqual([{ type: "addheader", name: "X-Done", value: "yes" }]);
+  client.quit();
+  expect(await filter.exited).toEqual({ code: 0, signal: null });
+});
+
+test("without a connect callback, a new connection is refused at negotiation while draining", async () => {
+  // negotiate is then the only callback that sees every connection start, so the binding registers it.
+  const filter = await startFilter({ env: { FLAGS: "ADDHDRS", DRAIN: "20", OMIT: "connect" } });
+  const client = await filter.client();
+  await client.helo("client.example");
+  filter.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  // The MTA applies its milter_default_action (tempfail by default) to a connection refused at negotiation.
+  await expect(MilterClient.open(filter.spec, { timeout: 5000 })).rejects.toThrow(/closed/);
+  expect(filter.child.exitCode).toBeNull();
+  const result = await client.message({
+    from: "<a@example.org>",
+    rcpt: ["<b@example.net>"],
+    headers: [],
+    body: "still flowing\r\n",
+  });
+  expect(result.reply.action).toBe("continue");
   client.quit();
   expect(await filter.exited).toEqual({ code: 0, signal: null });
 });
