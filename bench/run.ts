@@ -237,9 +237,7 @@ for (const [cell, bag] of samples) {
     const s = summary(list);
     json[cell][who] = s;
     const ratio = (base: Sample | null): string =>
-      base && who !== "C" && who !== "pymilter" && who !== "loadgen ceiling"
-        ? `${(s.rate / base.rate).toFixed(2)}×`
-        : "";
+      base && RUNTIMES.includes(who as Runtime) ? `${(s.rate / base.rate).toFixed(2)}×` : "";
     lines.push(
       `| ${cell} | ${who} | ${s.rate.toFixed(0)} | ${s.p50.toFixed(2)} | ${s.p99.toFixed(2)} | ${
         s.rssMiB.toFixed(1)
