@@ -220,7 +220,9 @@ const lines: string[] = [];
 lines.push(
   `${SECONDS} s measured after ${WARMUP} s of warm-up per run; the target cells (unix, 1 KiB, c=8 and 64) are the ` +
     `median of ${Math.max(Number(opts.rounds), Number(opts["target-rounds"]))} interleaved rounds, the others of ` +
-    `${opts.rounds}. Runtimes: ${Object.entries(versions).map(([k, v]) => `${k} ${v}`).join(", ")}. ` +
+    `${opts.rounds}. Runtimes: ${
+      Object.entries(versions).map(([k, v]) => v.startsWith(k) ? v : `${k} ${v}`).join(", ")
+    }. ` +
     "÷ C is against C with TCP_NODELAY over inet (stock C and pymilter stall ~40 ms per message there).",
   "",
   "| cell | contender | messages/s | p50 ms | p99 ms | peak RSS MiB | filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |",
