@@ -7,9 +7,11 @@
  * ("null responder") shows what the load generator itself can drive; over
  * TCP, the C filter also runs with TCP_NODELAY set as this project sets it
  * ("C, TCP_NODELAY", the ÷ C baseline there), beside stock C with its stall.
+ * "C, one callback thread" hands every callback to a single thread and waits,
+ * as koffi does for the JS thread: the cost of that design, without JS.
  *
- *   npm run bench                      # the whole matrix (about 8 minutes)
- *   npm run bench -- --quick           # unix, 1 KiB, concurrency 8 and 64 (about 1 minute)
+ *   npm run bench                      # the whole matrix (about 7 minutes)
+ *   npm run bench -- --quick           # unix, 1 KiB, concurrency 8 and 64 (about 2 minutes)
  *   npm run bench -- --seconds 3 --rounds 3 --json out.json
  *
  * Needs gcc, libmilter-dev and python3-milter (Debian:
@@ -39,7 +41,7 @@ const { values: opts } = parseArgs({
 });
 
 type Socket = "unix" | "inet";
-type Contender = "null responder" | "C" | "C, TCP_NODELAY" | "pymilter" | Runtime;
+type Contender = "null responder" | "C" | "C, TCP_NODELAY" | "C, one callback thread" | "pymilter" | Runtime;
 interface Cell {
   socket: Socket;
   concurrency: number;
@@ -55,7 +57,16 @@ interface Sample {
   errors: number;
 }
 
-const ALL: Contender[] = ["null responder", "C", "C, TCP_NODELAY", "pymilter", "node", "deno", "bun"];
+const ALL: Contender[] = [
+  "null responder",
+  "C",
+  "C, TCP_NODELAY",
+  "C, one callback thread",
+  "pymilter",
+  "node",
+  "deno",
+  "bun",
+];
 /** Contenders that only differ from another over TCP. */
 const TCP_ONLY: ReadonlySet<Contender> = new Set(["C, TCP_NODELAY"]);
 const contenders = opts.contenders ? opts.contenders.split(",") as Contender[] : ALL;
@@ -85,6 +96,7 @@ function compile(): void {
   cc("loadgen", "load/loadgen.c");
   cc("nullmilter", "load/nullmilter.c");
   cc("filter-c", "filters/filter.c", "-lmilter");
+  cc("filter-handoff", "filters/filter-handoff.c", "-lmilter");
   try {
     execFileSync("/usr/bin/python3", ["-c", "import Milter"], { stdio: "ignore" });
   } catch {
@@ -100,6 +112,8 @@ function filterCommand(who: Contender, spec: string): [string, string[]] {
       return [join(build, "filter-c"), [spec]];
     case "C, TCP_NODELAY":
       return [join(build, "filter-c"), [spec, "nodelay"]];
+    case "C, one callback thread":
+      return [join(build, "filter-handoff"), [spec]];
     case "pymilter":
       return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec]];
     default: {
