@@ -68,6 +68,15 @@ export interface MessageInput {
   body: Uint8Array | string;
 }
 
+/** Macros {@linkcode MilterClient.message} sends before each of its stages. */
+export interface MessageMacros {
+  envfrom?: Macros;
+  envrcpt?: Macros;
+  data?: Macros;
+  eoh?: Macros;
+  eom?: Macros;
+}
+
 /** Every reply of {@linkcode MilterClient.message}, stage by stage. */
 export interface MessageResult extends EomResult {
   readonly replies: { readonly stage: string; readonly reply: Reply }[];
@@ -298,7 +307,7 @@ export class MilterClient {
    */
   async message(
     input: MessageInput,
-    macros: { envfrom?: Macros; envrcpt?: Macros; eom?: Macros } = {},
+    macros: MessageMacros = {},
   ): Promise<MessageResult> {
     const replies: { stage: string; reply: Reply }[] = [];
     const done = (stage: string, reply: Reply): boolean => {
@@ -315,9 +324,9 @@ export class MilterClient {
       else if (reply.action !== "reject" && !(reply.action === "replycode" && reply.smtpCode! >= 500)) return early();
     }
     if (accepted === 0) return early();
-    if (done("data", await this.data())) return early();
+    if (done("data", await this.data(macros.data))) return early();
     for (const [name, value] of input.headers) if (done("header", await this.header(name, value))) return early();
-    if (done("eoh", await this.eoh())) return early();
+    if (done("eoh", await this.eoh(macros.eoh))) return early();
     const body = await this.body(input.body);
     if (body.action !== "skip" && done("body", body)) return early();
     const result = await this.eom(macros.eom);

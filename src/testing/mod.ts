@@ -25,6 +25,7 @@ export {
   type EomResult,
   type Macros,
   type MessageInput,
+  type MessageMacros,
   type MessageResult,
   MilterClient,
   parseSpec,
