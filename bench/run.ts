@@ -20,12 +20,11 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { freePort } from "../test/helpers/filter.ts";
+import { freePort, waitListening } from "../test/helpers/filter.ts";
 import { command, ROOT, type Runtime, RUNTIMES, runtimeVersion } from "../test/helpers/runtimes.ts";
 
 const { values: opts } = parseArgs({
@@ -123,25 +122,6 @@ function filterCommand(who: Contender, spec: string): [string, string[]] {
   }
 }
 
-/** Resolves once a connection to the filter's socket succeeds. */
-async function listening(spec: string, exited: () => boolean): Promise<void> {
-  const unix = spec.startsWith("unix:");
-  const target = unix ? { path: spec.slice(5) } : { port: Number(spec.slice(5, spec.indexOf("@"))), host: "127.0.0.1" };
-  for (let i = 0; i < 300; i++) {
-    if (exited()) throw new Error(`the filter on ${spec} exited before listening`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect(target as { path: string }, () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`the filter on ${spec} did not listen within 30 s`);
-}
-
 /** CPU seconds used so far by `pid` (all threads). */
 function cpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
@@ -162,7 +142,7 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
   child.stderr!.setEncoding("utf8").on("data", (t: string) => (stderr += t));
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   try {
-    await listening(spec, () => child.exitCode !== null || child.signalCode !== null);
+    await waitListening(spec, () => child.exitCode !== null || child.signalCode !== null ? stderr : null);
     const cpu0 = cpuSeconds(child.pid!);
     const started = process.hrtime.bigint();
     const out = execFileSync(

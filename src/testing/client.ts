@@ -303,7 +303,9 @@ export class MilterClient {
 
   /**
    * Pushes a whole message: MAIL, each RCPT, DATA, the headers, EOH, the
-   * body and EOM, stopping at the first answer that ends the message.
+   * body and EOM, stopping at the first answer that ends the message. A
+   * recipient refused (4xx or 5xx) is dropped and the others go on, as an
+   * MTA does; with none left, the message ends there.
    */
   async message(
     input: MessageInput,
@@ -321,7 +323,8 @@ export class MilterClient {
       const reply = await this.envrcpt(rcpt, [], macros.envrcpt);
       replies.push({ stage: "envrcpt", reply });
       if (["continue", "noreply"].includes(reply.action)) accepted++;
-      else if (reply.action !== "reject" && !(reply.action === "replycode" && reply.smtpCode! >= 500)) return early();
+      // A refusal (permanent or temporary) is of that recipient only: the MTA goes on with the others.
+      else if (!["reject", "tempfail", "replycode"].includes(reply.action)) return early();
     }
     if (accepted === 0) return early();
     if (done("data", await this.data(macros.data))) return early();

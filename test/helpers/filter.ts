@@ -5,10 +5,10 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect as netConnect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type ClientOptions, MilterClient } from "../../src/testing/mod.ts";
+import { type ClientOptions, MilterClient, parseSpec } from "../../src/testing/mod.ts";
 import { command, ROOT, type Runtime } from "./runtimes.ts";
 
 export type SocketKind = "unix" | "inet" | "inet6";
@@ -23,6 +23,11 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** Milliseconds to wait for the ready event. */
   startTimeout?: number;
+  /**
+   * What tells that the filter is up: its `ready` event (the fixtures), or
+   * its socket accepting a connection (the examples, which print nothing).
+   */
+  readyWhen?: "event" | "listening";
 }
 
 const live = new Set<FilterProcess>();
@@ -164,13 +169,39 @@ export async function startFilter(options: StartOptions = {}): Promise<FilterPro
   const [cmd, args] = command(runtime, join(ROOT, "test/fixtures", options.fixture ?? "scripted.ts"));
   const child = spawn(cmd, args, {
     cwd: ROOT,
-    env: { ...process.env, SOCKET: spec, ...options.env },
+    env: { ...process.env, SOCKET: spec, MILTER_SOCKET: spec, ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const filter = new FilterProcess(child, spec, dir);
   live.add(filter);
-  await filter.waitFor((e) => e.event === "ready", options.startTimeout ?? 30_000);
+  if (options.readyWhen === "listening") {
+    const exited = (): string | null => child.exitCode !== null || child.signalCode !== null ? filter.stderr : null;
+    await waitListening(spec, exited, options.startTimeout ?? 30_000);
+  } else await filter.waitFor((e) => e.event === "ready", options.startTimeout ?? 30_000);
   return filter;
+}
+
+/**
+ * Resolves once a connection to `spec` succeeds (a libmilter filter sees it
+ * close at once). `exited` returns why the filter is gone, or `null` while it runs.
+ */
+export async function waitListening(spec: string, exited: () => string | null, timeout = 30_000): Promise<void> {
+  const target = parseSpec(spec);
+  for (const deadline = Date.now() + timeout; Date.now() < deadline;) {
+    const gone = exited();
+    if (gone !== null) throw new Error(`the filter on ${spec} exited before listening:\n${gone}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = "path" in target ? netConnect(target.path) : netConnect(target.port, target.host);
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`the filter did not listen on ${spec} within ${timeout} ms`);
 }
 
 /** Kills every filter still running (for afterEach/afterAll). */

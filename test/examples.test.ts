@@ -1,0 +1,220 @@
+/**
+ * Every example in examples/, run as its README says (one process, its
+ * socket from MILTER_SOCKET) and driven as an MTA would drive it.
+ */
+
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, describe, expect, test } from "vitest";
+import type { MilterClient, Reply } from "../src/testing/mod.ts";
+import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+import { ROOT, type Runtime } from "./helpers/runtimes.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "milter-examples-"));
+afterEach(killAll);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function example(name: string, env: Record<string, string> = {}, runtime?: Runtime): Promise<FilterProcess> {
+  return startFilter({ fixture: `../../examples/${name}.ts`, readyWhen: "listening", env, runtime });
+}
+
+/** A client past connect and HELO. */
+async function session(filter: FilterProcess, helo = "client.example"): Promise<MilterClient> {
+  const client = await filter.client();
+  await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 4711 });
+  await client.helo(helo);
+  return client;
+}
+
+const message = (overrides: Partial<{ from: string; rcpt: string[]; headers: [string, string][]; body: string }>) => ({
+  from: "<alice@example.org>",
+  rcpt: ["<bob@example.net>"],
+  headers: [["From", "alice@example.org"], ["Subject", "hello"]] as [string, string][],
+  body: "Hello.\r\n",
+  ...overrides,
+});
+
+describe("stamp", () => {
+  test("adds its header with the client's name and address, and asks the MTA to skip the rest", async () => {
+    const client = await session(await example("stamp"));
+    expect(client.negotiated.steps).toEqual(expect.arrayContaining(["NOHELO", "NOMAIL", "NORCPT", "NOHDRS", "NOBODY"]));
+    const result = await client.message(message({}));
+    expect(result.reply.action).toBe("continue");
+    expect(result.modifications).toEqual([
+      { type: "addheader", name: "X-Filtered-By", value: "stamp; from client.example [192.0.2.7]" },
+    ]);
+    client.quit();
+  });
+  test.each(["deno", "bun"] as const)("runs the same under %s", async (runtime) => {
+    const client = await session(await example("stamp", {}, runtime));
+    expect((await client.message(message({}))).modifications).toEqual([
+      { type: "addheader", name: "X-Filtered-By", value: "stamp; from client.example [192.0.2.7]" },
+    ]);
+    client.quit();
+  });
+});
+
+describe("alias", () => {
+  test("replaces aliased recipients by their targets and leaves the others", async () => {
+    const aliases = join(dir, "aliases.json");
+    writeFileSync(aliases, JSON.stringify({ "sales@example.org": ["alice@example.org", "bob@example.org"] }));
+    const client = await session(await example("alias", { ALIASES: aliases }));
+    const result = await client.message(message({ rcpt: ["<Sales@Example.org>", "<carol@example.org>"] }));
+    expect(result.modifications).toEqual([
+      { type: "delrcpt", rcpt: "<Sales@Example.org>" },
+      { type: "addrcpt", rcpt: "<alice@example.org>" },
+      { type: "addrcpt", rcpt: "<bob@example.org>" },
+    ]);
+    const plain = await client.message(message({ rcpt: ["<carol@example.org>"] }));
+    expect(plain.modifications).toEqual([]); // the previous message's list does not leak into this one
+    client.quit();
+  });
+});
+
+describe("rules", () => {
+  const last = (replies: { stage: string; reply: Reply }[]): { stage: string; reply: Reply } => replies.at(-1)!;
+
+  test("a refused HELO gets the rule's 550", async () => {
+    const filter = await example("rules");
+    const client = await filter.client();
+    await client.connect("client.example", null);
+    expect(await client.helo("localhost")).toEqual({
+      action: "replycode",
+      smtpCode: 550,
+      text: "550 5.7.1 localhost is not a valid host name for this server",
+    });
+    client.quit();
+  });
+
+  test.each([
+    [
+      "a refused sender",
+      { from: "<x@spam.example>" },
+      "envfrom",
+      "550 5.7.1 mail from <x@spam.example> is not accepted here",
+    ],
+    [
+      "a refused subject",
+      { headers: [["Subject", "Cheap pills today"]] as [string, string][] },
+      "header",
+      "554 5.7.1 message refused: subject matches our content policy",
+    ],
+    ["a tempfailed bounce", { from: "<>" }, "envfrom", "451 4.7.1 bounces are not accepted right now, try again later"],
+  ])("%s", async (_name, overrides, stage, text) => {
+    const client = await session(await example("rules"));
+    const result = await client.message(message(overrides));
+    expect(last(result.replies)).toEqual({
+      stage,
+      reply: { action: "replycode", smtpCode: Number(text.slice(0, 3)), text },
+    });
+    client.quit();
+  });
+
+  test("mail that matches no rule goes through", async () => {
+    const client = await session(await example("rules"));
+    expect((await client.message(message({}))).reply.action).toBe("continue");
+    client.quit();
+  });
+});
+
+describe("attachments", () => {
+  const multipart = (filenameLines: string[]): string =>
+    [
+      "This is a MIME message.",
+      "--b1",
+      "Content-Type: text/plain",
+      "",
+      "See the attachment. The word filename=evil.exe in text is not an attachment.",
+      "--b1",
+      "Content-Type: application/octet-stream",
+      ...filenameLines,
+      "Content-Transfer-Encoding: base64",
+      "",
+      "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+      "--b1--",
+      "",
+    ].join("\r\n");
+  const headers: [string, string][] = [["Subject", "invoice"], ["Content-Type", 'multipart/mixed; boundary="b1"']];
+
+  /** Pushes a message with its body cut into 7-byte chunks, so that lines straddle chunks. */
+  async function push(client: MilterClient, body: string, top = headers): Promise<string[]> {
+    await client.envfrom("<alice@example.org>");
+    await client.envrcpt("<bob@example.net>");
+    await client.data();
+    for (const [name, value] of top) await client.header(name, value);
+    await client.eoh();
+    for (let at = 0; at < body.length; at += 7) await client.body(body.slice(at, at + 7));
+    const result = await client.eom();
+    return result.modifications.flatMap((m) => m.type === "quarantine" ? [m.reason] : []);
+  }
+
+  test("a blocked extension in a folded RFC 2231 file name, across chunk boundaries, is quarantined", async () => {
+    const client = await session(await example("attachments"));
+    const body = multipart(["Content-Disposition: attachment;", "\tfilename*=utf-8''invoice.pdf.exe"]);
+    expect(await push(client, body)).toEqual(["blocked attachment invoice.pdf.exe"]);
+    client.quit();
+  });
+
+  test("allowed attachments, and file names in the text, pass", async () => {
+    const client = await session(await example("attachments"));
+    expect(await push(client, multipart(['Content-Disposition: attachment; filename="invoice.pdf"']))).toEqual([]);
+    // the next message on the same connection starts clean
+    expect(await push(client, multipart(['Content-Type: application/x-msdownload; name="setup.EXE"']))).toEqual([
+      "blocked attachment setup.EXE",
+    ]);
+    client.quit();
+  });
+
+  test("a single-part message names its file in the top-level headers", async () => {
+    const client = await session(await example("attachments", { BLOCKED_EXTENSIONS: "iso" }));
+    const top: [string, string][] = [["Content-Type", 'application/octet-stream; name="disk.iso"']];
+    expect(await push(client, "AAAA\r\n", top)).toEqual(["blocked attachment disk.iso"]);
+    client.quit();
+  });
+});
+
+describe("ratelimit", () => {
+  test("counts messages and recipients per connection, and a new connection starts afresh", async () => {
+    const filter = await example("ratelimit", { MAX_MESSAGES: "2", MAX_RECIPIENTS: "3" });
+    const client = await session(filter);
+    const rcpts = ["<a@example.net>", "<b@example.net>", "<c@example.net>", "<d@example.net>"];
+    const first = await client.message(message({ rcpt: rcpts }));
+    expect(first.replies.filter((r) => r.stage === "envrcpt").map((r) => r.reply.smtpCode ?? r.reply.action)).toEqual([
+      "continue",
+      "continue",
+      "continue",
+      452,
+    ]);
+    expect(first.reply.action).toBe("continue");
+    expect((await client.message(message({}))).reply.action).toBe("continue");
+    const third = await client.message(message({}));
+    expect(third.reply).toEqual({
+      action: "replycode",
+      smtpCode: 451,
+      text: "451 4.7.1 at most 2 messages per connection; reconnect and retry",
+    });
+    client.quit();
+    const fresh = await session(filter);
+    expect((await fresh.message(message({}))).reply.action).toBe("continue");
+    fresh.quit();
+  });
+});
+
+describe("the systemd unit", () => {
+  /** What `systemd-analyze verify` says of a unit file (it exits 0 even on unknown keys). */
+  const verify = (text: string): string => {
+    const file = join(dir, "milter-stamp.service");
+    writeFileSync(file, text);
+    execFileSync("systemd-analyze", ["--version"]); // fails the test when systemd is missing
+    return spawnSync("systemd-analyze", ["verify", file], { encoding: "utf8" }).stderr;
+  };
+
+  test("examples/milter-stamp.service passes systemd-analyze verify, and a typo would not", () => {
+    const unit = readFileSync(join(ROOT, "examples/milter-stamp.service"), "utf8");
+    expect(verify(unit)).toBe("");
+    expect(verify(unit.replace("Type=simple", "Tpye=simple"))).toContain("Unknown key 'Tpye'");
+    expect(unit).toContain("ExecStart=/usr/bin/node --import tsx examples/stamp.ts");
+  });
+});
