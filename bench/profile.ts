@@ -22,21 +22,9 @@ import * as Milter from "../mod.ts";
 import type { CallbackSymbol } from "../ffi/symbols.ts";
 import { trampoline } from "../src/filter.ts";
 import { native } from "../src/native.ts";
+import { benchFilter } from "./filters/bench-filter.ts";
 
-const proceed = (): Milter.Stat => Milter.Stat.Continue;
-Milter.register({
-  ...Milter.empty,
-  name: "profile",
-  connect: proceed,
-  helo: proceed,
-  envfrom: proceed,
-  envrcpt: proceed,
-  data: proceed,
-  header: proceed,
-  eoh: proceed,
-  body: proceed,
-  close: proceed,
-});
+Milter.register(benchFilter);
 const lib = native("profile"); // loads libmilter, and with it koffi's configuration
 
 const now = (): number => performance.now() * 1000; // µs
