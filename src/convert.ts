@@ -13,9 +13,28 @@ import { AF_INET, AF_INET6, AF_UNIX, MAXREPLIES, MAXREPLYLEN } from "../ffi/cons
  * IPv6 address with its port, or the path of a local socket.
  */
 export type SockAddr =
-  | { readonly family: "inet"; readonly address: string; readonly port: number }
-  | { readonly family: "inet6"; readonly address: string; readonly port: number }
-  | { readonly family: "unix"; readonly path: string };
+  | {
+    /** IPv4. */
+    readonly family: "inet";
+    /** Dotted quad, e.g. `192.0.2.1`. */
+    readonly address: string;
+    /** The client's TCP port. */
+    readonly port: number;
+  }
+  | {
+    /** IPv6. */
+    readonly family: "inet6";
+    /** RFC 5952 text, e.g. `2001:db8::1`. */
+    readonly address: string;
+    /** The client's TCP port. */
+    readonly port: number;
+  }
+  | {
+    /** A local (unix-domain) client. */
+    readonly family: "unix";
+    /** The socket path the MTA gave. */
+    readonly path: string;
+  };
 
 /** How many bytes of a `struct sockaddr` each family needs. */
 export function sockaddrLength(family: number): number {

@@ -14,6 +14,7 @@ import { MI_FAILURE, MI_SUCCESS } from "../ffi/constants.ts";
  * header`.
  */
 export class MilterError extends Error {
+  /** Always `"MilterError"`. */
   override name = "MilterError";
   /** The function that failed, as OCaml names it: `"Milter.addheader"`. */
   readonly fn: string;

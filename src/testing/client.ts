@@ -61,25 +61,41 @@ export interface EomResult {
 
 /** A message to push through {@linkcode MilterClient.message}. */
 export interface MessageInput {
+  /** The envelope sender, with its angle brackets (`<>` for a bounce). */
   from: string;
+  /** ESMTP arguments of MAIL FROM, e.g. `["BODY=8BITMIME"]`. */
   fromArgs?: string[];
+  /** The envelope recipients, each with its angle brackets. */
   rcpt: string[];
+  /** The header fields in order, as `[name, value]`. */
   headers: [string, string][];
+  /** The body, with CRLF line ends (a string is sent as UTF-8). */
   body: Uint8Array | string;
 }
 
 /** Macros {@linkcode MilterClient.message} sends before each of its stages. */
 export interface MessageMacros {
+  /** Sent before MAIL FROM. */
   envfrom?: Macros;
+  /** Sent before each RCPT TO. */
   envrcpt?: Macros;
+  /** Sent before DATA. */
   data?: Macros;
+  /** Sent before end of headers. */
   eoh?: Macros;
+  /** Sent before end of message. */
   eom?: Macros;
 }
 
 /** Every reply of {@linkcode MilterClient.message}, stage by stage. */
 export interface MessageResult extends EomResult {
-  readonly replies: { readonly stage: string; readonly reply: Reply }[];
+  /** Each command's reply in order, named by its stage (`envfrom`, `envrcpt`, `header`, …). */
+  readonly replies: {
+    /** The stage: `envfrom`, `envrcpt`, `data`, `header`, `eoh`, `body` or `eom`. */
+    readonly stage: string;
+    /** What the filter answered there. */
+    readonly reply: Reply;
+  }[];
 }
 
 /** The MTA side of one milter connection. */
@@ -389,7 +405,15 @@ function openSocket(spec: string, timeout: number): Promise<Socket> {
  * or a bare path into where to connect (an inet socket bound to any address
  * is reached on the loopback address of its family).
  */
-export function parseSpec(spec: string): { path: string } | { port: number; host: string } {
+export function parseSpec(spec: string): {
+  /** A unix socket's path. */
+  path: string;
+} | {
+  /** The TCP port. */
+  port: number;
+  /** The host to connect to. */
+  host: string;
+} {
   const socket = parseSocketSpec(spec);
   if (socket === "type") throw new Error(`unknown milter socket spec ${JSON.stringify(spec)}`);
   if (socket === "port") throw new Error(`bad port in ${JSON.stringify(spec)}`);

@@ -87,12 +87,15 @@ export function splitCStrings(data: Uint8Array): string[] {
 
 /** What the filter agreed to in option negotiation. */
 export interface Negotiated {
+  /** The milter protocol version the filter answered with (6 for libmilter 8.14 and later). */
   readonly version: number;
   /** The actions the filter may take. */
   readonly actions: Flag[];
   /** The steps the filter asked for (NO* = do not send, NR_* = no reply). */
   readonly steps: Step[];
+  /** {@linkcode Negotiated.actions} as libmilter's bit mask (`SMFIF_*`). */
   readonly actionMask: number;
+  /** {@linkcode Negotiated.steps} as libmilter's bit mask (`SMFIP_*`). */
   readonly stepMask: number;
   /** The macros the filter requested per stage with setsymlist. */
   readonly macros: Partial<Record<Stage, string>>;
@@ -124,16 +127,78 @@ export function decodeNegotiation(data: Uint8Array): Negotiated {
 
 /** A modification the filter requested at end of message. */
 export type Modification =
-  | { readonly type: "addheader"; readonly name: string; readonly value: string }
-  | { readonly type: "insheader"; readonly index: number; readonly name: string; readonly value: string }
-  | { readonly type: "chgheader"; readonly index: number; readonly name: string; readonly value: string }
-  | { readonly type: "addrcpt"; readonly rcpt: string }
-  | { readonly type: "addrcpt_par"; readonly rcpt: string; readonly args: string | null }
-  | { readonly type: "delrcpt"; readonly rcpt: string }
-  | { readonly type: "replacebody"; readonly chunk: Uint8Array }
-  | { readonly type: "chgfrom"; readonly from: string; readonly args: string | null }
-  | { readonly type: "quarantine"; readonly reason: string }
-  | { readonly type: "progress" };
+  | {
+    /** `addheader`: a header added at the end. */
+    readonly type: "addheader";
+    /** The header name. */
+    readonly name: string;
+    /** The header value. */
+    readonly value: string;
+  }
+  | {
+    /** `insheader`: a header inserted at a position. */
+    readonly type: "insheader";
+    /** Where, counting from 0 at the top. */
+    readonly index: number;
+    /** The header name. */
+    readonly name: string;
+    /** The header value. */
+    readonly value: string;
+  }
+  | {
+    /** `chgheader`: the index-th header of that name changed, or deleted when `value` is empty. */
+    readonly type: "chgheader";
+    /** Which occurrence of the name, from 1. */
+    readonly index: number;
+    /** The header name. */
+    readonly name: string;
+    /** The new value; `""` deletes the header. */
+    readonly value: string;
+  }
+  | {
+    /** `addrcpt`: a recipient added. */
+    readonly type: "addrcpt";
+    /** The address. */
+    readonly rcpt: string;
+  }
+  | {
+    /** `addrcpt_par`: a recipient added with ESMTP arguments. */
+    readonly type: "addrcpt_par";
+    /** The address. */
+    readonly rcpt: string;
+    /** Its ESMTP arguments, or `null`. */
+    readonly args: string | null;
+  }
+  | {
+    /** `delrcpt`: a recipient removed. */
+    readonly type: "delrcpt";
+    /** The address, as given at RCPT TO. */
+    readonly rcpt: string;
+  }
+  | {
+    /** `replacebody`: one chunk of the new body (chunks concatenate). */
+    readonly type: "replacebody";
+    /** The bytes of this chunk. */
+    readonly chunk: Uint8Array;
+  }
+  | {
+    /** `chgfrom`: the envelope sender changed. */
+    readonly type: "chgfrom";
+    /** The new sender. */
+    readonly from: string;
+    /** Its ESMTP arguments, or `null`. */
+    readonly args: string | null;
+  }
+  | {
+    /** `quarantine`: the message is to be held. */
+    readonly type: "quarantine";
+    /** The reason given. */
+    readonly reason: string;
+  }
+  | {
+    /** `progress`: the filter is still working; the MTA resets its timeout. */
+    readonly type: "progress";
+  };
 
 /** Decodes a modification frame, or `null` if `code` is not one. */
 export function decodeModification(frame: Frame): Modification | null {
