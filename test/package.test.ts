@@ -1,0 +1,178 @@
+/**
+ * The npm package as users get it: `npm pack`, installed into a fresh
+ * project, then imported by name under Node 20 (this machine's), 22 and 24
+ * (from the npm registry's node-<platform>-<arch> packages, installed on
+ * first use into node_modules/.cache) and Bun; its `milter-test` command
+ * under each. And Deno with exactly the permissions the README names.
+ *
+ * dist/ itself: plain `node` imports the package by name with no TypeScript
+ * tooling, and its declarations type-check a consumer. One file, so that only
+ * one build (npm pack's prepack) writes dist/ at a time.
+ */
+
+import { execFile, execFileSync } from "node:child_process";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { freePort, waitListening } from "./helpers/filter.ts";
+import { command, ROOT } from "./helpers/runtimes.ts";
+import { MilterClient } from "../src/testing/mod.ts";
+
+const run = promisify(execFile);
+const work = mkdtempSync(join(tmpdir(), "milter-package-"));
+const project = join(work, "consumer");
+const checkDir = join(ROOT, "dist-check");
+afterAll(() => {
+  rmSync(work, { recursive: true, force: true });
+  rmSync(checkDir, { recursive: true, force: true });
+});
+
+/** The `node` binary of a major version, installed from the npm registry on first use. */
+function nodeBinary(major: number): string {
+  const name = `node-${process.platform}-${process.arch}`;
+  const prefix = join(ROOT, "node_modules/.cache/milter-node", String(major));
+  const bin = join(prefix, "node_modules", name, "bin/node");
+  if (!existsSync(bin)) {
+    mkdirSync(prefix, { recursive: true });
+    execFileSync("npm", ["install", "--prefix", prefix, "--no-save", "--no-audit", "--no-fund", `${name}@${major}`], {
+      stdio: "ignore",
+    });
+  }
+  return bin;
+}
+
+beforeAll(async () => {
+  // npm pack runs prepack, which builds dist/.
+  const { stdout } = await run("npm", ["pack", "--pack-destination", work, "--silent"], { cwd: ROOT });
+  const tarball = join(work, stdout.trim().split("\n").at(-1)!);
+  mkdirSync(project);
+  writeFileSync(join(project, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
+  await run("npm", ["install", "--no-audit", "--no-fund", tarball], { cwd: project });
+  copyFileSync(join(ROOT, "test/fixtures/packed-consumer.mjs"), join(project, "consumer.mjs"));
+}, 300_000);
+
+const RUNTIMES: [string, () => string, RegExp][] = [
+  ["Node 20 (this machine's)", () => process.execPath, /^node v20\./],
+  ["Node 22", () => nodeBinary(22), /^node v22\./],
+  ["Node 24", () => nodeBinary(24), /^node v24\./],
+  ["Bun", () => command("bun", "")[0], /^bun 1\./],
+];
+
+describe.each(RUNTIMES)("the packed package under %s", (_name, binary, version) => {
+  test("imports by name, runs a filter, answers the test client", async () => {
+    const { stdout } = await run(binary(), ["consumer.mjs"], { cwd: project, timeout: 60_000 });
+    const out = JSON.parse(stdout);
+    expect(out.runtime).toMatch(version);
+    expect(out.reply).toEqual({ action: "continue" });
+    expect(out.modifications).toEqual([{ type: "addheader", name: "X-Runtime", value: out.runtime }]);
+  }, 300_000);
+
+  test("its milter-test command runs", async () => {
+    const { stdout } = await run(binary(), ["node_modules/.bin/milter-test", "--help"], { cwd: project });
+    expect(stdout).toMatch(/^usage: milter-test/);
+  }, 300_000);
+});
+
+test("Deno runs a filter with exactly the README's permissions (inet socket)", async () => {
+  const spec = `inet:${await freePort()}@127.0.0.1`;
+  const deno = execFile(
+    command("deno", "")[0],
+    ["run", "--allow-ffi", "--allow-env", "--allow-net", "examples/stamp.ts"],
+    { cwd: ROOT, env: { ...process.env, MILTER_SOCKET: spec } },
+  );
+  let stderr = "";
+  deno.stderr!.on("data", (t) => (stderr += t));
+  const exited = new Promise<number | null>((resolve) => deno.on("exit", resolve));
+  try {
+    await waitListening(spec, () => deno.exitCode !== null ? stderr : null);
+    const client = await MilterClient.open(spec);
+    await client.connect("deno.example", null);
+    const result = await client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "" });
+    expect(result.modifications).toEqual([
+      { type: "addheader", name: "X-Filtered-By", value: "stamp; from deno.example" },
+    ]);
+    client.quit();
+    deno.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    expect(stderr).not.toMatch(/permission|Requires/i);
+  } finally {
+    deno.kill("SIGKILL");
+  }
+}, 60_000);
+
+test("the declarations point at .js files, as older compilers and type checkers of packages expect", () => {
+  const declarations = readdirSync(join(ROOT, "dist"), { recursive: true, encoding: "utf8" }).filter((f) =>
+    f.endsWith(".d.ts")
+  );
+  expect(declarations.length).toBeGreaterThan(10);
+  for (const file of declarations) {
+    expect(readFileSync(join(ROOT, "dist", file), "utf8"), file).not.toMatch(/from\s+["']\.{1,2}\/[^"']+\.ts["']/);
+  }
+});
+
+test("plain node imports the package by name and runs a filter", async () => {
+  const { stdout } = await run(process.execPath, [join(ROOT, "test/fixtures/plain-node.mjs")], {
+    cwd: ROOT,
+    timeout: 60_000,
+  });
+  expect(JSON.parse(stdout)).toEqual({
+    version: [1, 0, 1],
+    reply: { action: "continue" },
+    modifications: [{ type: "addheader", name: "X-Plain-Node", value: process.version }],
+  });
+});
+
+test("the milter-test command runs under plain node from dist/", async () => {
+  const bin = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).bin["milter-test"];
+  expect(readFileSync(join(ROOT, bin), "utf8")).toMatch(/^#!\/usr\/bin\/env node\n/);
+  const { stdout } = await run(process.execPath, [join(ROOT, bin), "--help"], { cwd: ROOT });
+  expect(stdout).toMatch(/^usage: milter-test \[options\] <socket> \[message.eml\]/);
+});
+
+test("a TypeScript consumer type-checks against the declarations", async () => {
+  mkdirSync(checkDir, { recursive: true });
+  writeFileSync(
+    join(checkDir, "consumer.mts"),
+    `import * as Milter from "@milterjs/milter";
+import { MilterClient, type Modification } from "@milterjs/milter/testing";
+const stat: Milter.Stat = Milter.Stat.Continue;
+const filter: Milter.Filter = { ...Milter.empty, name: "typed", eom: (ctx: Milter.Ctx) => { Milter.addheader(ctx, "X", "y"); return stat; } };
+const version: [number, number, number] = Milter.version();
+const open: (spec: string) => Promise<MilterClient> = MilterClient.open;
+const mods: Modification[] = [];
+// @ts-expect-error: a Stat is one of the constructor names
+const wrong: Milter.Stat = "continue";
+export { filter, mods, open, version, wrong };
+`,
+  );
+  writeFileSync(
+    join(checkDir, "tsconfig.json"),
+    JSON.stringify({
+      compilerOptions: {
+        module: "NodeNext",
+        moduleResolution: "NodeNext",
+        strict: true,
+        noEmit: true,
+        skipLibCheck: false,
+        types: ["node"],
+        typeRoots: [join(ROOT, "node_modules/@types")],
+      },
+      files: ["consumer.mts"],
+    }),
+  );
+  await run(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", join(checkDir, "tsconfig.json")], {
+    cwd: checkDir,
+  });
+}, 120_000);
