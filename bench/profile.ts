@@ -72,15 +72,14 @@ for (let r = 0; r < 5; r++) {
 }
 
 // 2 and 3. Function pointers called on the JS thread, as koffi calls them.
-const ctx = koffi.alloc("char", 64) as unknown as bigint; // stands for an SMFICTX (never dereferenced)
 const address = (value: unknown): bigint => koffi.address(value) as bigint;
+const ctxAddress = address(koffi.alloc("char", 64)); // stands for an SMFICTX (never dereferenced)
 const cString = (text: string): bigint => {
   const bytes = new TextEncoder().encode(`${text}\0`);
   const ptr = koffi.alloc("char", bytes.length);
   koffi.encode(ptr, "char", Array.from(bytes), bytes.length);
   return address(ptr);
 };
-const ctxAddress = address(ctx);
 const helo = cString("client.example");
 const headerName = cString("Subject"), headerValue = cString("benchmark message");
 const argv = (() => {
@@ -89,16 +88,13 @@ const argv = (() => {
   koffi.encode(ptr, "void *", [...strings, null], 3);
   return address(ptr);
 })();
-const body = (() => {
-  const ptr = koffi.alloc("char", 1024);
-  return address(ptr);
-})();
+const body = address(koffi.alloc("char", 1024));
 
 const N = 200_000;
 const call = (symbol: CallbackSymbol, fn: (...args: never[]) => number, ...args: unknown[]): number => {
   const ptr = koffi.register(fn, lib.callbackTypes[symbol]);
-  const type = symbol; // the prototype, declared under its C name
-  const time = median([0, 1, 2].map(() => perCall(N, () => koffi.call(ptr, type, ...args))));
+  // the prototype is declared under the callback's C name
+  const time = median([0, 1, 2].map(() => perCall(N, () => koffi.call(ptr, symbol, ...args))));
   koffi.unregister(ptr);
   return time;
 };

@@ -84,17 +84,24 @@ export class LoadFailure extends Error {
 /** koffi's default `max_async_calls`, and the most it allows. */
 const KOFFI_DEFAULT_ASYNC_CALLS = 256;
 const KOFFI_MAX_ASYNC_CALLS = 4096;
+/**
+ * koffi's most resident relay pools (default 8). A relayed call past them
+ * maps a fresh stack and heap for its duration; `smfi_main` holds one pool
+ * for good, so 8 meant an mmap per callback from 8 concurrent connections on.
+ */
+const KOFFI_MAX_RESIDENT_POOLS = 32;
 
 /**
- * Raises koffi's pool of relayed calls to its maximum. This only works
- * before koffi loads its first library in the process; afterwards, or when
- * the program chose its own value, the current setting is kept.
+ * Raises koffi's pool of relayed calls, and its resident pools, to their
+ * maxima. This only works before koffi loads its first library in the
+ * process; afterwards, or when the program chose its own value, the current
+ * setting is kept.
  */
 function configureKoffi(): number {
   const current = koffi.config().max_async_calls as number;
   if (current !== KOFFI_DEFAULT_ASYNC_CALLS) return current;
   try {
-    koffi.config({ max_async_calls: KOFFI_MAX_ASYNC_CALLS, resident_async_pools: 32 });
+    koffi.config({ max_async_calls: KOFFI_MAX_ASYNC_CALLS, resident_async_pools: KOFFI_MAX_RESIDENT_POOLS });
     return KOFFI_MAX_ASYNC_CALLS;
   } catch {
     return current; // a library was already loaded through koffi

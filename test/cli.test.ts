@@ -14,7 +14,7 @@ import { afterAll, afterEach, describe, expect, test } from "vitest";
 import { parseClientAddr, parseMacro, verdict } from "../src/testing/cli.ts";
 import { addresses, headerValue, parseMessage } from "../src/testing/eml.ts";
 import { killAll, script, startFilter } from "./helpers/filter.ts";
-import { command, ROOT } from "./helpers/runtimes.ts";
+import { ROOT, runtimeBinary } from "./helpers/runtimes.ts";
 
 const MESSAGE = [
   "From: Alice <alice@example.org>",
@@ -37,8 +37,8 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 /** How each runtime runs the CLI; Deno with the permissions the README names. */
 const RUN_CLI = {
   node: [process.execPath, "--import", "tsx", "bin/milter-test.ts"],
-  deno: [command("deno", "")[0], "run", "--allow-net", "--allow-read", "--allow-write", "bin/milter-test.ts"],
-  bun: [command("bun", "")[0], "bin/milter-test.ts"],
+  deno: [runtimeBinary("deno"), "run", "--allow-net", "--allow-read", "--allow-write", "bin/milter-test.ts"],
+  bun: [runtimeBinary("bun"), "bin/milter-test.ts"],
 };
 
 /** Runs the CLI as a process; resolves with its exit code and output. */

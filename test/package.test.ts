@@ -27,7 +27,7 @@ import process from "node:process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { freePort, waitListening } from "./helpers/filter.ts";
-import { command, ROOT } from "./helpers/runtimes.ts";
+import { ROOT, runtimeBinary } from "./helpers/runtimes.ts";
 import { MilterClient } from "../src/testing/mod.ts";
 
 const run = promisify(execFile);
@@ -67,7 +67,7 @@ const RUNTIMES: [string, () => string, RegExp][] = [
   ["Node 20 (this machine's)", () => process.execPath, /^node v20\./],
   ["Node 22", () => nodeBinary(22), /^node v22\./],
   ["Node 24", () => nodeBinary(24), /^node v24\./],
-  ["Bun", () => command("bun", "")[0], /^bun 1\./],
+  ["Bun", () => runtimeBinary("bun"), /^bun 1\./],
 ];
 
 describe.each(RUNTIMES)("the packed package under %s", (_name, binary, version) => {
@@ -89,7 +89,7 @@ describe.each(RUNTIMES)("the packed package under %s", (_name, binary, version) 
 test("Deno runs a filter with exactly the README's permissions (inet socket)", async () => {
   const spec = `inet:${await freePort()}@127.0.0.1`;
   const deno = execFile(
-    command("deno", "")[0],
+    runtimeBinary("deno"),
     ["run", "--allow-ffi", "--allow-env", "--allow-net", "examples/stamp.ts"],
     { cwd: ROOT, env: { ...process.env, MILTER_SOCKET: spec } },
   );

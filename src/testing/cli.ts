@@ -10,7 +10,7 @@ import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import type { SockAddr } from "../convert.ts";
-import { type Flag, FLAG_BITS, isFlag, isStep, type Step, STEP_BITS } from "../variants.ts";
+import { type Flag, isFlag, isStep, type Step } from "../variants.ts";
 import { type Macros, type MessageResult, MilterClient } from "./client.ts";
 import { addresses, headerValue, parseMessage } from "./eml.ts";
 import { concat, type Modification, type Negotiated, type Reply } from "./protocol.ts";
@@ -303,8 +303,8 @@ export async function main(argv: readonly string[], io: CliIO = processIO()): Pr
   try {
     client = await MilterClient.open(socket, {
       timeout: timeout * 1000,
-      ...(actions && { actions: actions.reduce((m, f) => m | FLAG_BITS[f], 0) }),
-      ...(steps && { steps: steps.reduce((m, s) => m | STEP_BITS[s], 0) }),
+      ...(actions && { actions }),
+      ...(steps && { steps }),
     });
   } catch (error) {
     io.stderr(`milter-test: cannot reach the milter at ${socket}: ${(error as Error).message}\n`);

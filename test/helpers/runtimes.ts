@@ -38,7 +38,7 @@ function candidates(runtime: "deno" | "bun"): string[] {
 const resolved = new Map<string, string>();
 
 /** The path of a working `deno` or `bun` binary, or throws naming what is missing. */
-function bin(runtime: "deno" | "bun"): string {
+export function runtimeBinary(runtime: "deno" | "bun"): string {
   const known = resolved.get(runtime);
   if (known) return known;
   for (const path of candidates(runtime)) {
@@ -60,7 +60,7 @@ export function command(runtime: Runtime, file: string): [string, string[]] {
     case "node":
       return [process.execPath, ["--import", "tsx", file]];
     case "deno":
-      return [bin("deno"), [
+      return [runtimeBinary("deno"), [
         "run",
         "--quiet",
         "--allow-ffi",
@@ -71,12 +71,12 @@ export function command(runtime: Runtime, file: string): [string, string[]] {
         file,
       ]];
     case "bun":
-      return [bin("bun"), [file]];
+      return [runtimeBinary("bun"), [file]];
   }
 }
 
 /** The runtime's version, or throws naming what is missing. */
 export function runtimeVersion(runtime: Runtime): string {
   if (runtime === "node") return process.version;
-  return execFileSync(bin(runtime), ["--version"], { encoding: "utf8" }).trim().split("\n")[0].split(" (")[0];
+  return execFileSync(runtimeBinary(runtime), ["--version"], { encoding: "utf8" }).trim().split("\n")[0].split(" (")[0];
 }
