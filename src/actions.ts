@@ -12,6 +12,7 @@ import { readCStringBytes } from "../ffi/memory.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
+import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
@@ -25,6 +26,41 @@ function requireString(fn: string, what: string, value: unknown): string {
 
 function optionalString(fn: string, what: string, value: unknown): string | null {
   return value === null || value === undefined ? null : requireString(fn, what, value);
+}
+
+/**
+ * A header name: printable US-ASCII without `:` or space (RFC 5322 field
+ * name). Anything else would make the MTA write a different header, or
+ * several, than the one asked for.
+ */
+function requireHeaderName(fn: string, name: unknown): string {
+  const text = requireString(fn, "the header name", name);
+  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(text)) {
+    fail(fn, `the header name ${describe(text)} must be printable US-ASCII without ":" or spaces (RFC 5322)`);
+  }
+  return text;
+}
+
+/**
+ * A header value: a line break is allowed only to fold it (CRLF or LF
+ * followed by a space or tab), so that a value can never start a header or
+ * the body of its own.
+ */
+function requireHeaderValue(fn: string, value: unknown): string {
+  const text = requireString(fn, "the header value", value);
+  if (/\r(?!\n)|\r?\n(?![ \t])/.test(text)) {
+    fail(fn, "the header value has a line break that does not fold it (CR, LF or CRLF not followed by a space or tab)");
+  }
+  return text;
+}
+
+/** The bytes libmilter sends for a header modification, and what it refuses above. */
+function headerTooLarge(name: string, value: string | null, indexed: boolean): string | null {
+  const encoder = new TextEncoder();
+  const size = encoder.encode(name).length + encoder.encode(value ?? "").length + 2 + (indexed ? 4 : 0);
+  if (size <= lifecycle.maxDataSize) return null;
+  return `the header is ${size} bytes, more than libmilter sends in one command ` +
+    `(${lifecycle.maxDataSize}; raise it with setmaxdatasize, within what the MTA accepts)`;
 }
 
 /** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
@@ -126,45 +162,63 @@ export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undef
 
 /**
  * `addheader(ctx, name, value)` appends the header `name: value` to the
- * message. Only from `eom`, with `Flag.ADDHDRS`. Wraps `smfi_addheader`.
+ * message. Only from `eom`, with `Flag.ADDHDRS`. The name must be printable
+ * US-ASCII without `:` or spaces; the value may break lines only to fold
+ * them (CRLF or LF, then a space or tab): unlike C libmilter, which passes
+ * them on, the binding refuses a name or value that would inject another
+ * header. Wraps `smfi_addheader`.
  *
- * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ * @throws {MilterError} outside eom, without the flag, for a name or value as above, or when libmilter fails.
  */
 export function addheader(ctx: Ctx, name: string, value: string): void {
   const [session, why] = inEom("addheader", ctx, "ADDHDRS");
-  requireString("addheader", "the header name", name);
-  requireString("addheader", "the header value", value);
-  check("addheader", native("addheader").fn.smfi_addheader(session.ptr, name, value), why);
+  requireHeaderName("addheader", name);
+  requireHeaderValue("addheader", value);
+  check(
+    "addheader",
+    native("addheader").fn.smfi_addheader(session.ptr, name, value),
+    () => headerTooLarge(name, value, false) ?? why(),
+  );
 }
 
 /**
  * `chgheader(ctx, name, index, value)` changes the `index`-th occurrence
  * (from 1) of header `name` to `value`, or deletes it when `value` is
- * `null`. Only from `eom`, with `Flag.CHGHDRS`. Wraps `smfi_chgheader`.
+ * `null`. Only from `eom`, with `Flag.CHGHDRS`. Names and values are checked
+ * as for {@linkcode addheader}. Wraps `smfi_chgheader`.
  *
- * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ * @throws {MilterError} outside eom, without the flag, for a bad name or value, or when libmilter fails.
  */
 export function chgheader(ctx: Ctx, name: string, index: number, value: string | null | undefined): void {
   const [session, why] = inEom("chgheader", ctx, "CHGHDRS");
-  requireString("chgheader", "the header name", name);
+  requireHeaderName("chgheader", name);
   requireInt("chgheader", "the index", index, 0);
-  const v = optionalString("chgheader", "the header value", value);
-  check("chgheader", native("chgheader").fn.smfi_chgheader(session.ptr, name, index, v), why);
+  const v = value === null || value === undefined ? null : requireHeaderValue("chgheader", value);
+  check(
+    "chgheader",
+    native("chgheader").fn.smfi_chgheader(session.ptr, name, index, v),
+    () => headerTooLarge(name, v, true) ?? why(),
+  );
 }
 
 /**
  * `insheader(ctx, index, name, value)` inserts the header `name: value` at
  * position `index` (0 is the top). Only from `eom`, with `Flag.ADDHDRS`.
- * Wraps `smfi_insheader`.
+ * Names and values are checked as for {@linkcode addheader}. Wraps
+ * `smfi_insheader`.
  *
- * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
+ * @throws {MilterError} outside eom, without the flag, for a bad name or value, or when libmilter fails.
  */
 export function insheader(ctx: Ctx, index: number, name: string, value: string): void {
   const [session, why] = inEom("insheader", ctx, "ADDHDRS");
   requireInt("insheader", "the index", index, 0);
-  requireString("insheader", "the header name", name);
-  requireString("insheader", "the header value", value);
-  check("insheader", native("insheader").fn.smfi_insheader(session.ptr, index, name, value), why);
+  requireHeaderName("insheader", name);
+  requireHeaderValue("insheader", value);
+  check(
+    "insheader",
+    native("insheader").fn.smfi_insheader(session.ptr, index, name, value),
+    () => headerTooLarge(name, value, true) ?? why(),
+  );
 }
 
 /**

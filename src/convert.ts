@@ -161,17 +161,19 @@ export type SocketSpec =
  * Parses a libmilter socket spec: `unix:/path` or `local:/path`, a bare path
  * (what libmilter makes of a spec without a type), `inet:port@host` or
  * `inet6:port@host` (the host may be left out). Returns why it is not one
- * instead: `"type"` for an unknown type, `"port"` for an inet spec without a
- * numeric port.
+ * instead: `"type"` for an unknown type, `"path"` for a unix spec without a
+ * path, `"port"` for an inet spec without a port from 1 to 65535 (libmilter
+ * would silently bind another one).
  */
-export function parseSocketSpec(spec: string): SocketSpec | "type" | "port" {
-  const match = /^(unix|local|inet|inet6):(.+)$/.exec(spec);
+export function parseSocketSpec(spec: string): SocketSpec | "type" | "path" | "port" {
+  const match = /^(unix|local|inet|inet6):(.*)$/.exec(spec);
   if (!match) return spec.includes(":") ? "type" : { kind: "unix", path: spec };
   const [, type, rest] = match;
-  if (type === "unix" || type === "local") return { kind: "unix", path: rest };
+  if (type === "unix" || type === "local") return rest === "" ? "path" : { kind: "unix", path: rest };
   const inet = /^(\d+)(?:@(.+))?$/.exec(rest);
-  if (!inet) return "port";
-  return { kind: type as "inet" | "inet6", port: Number(inet[1]), host: inet[2] ?? null };
+  const port = inet ? Number(inet[1]) : 0;
+  if (!inet || port < 1 || port > 65535) return "port";
+  return { kind: type as "inet" | "inet6", port, host: inet[2] ?? null };
 }
 
 /**
@@ -181,4 +183,17 @@ export function parseSocketSpec(spec: string): SocketSpec | "type" | "port" {
 export function connectHost(spec: { readonly kind: "inet" | "inet6"; readonly host: string | null }): string {
   if (spec.host !== null && !["0.0.0.0", "::", "*"].includes(spec.host)) return spec.host;
   return spec.kind === "inet6" ? "::1" : "127.0.0.1";
+}
+
+/** The longest delay `setTimeout` keeps (2³¹ − 1 ms, about 24.8 days); longer ones fire at once. */
+export const MAX_TIMER_MS = 0x7fffffff;
+
+/**
+ * The `setTimeout` delay for a duration of `seconds` (≥ 0): `null` for
+ * `Infinity` (no timer at all), and at most {@linkcode MAX_TIMER_MS}, so
+ * that a long duration never overflows into an immediate one.
+ */
+export function timerDelay(seconds: number): number | null {
+  if (seconds === Infinity) return null;
+  return Math.min(Math.ceil(seconds * 1000), MAX_TIMER_MS);
 }

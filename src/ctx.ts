@@ -72,6 +72,13 @@ export interface Session {
   actions: number;
   /** The C string arguments of the running callback, valid only while it runs (for `rawargs`). */
   raw: readonly Pointer[];
+  /** The `NR_*` step bits negotiated for this connection: stages the MTA expects no reply to. */
+  noReply: number;
+  /**
+   * A failure at a no-reply stage, still to be answered (Tempfail) at the
+   * next stage that replies: for the rest of the connection or of the message.
+   */
+  failed: "connection" | "message" | null;
 }
 
 const sessions = new Map<Pointer, Session>();
@@ -84,7 +91,17 @@ let sessionsChanged: (() => void) | null = null;
 export function enter(ptr: Pointer, callback: CallbackName, actions: number): Session {
   let session = sessions.get(ptr);
   if (!session) {
-    session = { ptr, ctx: new Ctx(TOKEN, nextId++), callback: null, closed: false, priv: null, actions, raw: [] };
+    session = {
+      ptr,
+      ctx: new Ctx(TOKEN, nextId++),
+      callback: null,
+      closed: false,
+      priv: null,
+      actions,
+      raw: [],
+      noReply: 0,
+      failed: null,
+    };
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }

@@ -49,8 +49,19 @@ export function check(fn: string, rc: number, why?: () => string): void {
   fail(fn, reason, { code: rc });
 }
 
-/** A short description of a value for error messages. */
+/**
+ * A short description of a value for error messages. Total: a value that
+ * cannot even be inspected (a revoked Proxy) is "an uninspectable value".
+ */
 export function describe(value: unknown): string {
+  try {
+    return describeValue(value);
+  } catch {
+    return "an uninspectable value";
+  }
+}
+
+function describeValue(value: unknown): string {
   if (value === null) return "null";
   if (value === undefined) return "undefined";
   if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);

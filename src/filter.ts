@@ -17,6 +17,7 @@ import {
   SMFI_VERSION,
   SMFIP_SKIP,
   SMFIS_CONTINUE,
+  SMFIS_NOREPLY,
   SMFIS_TEMPFAIL,
 } from "../ffi/constants.ts";
 import {
@@ -36,6 +37,7 @@ import { describe, fail } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";
+import { writeStderr } from "./runtime.ts";
 import {
   decodeMask,
   encodeMask,
@@ -62,6 +64,11 @@ export const version_code: number = SMFI_VERSION;
  * is registered with libmilter as NULL, so the MTA does not even send that
  * stage. Every callback runs on the JS thread while libmilter's thread for
  * the connection waits, and must return its answer synchronously.
+ *
+ * The filter may be a plain object or an instance of a class: each callback
+ * is read once by {@linkcode register} with ordinary property access (own,
+ * inherited or non-enumerable alike) and called with the filter as `this`.
+ * Changing the object after registration changes nothing.
  */
 export interface Filter {
   /** The name of the filter, used in libmilter's logs and in the 451 reply of a failed callback. */
@@ -120,7 +127,11 @@ export interface Filter {
  * A filter with name `""`, version {@linkcode version_code}, no flags and no
  * callbacks; spread it and set what you need.
  */
-export const empty: Readonly<Filter> = Object.freeze({ name: "", version: version_code, flags: [] });
+export const empty: Readonly<Filter> = Object.freeze({
+  name: "",
+  version: version_code,
+  flags: Object.freeze([]) as unknown as Flag[],
+});
 
 /** The NO* step libmilter asks for when a stage's callback is absent. */
 const STEP_OF_ABSENT: Partial<Record<CallbackName, Step>> = {
@@ -135,10 +146,41 @@ const STEP_OF_ABSENT: Partial<Record<CallbackName, Step>> = {
   data: "NODATA",
 };
 
-/** The registered filter, frozen at registration. */
-let registered: Readonly<Filter> | null = null;
-let registeredFlags = 0;
-let absentSteps = 0;
+/** The NR_* step that promises no reply to a stage (negotiated in `negotiate`). */
+const NO_REPLY_STEP: Partial<Record<CallbackName, Step>> = {
+  connect: "NR_CONN",
+  helo: "NR_HELO",
+  envfrom: "NR_MAIL",
+  envrcpt: "NR_RCPT",
+  data: "NR_DATA",
+  unknown: "NR_UNKN",
+  header: "NR_HDR",
+  eoh: "NR_EOH",
+  body: "NR_BODY",
+};
+const NO_REPLY_MASK = encodeMask(STEP_BITS, Object.values(NO_REPLY_STEP));
+
+/** Stages whose failure concerns the whole connection, not one message. */
+const CONNECTION_STAGES: ReadonlySet<CallbackName> = new Set(["connect", "helo"]);
+
+/** A filter callback as register read it. */
+// deno-lint-ignore no-explicit-any
+type Callback = (this: unknown, ctx: Ctx, ...args: any[]) => unknown;
+
+/** What {@linkcode register} keeps of the filter. */
+interface Registration {
+  /** The object given to register: the `this` of its callbacks. */
+  readonly self: object;
+  readonly name: string;
+  /** The filter's flags as libmilter's mask. */
+  readonly flags: number;
+  /** The callbacks the filter has, read once at registration. */
+  readonly callbacks: Readonly<Partial<Record<CallbackName, Callback>>>;
+  /** The NO* steps of the stages the filter has no callback for. */
+  readonly absentSteps: number;
+}
+
+let registration: Registration | null = null;
 /** The function pointers handed to libmilter; kept for the life of the process. */
 const keepAlive: Pointer[] = [];
 
@@ -147,31 +189,72 @@ class BadReturn extends Error {
   override name = "BadReturn";
 }
 
-function validateFilter(filter: unknown): Filter {
+/** `filter[key]`, with a getter's exception turned into a MilterError. */
+function property(filter: object, key: string): unknown {
+  try {
+    return (filter as Record<string, unknown>)[key];
+  } catch (error) {
+    fail("register", `reading filter.${key} threw: ${describe(error)}`, { cause: error });
+  }
+}
+
+/** Checks the filter and reads what register keeps of it. */
+function readFilter(filter: unknown): Registration {
   if (typeof filter !== "object" || filter === null) {
     fail("register", `expected a filter object, got ${describe(filter)}`);
   }
-  const f = filter as Record<string, unknown>;
-  if (typeof f.name !== "string") fail("register", `filter.name must be a string, got ${describe(f.name)}`);
-  if (f.name.includes("\0")) fail("register", "filter.name contains a NUL byte");
-  if (!Number.isInteger(f.version)) fail("register", `filter.version must be an integer, got ${describe(f.version)}`);
-  if ((f.version as number) <= 4) {
+  const name = property(filter, "name");
+  const version = property(filter, "version");
+  const flags = property(filter, "flags");
+  if (typeof name !== "string") fail("register", `filter.name must be a string, got ${describe(name)}`);
+  if (name.includes("\0")) fail("register", "filter.name contains a NUL byte");
+  if (!Number.isInteger(version)) fail("register", `filter.version must be an integer, got ${describe(version)}`);
+  if ((version as number) <= 4) {
     fail(
       "register",
-      `filter.version ${f.version} would make libmilter skip negotiate, data and unknown; use version_code`,
+      `filter.version ${version} would make libmilter skip negotiate, data and unknown; use version_code`,
     );
   }
-  if (!Array.isArray(f.flags)) fail("register", `filter.flags must be an array of Flag, got ${describe(f.flags)}`);
-  for (const flag of f.flags) {
+  if (!Array.isArray(flags)) fail("register", `filter.flags must be an array of Flag, got ${describe(flags)}`);
+  for (const flag of flags) {
     if (!isFlag(flag)) fail("register", `filter.flags contains ${describe(flag)}, not a Flag`);
   }
-  for (const name of CALLBACK_NAMES) {
-    const cb = f[name];
-    if (cb !== undefined && cb !== null && typeof cb !== "function") {
-      fail("register", `filter.${name} must be a function, null or absent, got ${describe(cb)}`);
+  const callbacks: Partial<Record<CallbackName, Callback>> = {};
+  for (const key of CALLBACK_NAMES) {
+    const cb = property(filter, key);
+    if (typeof cb === "function") callbacks[key] = cb as Callback;
+    else if (cb !== undefined && cb !== null) {
+      fail("register", `filter.${key} must be a function, null or absent, got ${describe(cb)}`);
     }
   }
-  return filter as Filter;
+  const absent = CALLBACK_NAMES.flatMap((key) => {
+    const step = STEP_OF_ABSENT[key];
+    return step && !callbacks[key] ? [step] : [];
+  });
+  return Object.freeze({
+    self: filter,
+    name,
+    flags: encodeMask(FLAG_BITS, flags as Flag[]),
+    callbacks: Object.freeze(callbacks),
+    absentSteps: encodeMask(STEP_BITS, absent),
+  });
+}
+
+/**
+ * Whether libmilter gets a trampoline for `name`. Besides the filter's own
+ * callbacks: close always (it ends the session); negotiate when the filter
+ * has one or no connect callback (the binding must see every connection
+ * start, to refuse new ones while draining, and connect, when present, comes
+ * first anyway); eom and abort whenever the filter negotiates, as it may
+ * then ask for no-reply stages, whose failures eom must answer and abort
+ * forget. None of these is a protocol stage the MTA could skip.
+ */
+function wanted(r: Registration, name: CallbackName): boolean {
+  if (r.callbacks[name]) return true;
+  if (name === "close") return true;
+  if (name === "negotiate") return !r.callbacks.connect;
+  if (name === "eom" || name === "abort") return r.callbacks.negotiate !== undefined;
+  return false;
 }
 
 /**
@@ -181,58 +264,38 @@ function validateFilter(filter: unknown): Filter {
  * @throws {MilterError} when the filter is malformed, one is already registered, or libmilter refuses it.
  */
 export function register(filter: Filter): void {
-  const f = validateFilter(filter);
-  if (registered) {
+  const r = readFilter(filter);
+  if (registration) {
     fail(
       "register",
-      `filter ${JSON.stringify(registered.name)} is already registered; libmilter allows one per process`,
+      `filter ${JSON.stringify(registration.name)} is already registered; libmilter allows one per process`,
     );
   }
   if (lifecycle.phase !== "idle") fail("register", "main has already run");
   const lib = native("register");
-  const frozen = Object.freeze({ ...f, flags: Object.freeze([...f.flags]) as Flag[] });
   const desc: Record<string, unknown> = {
-    xxfi_name: f.name,
-    xxfi_version: f.version,
-    xxfi_flags: encodeMask(FLAG_BITS, f.flags),
+    xxfi_name: r.name,
+    xxfi_version: filter.version,
+    xxfi_flags: r.flags,
   };
   for (const name of CALLBACK_NAMES) {
     const symbol = `xxfi_${name}` as CallbackSymbol;
-    // close is always registered: it ends the session. negotiate is
-    // registered when the filter has one, or no connect callback: the
-    // binding must see every connection start to refuse the new ones while
-    // draining, and connect, when present, comes first anyway (one relay
-    // less per connection). Neither is a protocol stage, so the MTA still
-    // skips every stage the filter leaves out.
-    const wanted = typeof f[name] === "function" || name === "close" ||
-      (name === "negotiate" && typeof f.connect !== "function");
-    if (wanted) {
-      const ptr = registerCallback(trampoline(symbol), lib.callbackTypes[symbol]);
-      keepAlive.push(ptr);
-      desc[symbol] = ptr;
-    } else {
-      desc[symbol] = null;
-    }
+    desc[symbol] = null;
+    if (!wanted(r, name)) continue;
+    const ptr = registerCallback(trampoline(symbol), lib.callbackTypes[symbol]);
+    keepAlive.push(ptr);
+    desc[symbol] = ptr;
   }
   const rc = lib.fn.smfi_register(desc) as number;
   if (rc !== MI_SUCCESS) {
     fail(
       "register",
-      `libmilter refused the filter: version 0x${(f.version as number).toString(16)} must have ` +
+      `libmilter refused the filter: version 0x${filter.version.toString(16)} must have ` +
         "the major and minor numbers of the installed libmilter (use version_code)",
       { code: rc },
     );
   }
-  registered = frozen;
-  registeredFlags = encodeMask(FLAG_BITS, f.flags);
-  absentSteps = encodeMask(
-    STEP_BITS,
-    CALLBACK_NAMES.flatMap((name) => {
-      const step = STEP_OF_ABSENT[name];
-      return step && typeof f[name] !== "function" ? [step] : [];
-    }),
-  );
-  lifecycle.filterName = f.name;
+  registration = r;
 }
 
 /**
@@ -241,23 +304,51 @@ export function register(filter: Filter): void {
  */
 // deno-lint-ignore no-explicit-any
 export function trampoline(symbol: CallbackSymbol): (...args: any[]) => number {
-  return total(TRAMPOLINES[symbol]);
+  return guarded(symbol, TRAMPOLINES[symbol]);
 }
 
-/** The registered filter, or `null`. */
-export function registeredFilter(): Readonly<Filter> | null {
-  return registered;
+/** Whether a filter is registered. */
+export function isRegistered(): boolean {
+  return registration !== null;
 }
 
-/** The C code of a callback's answer, or a {@linkcode BadReturn}. */
-function statCode(callback: CallbackName, value: unknown): number {
-  if (!isStat(value) || (value === "All" && callback !== "negotiate")) {
-    const hint = typeof (value as { then?: unknown })?.then === "function"
-      ? "; callbacks must answer synchronously (libmilter's thread waits for the return value)"
-      : "";
-    throw new BadReturn(`the ${callback} callback returned ${describe(value)}, not a Stat${hint}`);
+/** Whether `session` negotiated no reply for `callback`'s stage. */
+function silent(session: Session, callback: CallbackName): boolean {
+  const step = NO_REPLY_STEP[callback];
+  return step !== undefined && (session.noReply & STEP_BITS[step]) !== 0;
+}
+
+/**
+ * The C code of a callback's answer, or a {@linkcode BadReturn}: `All` only
+ * from negotiate, `Skip` only from body, and at a no-reply stage only
+ * `No_reply` or `Continue` (both sent as no reply); `No_reply` elsewhere
+ * would leave the MTA waiting.
+ */
+function statCode(callback: CallbackName, value: unknown, noReply: boolean): number {
+  const bad = (why: string): never => {
+    throw new BadReturn(`the ${callback} callback returned ${describe(value)}, ${why}`);
+  };
+  if (!isStat(value)) {
+    const awaited = typeof (value as { then?: unknown })?.then === "function";
+    bad(
+      `not a Stat${
+        awaited ? "; callbacks must answer synchronously (libmilter's thread waits for the return value)" : ""
+      }`,
+    );
   }
-  return STAT_CODES[value];
+  const stat = value as Stat;
+  if (stat === "All" && callback !== "negotiate") bad("not a Stat"); // All is negotiate's alone
+  if (noReply) {
+    if (stat !== "Continue" && stat !== "No_reply") {
+      bad(`but its stage was negotiated as ${NO_REPLY_STEP[callback]} (no reply): answer Continue or No_reply`);
+    }
+    return SMFIS_NOREPLY;
+  }
+  if (stat === "Skip" && callback !== "body") bad("which only body may answer");
+  if (stat === "No_reply" && !IGNORED_ANSWER.has(callback)) {
+    bad(`but the filter did not negotiate ${NO_REPLY_STEP[callback] ?? "a no-reply step"} for this stage`);
+  }
+  return STAT_CODES[stat];
 }
 
 /** The reply set when a callback fails: 451 4.3.0, as pymilter does. */
@@ -265,8 +356,63 @@ function failureReply(filterName: string): string {
   return escapeReplyText(`mail filter ${filterName || "(unnamed)"} failed; try again later`);
 }
 
-/** Stages where no SMTP reply can follow (so no reply text is set). */
-const NO_REPLY_STAGES: ReadonlySet<CallbackName> = new Set(["negotiate", "abort", "close"]);
+/** Callbacks whose answer libmilter ignores or that no SMTP reply follows. */
+const IGNORED_ANSWER: ReadonlySet<CallbackName> = new Set(["negotiate", "abort", "close"]);
+
+/** `error instanceof BadReturn`, for any thrown value (a revoked Proxy makes `instanceof` throw). */
+function kindOf(error: unknown): "bad-return" | "exception" {
+  try {
+    return error instanceof BadReturn ? "bad-return" : "exception";
+  } catch {
+    return "exception";
+  }
+}
+
+/** Answers Tempfail with the 451 4.3.0 reply of a failed callback. */
+function tempfail(ptr: Pointer, filterName: string): number {
+  try {
+    native("setreply").fn.smfi_setreply(ptr, "451", "4.3.0", failureReply(filterName));
+  } catch {
+    // the Tempfail still goes out, with the MTA's default text
+  }
+  return SMFIS_TEMPFAIL;
+}
+
+/**
+ * What a failure answers. At a stage negotiated as no reply, libmilter would
+ * turn Tempfail into silence and then lose track of the message, so the
+ * failure is remembered and answered at the next stage that replies: for
+ * the rest of the connection after connect or helo, for the rest of the
+ * message after any later stage.
+ */
+function answerFailure(session: Session, callback: CallbackName, filterName: string): number {
+  if (silent(session, callback)) {
+    if (session.failed !== "connection") session.failed = CONNECTION_STAGES.has(callback) ? "connection" : "message";
+    return SMFIS_NOREPLY;
+  }
+  return IGNORED_ANSWER.has(callback) ? SMFIS_TEMPFAIL : tempfail(session.ptr, filterName);
+}
+
+/** Stages where Tempfail refuses one command and the message goes on (libmilter's CT_IGNO). */
+const KEEPS_MESSAGE: ReadonlySet<CallbackName> = new Set(["envrcpt", "unknown"]);
+
+/**
+ * The answer owed for a failure remembered at an earlier no-reply stage, or
+ * `null` when there is none: Tempfail 451 4.3.0 at each stage that replies,
+ * silence at no-reply stages. The filter's callbacks are not called
+ * meanwhile, except abort and close, which end the message or the
+ * connection. A message's failure ends with the message: at abort, or once
+ * Tempfail was answered at a stage where it ends the message.
+ */
+function owed(session: Session, callback: CallbackName, filterName: string): number | null {
+  if (session.failed === null || IGNORED_ANSWER.has(callback)) {
+    if (callback === "abort" && session.failed === "message") session.failed = null;
+    return null;
+  }
+  if (silent(session, callback)) return SMFIS_NOREPLY;
+  if (session.failed === "message" && !KEEPS_MESSAGE.has(callback)) session.failed = null;
+  return tempfail(session.ptr, filterName);
+}
 
 /**
  * Runs one callback for the connection at `ptr`: opens the session, calls
@@ -275,27 +421,20 @@ const NO_REPLY_STAGES: ReadonlySet<CallbackName> = new Set(["negotiate", "abort"
 function dispatch(
   callback: CallbackName,
   ptr: Pointer,
-  body: (session: Session, filter: Readonly<Filter>) => number,
+  body: (session: Session, r: Registration) => number,
 ): number {
-  const filter = registered!;
+  const r = registration!;
   const opening = !isOpen(ptr);
-  const session = enter(ptr, callback, registeredFlags);
+  const session = enter(ptr, callback, r.flags);
   try {
     // A connection that starts while main is stopping is refused at its
     // first callback (negotiate or connect), so the MTA tempfails it.
     if (opening && lifecycle.phase !== "running" && callback !== "close") return SMFIS_TEMPFAIL;
-    return body(session, filter);
+    return owed(session, callback, r.name) ?? body(session, r);
   } catch (error) {
-    const kind = error instanceof BadReturn ? "bad-return" : "exception";
-    if (!NO_REPLY_STAGES.has(callback)) {
-      try {
-        native("setreply").fn.smfi_setreply(ptr, "451", "4.3.0", failureReply(filter.name));
-      } catch {
-        // the Tempfail below still goes out, with the MTA's default text
-      }
-    }
-    report(error, { callback, filter: filter.name, ctx: session.ctx, kind });
-    return SMFIS_TEMPFAIL;
+    const answer = answerFailure(session, callback, r.name);
+    report(error, { callback, filter: r.name, ctx: session.ctx, kind: kindOf(error) });
+    return answer;
   } finally {
     leave(session);
     if (callback === "close") release(session);
@@ -308,21 +447,31 @@ interface Decoded {
   readonly raw?: readonly Pointer[];
 }
 
-/** Calls a filter callback that answers a plain `Stat`, with the arguments `decode` reads. */
-function simple(callback: CallbackName, ptr: Pointer, decode: () => Decoded): number {
-  return dispatch(callback, ptr, (session, filter) => {
-    const fn = filter[callback] as ((ctx: Ctx, ...rest: unknown[]) => unknown) | null | undefined;
-    if (!fn) return SMFIS_CONTINUE; // close is registered for the binding's sake
+/**
+ * The answer of a callback libmilter calls for the binding's sake while the
+ * filter has none (see {@linkcode wanted}): close, abort and eom continue.
+ * Any other is a bug of the binding, and fails rather than let mail through.
+ */
+function withoutCallback(callback: CallbackName): number {
+  if (callback === "close" || callback === "abort" || callback === "eom") return SMFIS_CONTINUE;
+  throw new Error(`milter binding: libmilter called ${callback}, which the filter does not have`);
+}
+
+/** Calls a filter callback that answers a `Stat`, with the arguments `decode` reads. */
+function callStage(callback: CallbackName, ptr: Pointer, decode: () => Decoded): number {
+  return dispatch(callback, ptr, (session, r) => {
+    const fn = r.callbacks[callback];
+    if (!fn) return withoutCallback(callback);
     const { args, raw = [] } = decode();
     session.raw = raw;
-    const result = fn(session.ctx, ...args);
+    const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
     if (typeof (result as { then?: unknown })?.then === "function") {
       (result as Promise<unknown>).then(
         undefined,
-        (error) => report(error, { callback, filter: filter.name, ctx: session.ctx, kind: "exception" }),
+        (error) => report(error, { callback, filter: r.name, ctx: session.ctx, kind: "exception" }),
       );
     }
-    return statCode(callback, result);
+    return statCode(callback, result, silent(session, callback));
   });
 }
 
@@ -343,61 +492,79 @@ function readSockAddr(ptr: Pointer | null): SockAddr | null {
 }
 
 /** Validates negotiate's answer and writes it to libmilter's output words. */
-function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Session): number {
+function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Session, r: Registration): number {
   if (!Array.isArray(result) || result.length !== 3) {
     throw new BadReturn(`the negotiate callback returned ${describe(result)}, not [Stat, Flag[], Step[]]`);
   }
   const [stat, flags, steps] = result as unknown[];
-  const code = statCode("negotiate", stat);
+  const code = statCode("negotiate", stat, false);
   if (!Array.isArray(flags) || !flags.every(isFlag)) {
     throw new BadReturn(`the negotiate callback's flags are ${describe(flags)}, not Flag[]`);
   }
   if (!Array.isArray(steps) || !steps.every(isStep)) {
     throw new BadReturn(`the negotiate callback's steps are ${describe(steps)}, not Step[]`);
   }
+  const stepMask = encodeMask(STEP_BITS, steps);
   session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
+  // With All, libmilter ignores the returned steps: no stage is no-reply.
+  session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
-  writeULong(pf[1], (encodeMask(STEP_BITS, steps) | absentSteps) >>> 0);
+  writeULong(pf[1], (stepMask | r.absentSteps) >>> 0);
   writeULong(pf[2], 0);
   writeULong(pf[3], 0);
   return code;
 }
 
 /**
- * The last line of defence: whatever escapes a trampoline (even the
- * binding's own bookkeeping) answers Tempfail, never koffi's default of 0.
+ * The last line of defence: whatever escapes a trampoline (a bug of the
+ * binding's own bookkeeping) is reported and answers Tempfail, never koffi's
+ * default of 0.
  */
 // deno-lint-ignore no-explicit-any
-function total<F extends (...args: any[]) => number>(fn: F): F {
+function guarded<F extends (...args: any[]) => number>(symbol: CallbackSymbol, fn: F): F {
   return ((...args: Parameters<F>): number => {
     try {
       return fn(...args);
-    } catch {
+    } catch (error) {
+      reportInternal(symbol, error);
       return SMFIS_TEMPFAIL;
     }
   }) as F;
 }
 
+/** Reports a failure of the binding itself, outside any callback's context; never throws. */
+function reportInternal(symbol: CallbackSymbol, error: unknown): void {
+  try {
+    writeStderr(`milter: the binding failed in ${symbol} and answered Tempfail: ${describe(error)}`);
+  } catch {
+    // stderr is gone
+  }
+}
+
 // deno-lint-ignore no-explicit-any
 const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
   xxfi_connect: (ptr: Pointer, host: Pointer | null, addr: Pointer | null) =>
-    simple("connect", ptr, () => ({ args: [readCString(host), readSockAddr(addr)], raw: host === null ? [] : [host] })),
-  xxfi_helo: (ptr: Pointer, helo: Pointer | null) => simple("helo", ptr, () => strings(helo)),
-  xxfi_envfrom: (ptr: Pointer, pointer: Pointer | null) => simple("envfrom", ptr, () => argv(pointer)),
-  xxfi_envrcpt: (ptr: Pointer, pointer: Pointer | null) => simple("envrcpt", ptr, () => argv(pointer)),
+    callStage(
+      "connect",
+      ptr,
+      () => ({ args: [readCString(host), readSockAddr(addr)], raw: host === null ? [] : [host] }),
+    ),
+  xxfi_helo: (ptr: Pointer, helo: Pointer | null) => callStage("helo", ptr, () => strings(helo)),
+  xxfi_envfrom: (ptr: Pointer, pointer: Pointer | null) => callStage("envfrom", ptr, () => argv(pointer)),
+  xxfi_envrcpt: (ptr: Pointer, pointer: Pointer | null) => callStage("envrcpt", ptr, () => argv(pointer)),
   xxfi_header: (ptr: Pointer, name: Pointer | null, value: Pointer | null) =>
-    simple("header", ptr, () => strings(name, value)),
-  xxfi_eoh: (ptr: Pointer) => simple("eoh", ptr, () => ({ args: [] })),
+    callStage("header", ptr, () => strings(name, value)),
+  xxfi_eoh: (ptr: Pointer) => callStage("eoh", ptr, () => ({ args: [] })),
   xxfi_body: (ptr: Pointer, chunk: Pointer | null, len: number | bigint) =>
-    simple("body", ptr, () => {
+    callStage("body", ptr, () => {
       const bytes = readBytes(chunk, Number(len));
       return { args: [bytes, bytes.length] };
     }),
-  xxfi_eom: (ptr: Pointer) => simple("eom", ptr, () => ({ args: [] })),
-  xxfi_abort: (ptr: Pointer) => simple("abort", ptr, () => ({ args: [] })),
-  xxfi_close: (ptr: Pointer) => simple("close", ptr, () => ({ args: [] })),
-  xxfi_unknown: (ptr: Pointer, command: Pointer | null) => simple("unknown", ptr, () => strings(command)),
-  xxfi_data: (ptr: Pointer) => simple("data", ptr, () => ({ args: [] })),
+  xxfi_eom: (ptr: Pointer) => callStage("eom", ptr, () => ({ args: [] })),
+  xxfi_abort: (ptr: Pointer) => callStage("abort", ptr, () => ({ args: [] })),
+  xxfi_close: (ptr: Pointer) => callStage("close", ptr, () => ({ args: [] })),
+  xxfi_unknown: (ptr: Pointer, command: Pointer | null) => callStage("unknown", ptr, () => strings(command)),
+  xxfi_data: (ptr: Pointer) => callStage("data", ptr, () => ({ args: [] })),
   xxfi_negotiate: (
     ptr: Pointer,
     f0: number | bigint,
@@ -409,20 +576,20 @@ const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
     pf2: Pointer,
     pf3: Pointer,
   ) =>
-    dispatch("negotiate", ptr, (session, filter) => {
-      const pf = [pf0, pf1, pf2, pf3];
-      if (!filter.negotiate) {
+    dispatch("negotiate", ptr, (session, r) => {
+      const fn = r.callbacks.negotiate;
+      if (!fn) {
         // What libmilter does without a negotiate callback: the registered
         // flags, and the NO* steps it pre-filled for absent callbacks.
-        writeULong(pf0, registeredFlags);
+        writeULong(pf0, r.flags);
         writeULong(pf1, (readULong(pf1) & ~SMFIP_SKIP) >>> 0);
         return SMFIS_CONTINUE;
       }
-      const result = filter.negotiate(
+      const result = Reflect.apply(fn, r.self, [
         session.ctx,
         decodeMask(FLAG_BITS, Number(f0)),
         decodeMask(STEP_BITS, Number(f1)),
-      );
-      return answerNegotiate(result, pf, session);
+      ]);
+      return answerNegotiate(result, [pf0, pf1, pf2, pf3], session, r);
     }),
 };

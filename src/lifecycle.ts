@@ -15,26 +15,35 @@ import type { SocketSpec } from "./convert.ts";
  */
 export type Phase = "idle" | "running" | "draining" | "stopped";
 
+/** A file's identity: its device and inode. */
+export interface FileIdentity {
+  readonly dev: bigint;
+  readonly ino: bigint;
+}
+
 export const lifecycle: {
   phase: Phase;
-  /** The registered filter's name, `null` before `register`. */
-  filterName: string | null;
   /** The connection spec given to `setconn`, `null` before. */
   conn: string | null;
   /** The same, parsed. */
   socket: SocketSpec | null;
   /** Whether opensocket has created the listening socket. */
   socketOpen: boolean;
+  /** The unix socket file this process created, to remove at exit only that one. */
+  socketFile: FileIdentity | null;
   /** Permissions given to a unix socket when it is created. */
   socketMode: number;
   /** Whether an inet socket gets TCP_NODELAY when it is created. */
   tcpNoDelay: boolean;
+  /** libmilter's largest command, as last set by setmaxdatasize (libmilter's default 65535). */
+  maxDataSize: number;
 } = {
   phase: "idle",
-  filterName: null,
   conn: null,
   socket: null,
   socketOpen: false,
+  socketFile: null,
   socketMode: 0o660,
   tcpNoDelay: true,
+  maxDataSize: 65535,
 };

@@ -8,12 +8,12 @@
 import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
-import { connectHost, parseSocketSpec, type SocketSpec } from "./convert.ts";
+import { connectHost, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
 import type { NativeFunction } from "../ffi/load.ts";
 import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, MilterError, requireInt } from "./error.ts";
-import { registeredFilter } from "./filter.ts";
-import { lifecycle } from "./lifecycle.ts";
+import { isRegistered } from "./filter.ts";
+import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
 import { setListenerNoDelay } from "./nodelay.ts";
@@ -29,7 +29,7 @@ function beforeMain(fn: string): void {
  * a loopback or private address: the milter protocol has no
  * authentication. Must be called before {@linkcode main}. Wraps `smfi_setconn`.
  *
- * @throws {MilterError} for a malformed spec or after main.
+ * @throws {MilterError} for a malformed spec, a port outside 1–65535, once the socket is open, or after main.
  */
 export function setconn(conn: string): void {
   beforeMain("setconn");
@@ -39,11 +39,21 @@ export function setconn(conn: string): void {
       `expected a socket spec such as "inet:8890@127.0.0.1" or "unix:/run/milter.sock", got ${describe(conn)}`,
     );
   }
+  if (lifecycle.socketOpen) {
+    fail("setconn", `the socket ${lifecycle.conn} is already open; call setconn before opensocket`);
+  }
   const socket = parseSocketSpec(conn);
   if (socket === "type") {
     fail("setconn", `unknown socket type in ${JSON.stringify(conn)}; use unix:, local:, inet: or inet6:`);
   }
-  if (socket === "port") fail("setconn", `${JSON.stringify(conn)} must be ${conn.split(":")[0]}:port@host`);
+  if (socket === "path") fail("setconn", `${JSON.stringify(conn)} has no path; use ${conn}/path/to/socket`);
+  if (socket === "port") {
+    const numeric = /^[^:]+:\d+(@|$)/.test(conn);
+    fail(
+      "setconn",
+      `${JSON.stringify(conn)} must be ${conn.split(":")[0]}:port@host${numeric ? " with a port from 1 to 65535" : ""}`,
+    );
+  }
   check("setconn", native("setconn").fn.smfi_setconn(conn), () => "libmilter refused the socket spec (out of memory?)");
   lifecycle.conn = conn;
   lifecycle.socket = socket;
@@ -67,7 +77,7 @@ export function opensocket(rmsocket: boolean): void {
 
 /** smfi_opensocket, then the socket's permissions. */
 function createSocket(fn: string, rmsocket: boolean): void {
-  if (!registeredFilter()) fail(fn, "register a filter first");
+  if (!isRegistered()) fail(fn, "register a filter first");
   if (lifecycle.conn === null) fail(fn, "call setconn first");
   check(
     fn,
@@ -78,6 +88,7 @@ function createSocket(fn: string, rmsocket: boolean): void {
   );
   lifecycle.socketOpen = true;
   const socket = lifecycle.socket!;
+  if (socket.kind === "unix") lifecycle.socketFile = fileIdentity(socket.path);
   if (socket.kind !== "unix") {
     if (lifecycle.tcpNoDelay && !setListenerNoDelay(native(fn), socket.port)) {
       writeStderr(
@@ -173,7 +184,11 @@ export function setdbg(level: number): void {
  * @throws {MilterError} for a value below 1.
  */
 export function setmaxdatasize(size: number): number {
-  return Number(native("setmaxdatasize").fn.smfi_setmaxdatasize(requireInt("setmaxdatasize", "the size", size, 1)));
+  const previous = Number(
+    native("setmaxdatasize").fn.smfi_setmaxdatasize(requireInt("setmaxdatasize", "the size", size, 1)),
+  );
+  lifecycle.maxDataSize = size;
+  return previous;
 }
 
 /**
@@ -192,7 +207,9 @@ export function version(): [number, number, number] {
 export interface MainOptions {
   /**
    * Seconds `stop` waits for open connections to end before shutting libmilter
-   * down (new connections are refused meanwhile). Default 30.
+   * down (new connections are refused meanwhile). Default 30. `Infinity`
+   * waits for as long as they take; durations past about 24.8 days (what a
+   * timer holds) wait that long.
    */
   drainTimeout?: number;
   /** Whether SIGINT, SIGTERM and SIGHUP call `stop` while main runs. Default `true`. */
@@ -207,7 +224,8 @@ export interface MainOptions {
   maxConnections?: number;
 }
 
-let drainTimeoutMs = 30_000;
+/** Milliseconds `stop` waits for open connections, `null` for as long as they take. */
+let drainTimeoutMs: number | null = 30_000;
 let stopRequested: (() => void) | null = null;
 /** Settles when the `smfi_stop` issued by {@linkcode stop} has returned (at once if none was). */
 let stopReturned: Promise<void> = Promise.resolve();
@@ -237,7 +255,7 @@ function start(options: MainOptions): Promise<void> {
     fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
   }
   if (lifecycle.phase !== "idle") fail("main", "already running");
-  if (!registeredFilter()) fail("main", "no filter registered; call register first");
+  if (!isRegistered()) fail("main", "no filter registered; call register first");
   if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
   const drain = options.drainTimeout ?? 30;
   if (typeof drain !== "number" || !(drain >= 0)) {
@@ -245,7 +263,7 @@ function start(options: MainOptions): Promise<void> {
   }
   if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
   const lib = native("main");
-  drainTimeoutMs = drain * 1000;
+  drainTimeoutMs = timerDelay(drain);
   // Create the socket now rather than inside smfi_main, so that a unix
   // socket gets its permissions (and an inet one TCP_NODELAY) before
   // libmilter accepts any connection on it.
@@ -279,7 +297,7 @@ function start(options: MainOptions): Promise<void> {
       removeSignals();
       releaseAll();
       restoreFileLimit(lib, limit);
-      removeUnixSocket(lifecycle.socket);
+      removeUnixSocket(lifecycle.socket, lifecycle.socketFile);
       // Resolve only once no call into libmilter is outstanding, so that a
       // program exiting right after main never tears down with native work
       // still running on another thread.
@@ -325,11 +343,27 @@ function watchLibmilterStop(miStop: NativeFunction | null): ReturnType<typeof se
   }, 100);
 }
 
-/** libmilter leaves its unix socket file behind when running as root; remove it. */
-function removeUnixSocket(socket: SocketSpec | null): void {
-  if (socket?.kind !== "unix") return;
+/** The device and inode of the file at `path`, or `null` when there is none. */
+function fileIdentity(path: string): FileIdentity | null {
   try {
-    if (statSync(socket.path).isSocket()) unlinkSync(socket.path);
+    const stat = statSync(path, { bigint: true });
+    return { dev: stat.dev, ino: stat.ino };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * libmilter leaves its unix socket file behind when running as root; remove
+ * it, but only the socket this process created: another instance may have
+ * replaced it since (with `opensocket(true)`), and deleting that one would
+ * cut its MTA off.
+ */
+function removeUnixSocket(socket: SocketSpec | null, created: FileIdentity | null): void {
+  if (socket?.kind !== "unix" || created === null) return;
+  try {
+    const now = statSync(socket.path, { bigint: true });
+    if (now.isSocket() && now.dev === created.dev && now.ino === created.ino) unlinkSync(socket.path);
   } catch {
     // already gone
   }
@@ -374,7 +408,7 @@ export function stop(): void {
   if (lifecycle.phase !== "running") return;
   lifecycle.phase = "draining";
   const lib = native("stop");
-  const timer = setTimeout(finish, drainTimeoutMs);
+  const timer = drainTimeoutMs === null ? undefined : setTimeout(finish, drainTimeoutMs);
   function finish(): void {
     clearTimeout(timer);
     onSessionEnd(null);

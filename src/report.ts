@@ -15,7 +15,15 @@ export interface ErrorInfo {
   readonly callback: CallbackName;
   /** The registered filter's name. */
   readonly filter: string;
-  /** The connection's context, still usable inside the reporter (e.g. `getsymval(ctx, "i")`). */
+  /**
+   * The connection's context. It is usable inside the reporter (e.g.
+   * `getsymval(ctx, "i")`) when the failure is reported while libmilter
+   * still waits for the callback's answer, which is every report but one: a
+   * Promise returned by a callback (answered Tempfail at once, as a
+   * `bad-return`) that rejects later is reported again after the connection
+   * has moved on, and there every function given this context raises
+   * `MilterError`.
+   */
   readonly ctx: Ctx;
   /** `"exception"` when the callback threw, `"bad-return"` when it returned something that is not a valid answer. */
   readonly kind: "exception" | "bad-return";
@@ -24,8 +32,17 @@ export interface ErrorInfo {
 /** A function that receives callback failures. */
 export type ErrorReporter = (error: unknown, info: ErrorInfo) => void;
 
+/** The stack or text of a thrown value; total, whatever was thrown. */
+function detailOf(error: unknown): string {
+  try {
+    return error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
+  } catch {
+    return `(${describe(error)} was thrown)`;
+  }
+}
+
 const defaultReporter: ErrorReporter = (error, info) => {
-  const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
+  const detail = detailOf(error);
   writeStderr(
     `milter ${JSON.stringify(info.filter)}: ${info.callback} callback failed (${info.kind}) on ${info.ctx}; ` +
       `answered Tempfail\n${detail}`,
@@ -57,7 +74,7 @@ export function report(error: unknown, info: ErrorInfo): void {
   } catch (reporterError) {
     try {
       defaultReporter(error, info);
-      writeStderr(`milter: the error reporter itself threw: ${String(reporterError)}`);
+      writeStderr(`milter: the error reporter itself threw: ${detailOf(reporterError)}`);
     } catch {
       // stderr is gone; nothing else can be done
     }

@@ -97,6 +97,16 @@ describe("ordering and input errors", () => {
     ],
     [() => Milter.setconn("inet:localhost"), 'Milter.setconn: "inet:localhost" must be inet:port@host'],
     [
+      () => Milter.setconn("inet:99999@127.0.0.1"),
+      'Milter.setconn: "inet:99999@127.0.0.1" must be inet:port@host with a port from 1 to 65535',
+    ],
+    [
+      () => Milter.setconn("inet6:0@::1"),
+      'Milter.setconn: "inet6:0@::1" must be inet6:port@host with a port from 1 to 65535',
+    ],
+    [() => Milter.setconn("unix:"), 'Milter.setconn: "unix:" has no path; use unix:/path/to/socket'],
+    [() => Milter.setconn("local:"), 'Milter.setconn: "local:" has no path; use local:/path/to/socket'],
+    [
       () => Milter.settimeout(-1),
       "Milter.settimeout: the timeout must be an integer from 0 to 2147483647, got number -1",
     ],
@@ -138,6 +148,10 @@ describe("ordering and input errors", () => {
     expect(Milter.setmaxdatasize(1024 * 1024 - 1)).toBe(65535);
     Milter.setsocketmode(0o600);
     Milter.opensocket(true);
+    // The socket is open: another spec would be listened on nowhere, and deleted at exit.
+    expect(() => Milter.setconn(`unix:${join(dir, "other.sock")}`)).toThrow(
+      `Milter.setconn: the socket ${conn} is already open; call setconn before opensocket`,
+    );
     expect(() => Milter.setsocketmode(0o660)).toThrow(
       "Milter.setsocketmode: the socket is already open; call setsocketmode before opensocket",
     );
