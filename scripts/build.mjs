@@ -1,8 +1,10 @@
 // Builds dist/ for plain `node`: tsc emits JavaScript with relative imports
 // rewritten to .js, but leaves .ts in the declaration files
-// (microsoft/TypeScript#61037); rewrite those too.
+// (microsoft/TypeScript#61037); rewrite those too. Then the native shim's
+// prebuilt objects (and its source, for platforms without one) go beside
+// dist/ffi/shim.js, which finds them relative to itself.
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 rmSync("dist", { recursive: true, force: true });
@@ -15,3 +17,6 @@ for (const name of readdirSync("dist", { recursive: true, encoding: "utf8" })) {
   const fixed = text.replace(/(from\s+|import\()(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2");
   if (fixed !== text) writeFileSync(file, fixed);
 }
+
+cpSync("ffi/shim/prebuilt", "dist/ffi/shim/prebuilt", { recursive: true });
+cpSync("ffi/shim/milter_shim.c", "dist/ffi/shim/milter_shim.c");

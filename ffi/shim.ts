@@ -1,0 +1,284 @@
+/**
+ * The native shim, `ffi/shim/milter_shim.c`, shipped prebuilt for
+ * linux-x64 (glibc and musl) and linux-arm64 (glibc): finding the object for
+ * this process, loading it with koffi, and its typed API.
+ *
+ * Its one job so far: {@linkcode Shim.startMain} runs `smfi_main` on a
+ * detached thread of the shim's own, where koffi's `.async` would occupy a
+ * thread of the runtime's worker pool that the runtime joins on exit (under
+ * Node, `process.exit()` then hangs for as long as the milter runs).
+ *
+ * Nothing here runs at import time: {@linkcode openShim} loads on first call.
+ *
+ * @module
+ */
+
+import koffi, { type TypeObject } from "koffi";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+
+/** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
+export const SHIM_ABI = 1;
+
+/** Environment variable naming a shim object to load instead of the prebuilt one. */
+export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
+
+/** The platforms a prebuilt object ships for: `<os>-<arch>-<libc>`, a directory of `ffi/shim/prebuilt/`. */
+export const PREBUILT_TARGETS: readonly string[] = ["linux-x64-gnu", "linux-arm64-gnu", "linux-x64-musl"];
+
+/** The loaded shim. */
+export interface Shim {
+  /** The file that loaded. */
+  readonly path: string;
+  /** What the object's `milter_shim_abi()` returned: {@linkcode SHIM_ABI}. */
+  readonly abi: number;
+  /**
+   * Calls the C function `int mainFn(void)` (libmilter's `smfi_main`, whose
+   * address {@linkcode functionAddress} gives) on a new detached thread with
+   * every signal blocked, then `done` with its result on the JS thread. The
+   * process is kept alive until `done` has run, as a pending `.async` call
+   * would; `process.exit()` still ends it at once.
+   *
+   * @param mainFn the address of a C function `int (void)`.
+   * @param done called once, on the JS thread, with what `mainFn` returned.
+   * @throws {Error} when the thread cannot be started (the message carries the error number); `done` is then never called.
+   */
+  startMain(mainFn: bigint, done: (rc: number) => void): void;
+}
+
+/** Why no shim could be loaded, for a message; the caller falls back to running without it. */
+export interface ShimUnavailable {
+  /** Names the platform or file, what went wrong and the command that builds an object. */
+  readonly reason: string;
+}
+
+/** <dlfcn.h> flags; glibc and musl agree on these values. */
+const RTLD_NOW = 0x2;
+const RTLD_NOLOAD = 0x4;
+const RTLD_NODELETE = 0x1000;
+
+interface Dl {
+  readonly dlopen: (name: string, flags: number) => bigint | null;
+  readonly dlsym: (handle: bigint | null, symbol: string) => bigint | null;
+  readonly dlerror: () => string | null;
+  /** Whether the process runs on glibc (`gnu_get_libc_version` exists), as opposed to musl. */
+  readonly glibc: boolean;
+}
+
+let dl: Dl | null | undefined;
+
+/**
+ * libc's dynamic-loader functions, bound through koffi. `libc.so.6` names
+ * glibc's C library, and on musl any `libc.*` name resolves to musl itself.
+ * glibc before 2.34 keeps `dlopen` and `dlsym` in `libdl.so.2` instead.
+ */
+function libdl(): Dl | null {
+  if (dl !== undefined) return dl;
+  dl = null;
+  let libc;
+  try {
+    libc = koffi.load("libc.so.6");
+  } catch {
+    return dl;
+  }
+  let glibc = true;
+  try {
+    libc.func("const char *gnu_get_libc_version(void)");
+  } catch {
+    glibc = false;
+  }
+  for (const lib of [libc, "libdl.so.2"]) {
+    try {
+      const handle = typeof lib === "string" ? koffi.load(lib) : lib;
+      dl = {
+        dlopen: handle.func("void *dlopen(const char *filename, int flags)"),
+        dlsym: handle.func("void *dlsym(void *handle, const char *symbol)"),
+        dlerror: handle.func("const char *dlerror(void)"),
+        glibc,
+      };
+      break;
+    } catch {
+      continue;
+    }
+  }
+  return dl;
+}
+
+/** `process.env[name]`, or `undefined` where the runtime forbids reading it (Deno without `--allow-env`). */
+function readEnv(name: string): string | undefined {
+  try {
+    return process.env[name];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * This process's platform as a {@linkcode PREBUILT_TARGETS} name, e.g.
+ * `"linux-x64-gnu"`, whether or not an object ships for it; `null` off
+ * Linux or when its C library cannot be told. The C library is the one the
+ * process runs on, asked of the dynamic loader: a glibc system with musl
+ * installed beside it (so with `/lib/ld-musl-*.so.1`) is still `gnu`.
+ */
+export function shimTarget(): string | null {
+  if (process.platform !== "linux") return null;
+  const d = libdl();
+  if (d === null) return null;
+  return `linux-${process.arch}-${d.glibc ? "gnu" : "musl"}`;
+}
+
+/** The command that builds an object on a platform without a prebuilt one, from the source beside this module. */
+function buildByHand(): string {
+  const source = new URL("./shim/milter_shim.c", import.meta.url);
+  const path = source.protocol === "file:" ? fileURLToPath(source) : "ffi/shim/milter_shim.c";
+  return `cc -O2 -fPIC -shared -pthread -o libmilter_shim.so ${path}`;
+}
+
+/** Where the object for `target` lies beside this module (in the source tree or in `dist/ffi/`). */
+function prebuiltPath(target: string): string | ShimUnavailable {
+  const url = new URL(`./shim/prebuilt/${target}/libmilter_shim.so`, import.meta.url);
+  if (url.protocol !== "file:") {
+    return { reason: `the milter shim cannot be loaded from ${url.href} (not a local file); set ${SHIM_PATH_ENV}` };
+  }
+  return fileURLToPath(url);
+}
+
+let opened: Shim | ShimUnavailable | undefined;
+
+/**
+ * Loads the shim for this process, once: the file named by
+ * `MILTER_SHIM_PATH` when set, otherwise the prebuilt object for
+ * {@linkcode shimTarget}. The object is pinned in memory for the life of the
+ * process (`RTLD_NODELETE`): a runtime that finalizes koffi's library handles
+ * at exit (Deno does) would otherwise unmap code that the milter's thread
+ * may still be running.
+ *
+ * @returns the shim, or why there is none: an unsupported platform, a missing
+ *   or unloadable file, or an ABI other than {@linkcode SHIM_ABI}.
+ */
+export function openShim(): Shim | ShimUnavailable {
+  opened ??= load();
+  return opened;
+}
+
+function load(): Shim | ShimUnavailable {
+  const fromEnv = readEnv(SHIM_PATH_ENV) || undefined;
+  let path: string;
+  if (fromEnv !== undefined) {
+    path = fromEnv;
+  } else {
+    const target = shimTarget();
+    const platform = target ?? `${process.platform}-${process.arch}`;
+    if (target === null || !PREBUILT_TARGETS.includes(target)) {
+      return {
+        reason: `no prebuilt milter shim for ${platform} (there are: ${PREBUILT_TARGETS.join(", ")}); ` +
+          `build one with \`${buildByHand()}\` and set ${SHIM_PATH_ENV} to its path`,
+      };
+    }
+    const found = prebuiltPath(target);
+    if (typeof found !== "string") return found;
+    path = found;
+  }
+  const rebuild = fromEnv !== undefined
+    ? `check ${SHIM_PATH_ENV}`
+    : "rebuild it with `npm run build:shim` (sh scripts/build-shim.sh) in a checkout of the package, " +
+      `or build one with \`${buildByHand()}\` and set ${SHIM_PATH_ENV} to its path`;
+
+  let lib;
+  try {
+    lib = koffi.load(path);
+  } catch (error) {
+    return { reason: `cannot load the milter shim ${path}: ${messageOf(error)}; ${rebuild}` };
+  }
+  const d = libdl();
+  if (d === null || !d.dlopen(path, RTLD_NOW | RTLD_NODELETE)) {
+    const why = d === null ? "libc's dlopen is not reachable" : d.dlerror() ?? "dlopen failed";
+    return { reason: `cannot pin the milter shim ${path} in memory: ${why}` };
+  }
+  let abi: number;
+  let start: (mainFn: bigint, done: unknown) => number;
+  let doneType: TypeObject;
+  try {
+    abi = lib.func("int milter_shim_abi(void)")() as number;
+    // Anonymous, so that two copies of this module (source and dist) in one
+    // process do not declare the same type name twice.
+    doneType = koffi.pointer(koffi.proto("void (int rc)"));
+    start = lib.func("milter_shim_start_main", "int", ["void *", doneType]);
+  } catch (error) {
+    return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
+  }
+  if (abi !== SHIM_ABI) {
+    return { reason: `the milter shim ${path} has ABI version ${abi}, this module needs ${SHIM_ABI}; ${rebuild}` };
+  }
+  return {
+    path,
+    abi,
+    startMain(mainFn: bigint, done: (rc: number) => void): void {
+      // A timer holds the event loop open until done runs: nothing else
+      // would while the thread runs, and a loop that ran dry would end the
+      // process with the milter in it (and koffi's relay of done with it).
+      const keepAlive = setInterval(() => {}, 1 << 30);
+      const release = (): void => {
+        koffi.unregister(registered);
+        clearInterval(keepAlive);
+      };
+      // Runs on the JS thread while the shim's thread waits for it to
+      // return. The slot is released, and done called, from a fresh task:
+      // after koffi is through with the slot, and where done may throw like
+      // any other JS code.
+      const relay = (rc: number): void => {
+        setTimeout(() => {
+          release();
+          done(rc);
+        }, 0);
+      };
+      let registered: bigint;
+      try {
+        registered = koffi.register(relay, doneType);
+      } catch (error) {
+        clearInterval(keepAlive);
+        throw error;
+      }
+      let rc: number;
+      try {
+        rc = start(mainFn, registered);
+      } catch (error) {
+        release();
+        throw error;
+      }
+      if (rc !== 0) {
+        release();
+        throw new Error(`milter_shim_start_main: cannot start the thread (error ${errnoName(rc)})`);
+      }
+    },
+  };
+}
+
+/**
+ * The address of `symbol` in a library this process has already loaded
+ * (`dlopen(libraryPath, RTLD_NOW | RTLD_NOLOAD)` and `dlsym`), as a BigInt
+ * for C function-pointer parameters; `null` when the library is not loaded,
+ * lacks the symbol, or the dynamic loader is out of reach. The library's
+ * reference count goes up by one for good, so the address stays valid.
+ *
+ * @param libraryPath the name or path the library was loaded under, e.g. `"libmilter.so.1.0.1"`.
+ * @param symbol the C name, e.g. `"smfi_main"`.
+ */
+export function functionAddress(libraryPath: string, symbol: string): bigint | null {
+  const d = libdl();
+  if (d === null) return null;
+  const handle = d.dlopen(libraryPath, RTLD_NOW | RTLD_NOLOAD);
+  if (!handle) return null;
+  const address = d.dlsym(handle, symbol);
+  return typeof address === "bigint" && address !== 0n ? address : null;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** `11 (EAGAIN)` for Linux's error numbers that pthread_create returns. */
+function errnoName(code: number): string {
+  const names: Record<number, string> = { 1: "EPERM", 11: "EAGAIN", 12: "ENOMEM", 22: "EINVAL" };
+  return names[code] ? `${code} (${names[code]})` : String(code);
+}
