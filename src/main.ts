@@ -9,7 +9,8 @@ import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
 import { connectHost, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
-import type { NativeFunction } from "../ffi/load.ts";
+import type { Libmilter, NativeFunction } from "../ffi/load.ts";
+import { blockingThread, runBlocking } from "../ffi/thread.ts";
 import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, MilterError, requireInt } from "./error.ts";
 import { isRegistered } from "./filter.ts";
@@ -231,8 +232,9 @@ let stopRequested: (() => void) | null = null;
 let stopReturned: Promise<void> = Promise.resolve();
 
 /**
- * Hands control to libmilter: `smfi_main` runs on a worker thread while
- * callbacks run on the JS thread. The promise resolves when the filter has
+ * Hands control to libmilter: `smfi_main` runs on a thread of its own
+ * (which never keeps the process from exiting) while callbacks run on the JS
+ * thread. The promise resolves when the filter has
  * stopped (after {@linkcode stop}, or SIGINT/SIGTERM/SIGHUP, whose handlers
  * are installed only while it runs), and rejects with {@linkcode MilterError}
  * when libmilter fails. libmilter cannot run twice in one process.
@@ -288,6 +290,7 @@ function start(options: MainOptions): Promise<void> {
     throw error;
   }
   lifecycle.phase = "running";
+  warnWithoutShim(lib);
   const watch = watchLibmilterStop(lib.internal.mi_stop);
   return new Promise<void>((resolve, reject) => {
     const done = async (error: unknown, rc: number): Promise<void> => {
@@ -314,12 +317,24 @@ function start(options: MainOptions): Promise<void> {
         );
       } else resolve();
     };
-    try {
-      lib.fn.smfi_main.async(done);
-    } catch (error) {
-      void done(error, -1); // koffi could not start the call: undo everything main set up
-    }
+    // On a thread of its own where the platform has the shim: a runtime
+    // joins its worker pool at exit, and would wait there for smfi_main.
+    runBlocking(lib, "smfi_main").then(
+      (rc) => done(null, rc),
+      (error) => done(error, -1), // no thread could be started: undo everything main set up
+    );
   });
+}
+
+/** Says once, on stderr, when libmilter's main loop must run on the runtime's worker pool. */
+function warnWithoutShim(lib: Libmilter): void {
+  const thread = blockingThread(lib);
+  if (thread.kind === "worker") {
+    writeStderr(
+      `milter: ${thread.reason}.\nmilter: libmilter's main loop runs on the runtime's worker pool instead; ` +
+        "under Node, process.exit() then waits until the filter has stopped",
+    );
+  }
 }
 
 /**
@@ -414,7 +429,7 @@ export function stop(): void {
     onSessionEnd(null);
     stopRequested = null;
     if (lifecycle.phase !== "draining") return;
-    stopReturned = new Promise((resolve) => lib.fn.smfi_stop.async(() => resolve()));
+    stopReturned = runBlocking(lib, "smfi_stop").then(() => {}, () => {});
     wakeListener();
   }
   stopRequested = finish;
