@@ -20,12 +20,16 @@ import {
   decodeNegotiation,
   decodeReply,
   encodeFrame,
+  endsExchange,
   type Frame,
+  FrameReader,
+  MAX_FRAME,
+  MilterClientError,
   type Modification,
   type Negotiated,
   PROTOCOL_VERSION,
+  refusesRecipient,
   type Reply,
-  splitFrames,
   u32,
 } from "./protocol.ts";
 
@@ -37,14 +41,89 @@ export interface ClientOptions {
   actions?: Flag[] | number;
   /** Protocol steps offered. Default: all of protocol 6, as Postfix offers. */
   steps?: Step[] | number;
-  /** Milliseconds to wait for each reply. Default 10,000. */
+  /**
+   * Milliseconds to wait for the connection, and for each stage's final
+   * reply: the whole wait, progress frames included. `Infinity`: no limit.
+   * Default 10,000.
+   */
   timeout?: number;
   /**
    * Send stages the filter asked to skip (NO* steps) anyway. Default `false`:
    * like an MTA, the client then does not send them and answers `skipped`.
    */
   sendSkipped?: boolean;
+  /**
+   * The largest frame accepted from the milter, in bytes (its length prefix:
+   * letter and payload). A longer one fails as soon as its length is read.
+   * Default {@linkcode MAX_FRAME} (64 MiB).
+   */
+  maxFrame?: number;
+  /** The most modification (and progress) frames accepted at end of one message. Default 10,000. */
+  maxModifications?: number;
+  /** The most payload bytes those frames may hold together. Default 64 MiB. */
+  maxModificationBytes?: number;
 }
+
+/** The defaults of {@linkcode ClientOptions}' limits. */
+const DEFAULTS = {
+  timeout: 10_000,
+  maxFrame: MAX_FRAME,
+  maxModifications: 10_000,
+  maxModificationBytes: 64 * 1024 * 1024,
+} as const;
+
+type Limits = { -readonly [K in keyof typeof DEFAULTS]: number };
+
+/**
+ * The options' limits with their defaults.
+ *
+ * @throws {MilterClientError} `usage` for a limit that is not a positive number.
+ */
+function limitsOf(options: ClientOptions): Limits {
+  const limits = { ...DEFAULTS } as Limits;
+  for (const name of Object.keys(DEFAULTS) as (keyof Limits)[]) {
+    const value = options[name] ?? DEFAULTS[name];
+    if (typeof value !== "number" || !(value > 0)) {
+      throw new MilterClientError("usage", `ClientOptions.${name} must be a positive number, got ${String(value)}`);
+    }
+    limits[name] = value;
+  }
+  return limits;
+}
+
+/** The longest delay one `setTimeout` holds (2³¹ − 1 ms, about 24.8 days); a longer one fires at once. */
+const TIMER_MAX_MS = 0x7fffffff;
+
+/**
+ * Calls `fn` once `ms` milliseconds have passed: never for `Infinity`, and
+ * through as many timers as it takes past what one holds. Returns the cancel.
+ */
+function after(ms: number, fn: () => void): () => void {
+  if (ms === Infinity) return () => {};
+  const due = Date.now() + ms;
+  let timer: ReturnType<typeof setTimeout>;
+  const arm = (): void => {
+    const left = due - Date.now();
+    timer = left > TIMER_MAX_MS ? setTimeout(arm, TIMER_MAX_MS) : setTimeout(fn, Math.max(left, 0));
+  };
+  arm();
+  return () => clearTimeout(timer);
+}
+
+/** The stage each command letter starts, for error messages. */
+const STAGE_OF: Readonly<Record<string, string>> = {
+  O: "negotiation",
+  C: "connect",
+  H: "helo",
+  M: "envfrom",
+  R: "envrcpt",
+  T: "data",
+  L: "header",
+  N: "eoh",
+  B: "body",
+  E: "eom",
+  U: "unknown",
+};
 
 /** Macros sent before a command, by name (`"i"`, `"{client_addr}"`). */
 export type Macros = Readonly<Record<string, string>>;
@@ -101,35 +180,30 @@ export interface MessageResult extends EomResult {
 /** The MTA side of one milter connection. */
 export class MilterClient {
   readonly #socket: Socket;
-  readonly #timeout: number;
+  readonly #limits: Limits;
   readonly #sendSkipped: boolean;
-  #buffer: Uint8Array = new Uint8Array(0);
+  readonly #reader: FrameReader;
   #frames: Frame[] = [];
+  /** Payload bytes of the frames received and not yet read. */
+  #queued = 0;
   #waiter: (() => void) | null = null;
-  #ended: Error | null = null;
+  #ended: MilterClientError | null = null;
   #negotiated: Negotiated | null = null;
 
-  private constructor(socket: Socket, options: ClientOptions) {
+  private constructor(socket: Socket, options: ClientOptions, limits: Limits) {
     this.#socket = socket;
-    this.#timeout = options.timeout ?? 10_000;
+    this.#limits = limits;
     this.#sendSkipped = options.sendSkipped ?? false;
-    socket.on("data", (chunk: Uint8Array) => {
-      try {
-        const [frames, rest] = splitFrames(concat([this.#buffer, chunk]));
-        this.#buffer = rest;
-        this.#frames.push(...frames);
-      } catch (error) {
-        this.#ended = error as Error;
-        socket.destroy();
-      }
-      this.#wake();
-    });
+    this.#reader = new FrameReader(limits.maxFrame);
+    socket.on("data", (chunk: Uint8Array) => this.#receive(chunk));
     socket.on("close", () => {
-      this.#ended ??= new Error("milter closed the connection");
+      this.#ended ??= new MilterClientError("closed", "milter closed the connection");
       this.#wake();
     });
     socket.on("error", (error) => {
-      this.#ended = error;
+      this.#ended ??= new MilterClientError("closed", `milter closed the connection (${error.message})`, {
+        cause: error,
+      });
       this.#wake();
     });
   }
@@ -138,11 +212,14 @@ export class MilterClient {
    * Connects to the milter at `spec` (`unix:/path`, `inet:port@host`,
    * `inet6:port@host`, or a bare path) and negotiates options.
    *
-   * @throws {Error} when the connection or the negotiation fails.
+   * @throws {MilterClientError} when the spec or an option is bad
+   * (`usage`), the socket cannot be reached (`connect`), or the negotiation
+   * fails.
    */
   static async open(spec: string, options: ClientOptions = {}): Promise<MilterClient> {
-    const socket = await openSocket(spec, options.timeout ?? 10_000);
-    const client = new MilterClient(socket, options);
+    const limits = limitsOf(options);
+    const socket = await openSocket(spec, limits.timeout);
+    const client = new MilterClient(socket, options, limits);
     try {
       await client.#negotiate(options);
     } catch (error) {
@@ -157,28 +234,61 @@ export class MilterClient {
     return this.#negotiated!;
   }
 
+  /** Splits a received chunk into frames; reads no further while more than a frame's worth waits unread. */
+  #receive(chunk: Uint8Array): void {
+    try {
+      for (const frame of this.#reader.push(chunk)) {
+        this.#frames.push(frame);
+        this.#queued += frame.data.length;
+      }
+      if (this.#queued > this.#limits.maxFrame) this.#socket.pause();
+    } catch (error) {
+      this.#abandon(error);
+    }
+    this.#wake();
+  }
+
   #wake(): void {
     const waiter = this.#waiter;
     this.#waiter = null;
     waiter?.();
   }
 
-  /** The next frame from the filter. */
-  async #read(): Promise<Frame> {
-    const deadline = Date.now() + this.#timeout;
+  /** Ends the connection after a failure the exchange cannot recover from; returns the failure. */
+  #abandon(error: unknown): unknown {
+    if (error instanceof MilterClientError) this.#ended ??= error;
+    this.#socket.destroy();
+    return error;
+  }
+
+  /** The end of the wait for a stage's final reply. */
+  #deadline(): number {
+    return Date.now() + this.#limits.timeout;
+  }
+
+  /** The next frame from the filter, if it comes before `deadline`. */
+  async #read(deadline: number, stage: string): Promise<Frame> {
     while (this.#frames.length === 0) {
       if (this.#ended) throw this.#ended;
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`milter did not answer within ${this.#timeout} ms`);
+      if (left <= 0) {
+        throw new MilterClientError(
+          "timeout",
+          `milter gave no final reply to ${stage} within ${this.#limits.timeout} ms`,
+        );
+      }
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
+        const cancel = after(left, resolve);
         this.#waiter = () => {
-          clearTimeout(timer);
+          cancel();
           resolve();
         };
       });
     }
-    return this.#frames.shift()!;
+    const frame = this.#frames.shift()!;
+    this.#queued -= frame.data.length;
+    if (this.#socket.isPaused() && this.#queued <= this.#limits.maxFrame) this.#socket.resume();
+    return frame;
   }
 
   #send(code: string, data?: Uint8Array): void {
@@ -192,8 +302,10 @@ export class MilterClient {
       : options.actions ?? ALL_ACTIONS;
     const steps = Array.isArray(options.steps) ? encodeMask(STEP_BITS, options.steps) : options.steps ?? ALL_STEPS;
     this.#send("O", concat([u32(options.version ?? PROTOCOL_VERSION), u32(actions), u32(steps)]));
-    const frame = await this.#read();
-    if (frame.code !== "O") throw new Error(`milter answered negotiation with ${JSON.stringify(frame.code)}`);
+    const frame = await this.#read(this.#deadline(), STAGE_OF.O);
+    if (frame.code !== "O") {
+      throw new MilterClientError("protocol", `milter answered negotiation with ${JSON.stringify(frame.code)}`);
+    }
     this.#negotiated = decodeNegotiation(frame.data);
   }
 
@@ -219,15 +331,24 @@ export class MilterClient {
     this.#macros(code, macros);
     this.#send(code, data);
     if (noReply && this.#has(noReply)) return { action: "noreply" };
-    return await this.#reply();
+    try {
+      return await this.#reply(STAGE_OF[code]);
+    } catch (error) {
+      throw this.#abandon(error);
+    }
   }
 
-  async #reply(): Promise<Reply> {
+  /** The final reply to `stage`, past any progress frames, within one timeout. */
+  async #reply(stage: string): Promise<Reply> {
+    const deadline = this.#deadline();
     for (;;) {
-      const frame = await this.#read();
+      const frame = await this.#read(deadline, stage);
       const reply = decodeReply(frame);
       if (reply) return reply;
-      if (frame.code !== "p") throw new Error(`milter sent ${JSON.stringify(frame.code)} where a reply was expected`);
+      if (frame.code !== "p") {
+        throw new MilterClientError("protocol", `milter sent ${JSON.stringify(frame.code)} where a reply was expected`);
+      }
+      decodeModification(frame); // checks the progress frame's layout
     }
   }
 
@@ -289,20 +410,49 @@ export class MilterClient {
     return reply;
   }
 
-  /** Sends end of message and collects the modifications and the final reply. */
+  /**
+   * Sends end of message and collects the modifications and the final reply.
+   *
+   * @throws {MilterClientError} `limit` past `maxModifications` or
+   * `maxModificationBytes`, and as every stage does.
+   */
   async eom(macros?: Macros): Promise<EomResult> {
     this.#macros("E", macros);
     this.#send("E");
+    try {
+      return await this.#collect();
+    } catch (error) {
+      throw this.#abandon(error);
+    }
+  }
+
+  /** Reads the modifications up to the final reply of end of message, within the limits. */
+  async #collect(): Promise<EomResult> {
+    const deadline = this.#deadline();
+    const { maxModifications, maxModificationBytes } = this.#limits;
     const modifications: Modification[] = [];
+    let bytes = 0;
     for (;;) {
-      const frame = await this.#read();
+      const frame = await this.#read(deadline, STAGE_OF.E);
       const reply = decodeReply(frame);
-      if (reply) {
-        const chunks = modifications.flatMap((m) => m.type === "replacebody" ? [m.chunk] : []);
-        return { reply, modifications, body: chunks.length ? concat(chunks) : null };
-      }
+      if (reply) return { reply, modifications, body: replacementBody(modifications) };
       const modification = decodeModification(frame);
-      if (!modification) throw new Error(`milter sent ${JSON.stringify(frame.code)} at end of message`);
+      if (!modification) {
+        throw new MilterClientError("protocol", `milter sent ${JSON.stringify(frame.code)} at end of message`);
+      }
+      bytes += frame.data.length;
+      if (modifications.length >= maxModifications) {
+        throw new MilterClientError(
+          "limit",
+          `milter sent more than ${maxModifications} modifications (maxModifications)`,
+        );
+      }
+      if (bytes > maxModificationBytes) {
+        throw new MilterClientError(
+          "limit",
+          `milter sent more than ${maxModificationBytes} bytes of modifications (maxModificationBytes)`,
+        );
+      }
       modifications.push(modification);
     }
   }
@@ -330,7 +480,7 @@ export class MilterClient {
     const replies: { stage: string; reply: Reply }[] = [];
     const done = (stage: string, reply: Reply): boolean => {
       replies.push({ stage, reply });
-      return !["continue", "noreply", "skip"].includes(reply.action);
+      return endsExchange(reply);
     };
     const early = (): MessageResult => ({ ...replies.at(-1)!, modifications: [], body: null, replies });
     if (done("envfrom", await this.envfrom(input.from, input.fromArgs ?? [], macros.envfrom))) return early();
@@ -338,9 +488,10 @@ export class MilterClient {
     for (const rcpt of input.rcpt) {
       const reply = await this.envrcpt(rcpt, [], macros.envrcpt);
       replies.push({ stage: "envrcpt", reply });
-      if (["continue", "noreply"].includes(reply.action)) accepted++;
       // A refusal (permanent or temporary) is of that recipient only: the MTA goes on with the others.
-      else if (!["reject", "tempfail", "replycode"].includes(reply.action)) return early();
+      if (refusesRecipient(reply)) continue;
+      if (endsExchange(reply)) return early();
+      accepted++;
     }
     if (accepted === 0) return early();
     if (done("data", await this.data(macros.data))) return early();
@@ -361,7 +512,7 @@ export class MilterClient {
 
   /** Closes the connection without QUIT, as an MTA that vanished would. */
   close(): void {
-    this.#ended ??= new Error("client closed");
+    this.#ended ??= new MilterClientError("closed", "client closed");
     this.#socket.end();
     this.#socket.destroy();
   }
@@ -370,32 +521,48 @@ export class MilterClient {
   closed(): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.#socket.closed) return resolve();
-      const timer = setTimeout(() => reject(new Error("milter kept the connection open")), this.#timeout);
+      const { timeout } = this.#limits;
+      const cancel = after(timeout, () => {
+        reject(new MilterClientError("timeout", `milter kept the connection open for ${timeout} ms`));
+      });
       this.#socket.once("close", () => {
-        clearTimeout(timer);
+        cancel();
         resolve();
       });
+      this.#socket.resume(); // the end comes after whatever is still unread
     });
   }
 }
 
-/** Opens the transport of a milter socket spec. */
-function openSocket(spec: string, timeout: number): Promise<Socket> {
+/** The replacement body (all `replacebody` chunks joined), or `null` when there is none. */
+function replacementBody(modifications: readonly Modification[]): Uint8Array | null {
+  const chunks = modifications.flatMap((m) => m.type === "replacebody" ? [m.chunk] : []);
+  return chunks.length ? concat(chunks) : null;
+}
+
+/**
+ * Opens the transport of a milter socket spec.
+ *
+ * @throws {MilterClientError} `usage` for a bad spec, `connect` when the socket cannot be reached in time.
+ */
+async function openSocket(spec: string, timeout: number): Promise<Socket> {
   const target = parseSpec(spec);
-  return new Promise((resolve, reject) => {
+  return await new Promise((resolve, reject) => {
     const socket = "path" in target ? netConnect(target.path) : netConnect(target.port, target.host);
-    const timer = setTimeout(() => {
+    const cancel = after(timeout, () => {
       socket.destroy();
-      reject(new Error(`cannot connect to ${spec} within ${timeout} ms`));
-    }, timeout);
+      reject(new MilterClientError("connect", `cannot reach the milter at ${spec} within ${timeout} ms`));
+    });
     socket.once("connect", () => {
-      clearTimeout(timer);
+      cancel();
       socket.setNoDelay(true);
       resolve(socket);
     });
     socket.once("error", (error) => {
-      clearTimeout(timer);
-      reject(error);
+      cancel();
+      reject(
+        new MilterClientError("connect", `cannot reach the milter at ${spec}: ${error.message}`, { cause: error }),
+      );
     });
   });
 }
@@ -404,6 +571,8 @@ function openSocket(spec: string, timeout: number): Promise<Socket> {
  * Parses `unix:/path`, `local:/path`, `inet:port@host`, `inet6:port@host`
  * or a bare path into where to connect (an inet socket bound to any address
  * is reached on the loopback address of its family).
+ *
+ * @throws {MilterClientError} `usage` for a spec that is none of these.
  */
 export function parseSpec(spec: string): {
   /** A unix socket's path. */
@@ -415,7 +584,9 @@ export function parseSpec(spec: string): {
   host: string;
 } {
   const socket = parseSocketSpec(spec);
-  if (socket === "type") throw new Error(`unknown milter socket spec ${JSON.stringify(spec)}`);
-  if (socket === "port") throw new Error(`bad port in ${JSON.stringify(spec)}`);
+  if (typeof socket === "string") {
+    const why = socket === "type" ? "unknown milter socket spec" : `bad ${socket} in`;
+    throw new MilterClientError("usage", `${why} ${JSON.stringify(spec)}`);
+  }
   return socket.kind === "unix" ? { path: socket.path } : { port: socket.port, host: connectHost(socket) };
 }

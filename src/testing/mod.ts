@@ -30,4 +30,13 @@ export {
   MilterClient,
   parseSpec,
 } from "./client.ts";
-export type { Action, Modification, Negotiated, Reply } from "./protocol.ts";
+export {
+  type Action,
+  type ClientErrorKind,
+  endsExchange,
+  MAX_FRAME,
+  MilterClientError,
+  type Modification,
+  type Negotiated,
+  type Reply,
+} from "./protocol.ts";
