@@ -216,6 +216,45 @@ describe("milter-test against this project's filters", () => {
   });
 });
 
+describe("milter-test: what an MTA would do and show", () => {
+  test("a malformed socket spec is bad usage (64)", async () => {
+    for (const spec of ["tcp:25@localhost", "inet:port@localhost"]) {
+      const result = await cli([spec, eml]);
+      expect(result.stderr).toMatch(/unknown milter socket spec|bad port/);
+      expect(result.code).toBe(64);
+    }
+  });
+
+  test("--timeout beyond what a timer holds still waits (no overflow into an immediate timeout)", async () => {
+    const filter = await startFilter({ env: { SLOW_MS: "300" } });
+    const result = await cli(["--timeout", "3000000", filter.spec, eml]);
+    expect(result.stderr).toBe("");
+    expect(result.stdout).toContain("verdict: accepted");
+    expect(result.code).toBe(0);
+  });
+
+  test("reply text shows % where the milter doubled it, as the MTA shows it", async () => {
+    const instruction = { reply: ["451", "4.7.1", "try again, 100%% sure"], stat: "Tempfail" };
+    const filter = await startFilter();
+    const macro = `eom:${Object.keys(script({ eom: instruction }))[0]}=${JSON.stringify(instruction)}`;
+    const text = await cli(["--macro", macro, filter.spec, eml]);
+    expect(text.stdout).toContain("eom      replycode 451 4.7.1 try again, 100% sure\n");
+    expect(text.code).toBe(3);
+    const json = JSON.parse((await cli(["--json", "--macro", macro, filter.spec, eml])).stdout);
+    expect(json.replies.at(-1).reply.text).toBe("451 4.7.1 try again, 100% sure");
+  });
+
+  test("accept at connect ends the exchange: nothing more is sent", async () => {
+    const filter = await startFilter();
+    const macro = `connect:${Object.keys(script({ connect: {} }))[0]}=${JSON.stringify({ stat: "Accept" })}`;
+    const result = await cli(["--macro", macro, filter.spec, eml]);
+    expect(result.stdout).toContain("connect  accept\n");
+    expect(result.stdout).not.toMatch(/^(helo|envfrom|eom) /m);
+    expect(result.stdout).toMatch(/verdict: accepted\n$/);
+    expect(result.code).toBe(0);
+  });
+});
+
 describe("milter-test against OpenDKIM, a third-party milter", () => {
   test("OpenDKIM signs the message, and its body hash is of the body the CLI sent", async () => {
     const keys = mkdtempSync(join(tmpdir(), "milter-dkim-"));

@@ -10,10 +10,17 @@ import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import type { SockAddr } from "../convert.ts";
-import { type Flag, isFlag, isStep, type Step } from "../variants.ts";
-import { type Macros, type MessageResult, MilterClient } from "./client.ts";
-import { addresses, headerValue, parseMessage } from "./eml.ts";
-import { concat, type Modification, type Negotiated, type Reply } from "./protocol.ts";
+import { isFlag, isStep } from "../variants.ts";
+import {
+  type ClientOptions,
+  type Macros,
+  type MessageMacros,
+  type MessageResult,
+  MilterClient,
+  parseSpec,
+} from "./client.ts";
+import { addresses, headerValue, type ParsedMessage, parseMessage } from "./eml.ts";
+import { concat, endsExchange, MilterClientError, type Modification, type Negotiated, type Reply } from "./protocol.ts";
 
 /** The exit codes: the verdict, or why there is none. */
 export const EXIT = {
@@ -53,33 +60,51 @@ the file, or from standard input when it is "-" or absent.
                          envfrom, envrcpt, data, eoh or eom; e.g. --macro eom:i=4Fq2
   --actions LIST         actions to offer, comma-separated Flag names (default: all)
   --steps LIST           protocol steps to offer, comma-separated Step names (default: all)
-  --timeout SECONDS      wait at most this long for each reply (default 10)
+  --timeout SECONDS      wait at most this long for each stage's final reply,
+                         progress frames included (default 10)
   --json                 print one JSON object instead of text
   -h, --help             this text
 
 Exit code: 0 accepted, 2 rejected, 3 tempfailed, 4 discarded, 5 quarantined,
-1 no verdict (cannot connect, protocol error, bad message), 64 bad usage.
+1 no verdict (cannot connect, timeout, protocol error, milter over the client's
+limits, bad message), 64 bad usage.
 `;
 
 const STAGES = ["connect", "helo", "envfrom", "envrcpt", "data", "eoh", "eom"] as const;
 type MacroStage = (typeof STAGES)[number];
 
-class UsageError extends Error {}
+/** Why a run ends without a verdict: what to print, the exit code, and whether the usage text follows. */
+class CliError extends Error {
+  override name = "CliError";
+  readonly exit: number;
+  readonly showUsage: boolean;
+
+  constructor(message: string, exit: number = EXIT.error, showUsage: boolean = exit === EXIT.usage) {
+    super(message);
+    this.exit = exit;
+    this.showUsage = showUsage;
+  }
+}
+
+/** A bad command line (exit 64, with the usage text). */
+function usage(message: string): CliError {
+  return new CliError(message, EXIT.usage);
+}
 
 /** Parses a comma list of names, checking each with `valid`. */
 function names<T extends string>(list: string, valid: (v: unknown) => v is T, what: string): T[] {
   const out = list.split(",").map((s) => s.trim()).filter(Boolean);
-  for (const name of out) if (!valid(name)) throw new UsageError(`unknown ${what} ${JSON.stringify(name)}`);
+  for (const name of out) if (!valid(name)) throw usage(`unknown ${what} ${JSON.stringify(name)}`);
   return out as T[];
 }
 
 /** `[stage:]name=value` → the stage and the macro. */
 export function parseMacro(spec: string): [MacroStage, string, string] {
   const match = spec.match(/^(?:([a-z]+):)?([^=]+)=(.*)$/s);
-  if (!match) throw new UsageError(`--macro ${JSON.stringify(spec)} is not [stage:]name=value`);
+  if (!match) throw usage(`--macro ${JSON.stringify(spec)} is not [stage:]name=value`);
   const stage = (match[1] ?? "connect") as MacroStage;
   if (!STAGES.includes(stage)) {
-    throw new UsageError(`--macro stage ${JSON.stringify(match[1])} is not one of ${STAGES}`);
+    throw usage(`--macro stage ${JSON.stringify(match[1])} is not one of ${STAGES}`);
   }
   return [stage, match[2], match[3]];
 }
@@ -90,7 +115,7 @@ export function parseClientAddr(value: string, port: number): SockAddr | null {
   if (value.startsWith("unix:")) return { family: "unix", path: value.slice(5) };
   if (/^\d{1,3}(\.\d{1,3}){3}$/.test(value)) return { family: "inet", address: value, port };
   if (value.includes(":")) return { family: "inet6", address: value, port };
-  throw new UsageError(`--client-addr ${JSON.stringify(value)} is not an IPv4 or IPv6 address, unix:/path or none`);
+  throw usage(`--client-addr ${JSON.stringify(value)} is not an IPv4 or IPv6 address, unix:/path or none`);
 }
 
 /** The verdict of the last reply, as an MTA acts on it. */
@@ -111,10 +136,18 @@ export function verdict(last: Reply, modifications: readonly Modification[]): Ve
   }
 }
 
-/** One line per reply: `stage  action [text]`. */
+/** One line per reply: `stage  action [text]` (the text as the report holds it: see {@linkcode shownReply}). */
 export function formatReply(reply: Reply): string {
   if (reply.skipped) return "skipped (the milter asked not to see this stage)";
   return reply.action === "replycode" ? `replycode ${reply.text}` : reply.action;
+}
+
+/**
+ * A reply as the MTA shows it: MTAs take a milter's reply text as a format
+ * string, so `%%` in it reaches the SMTP client as `%`.
+ */
+export function shownReply(reply: Reply): Reply {
+  return reply.text === undefined ? reply : { ...reply, text: reply.text.replaceAll("%%", "%") };
 }
 
 /** `Name: value`, without doubling the space a milter using HDR_LEADSPC already gives. */
@@ -154,6 +187,7 @@ export function formatModification(m: Modification): string {
 export interface Report {
   readonly socket: string;
   readonly negotiated: Pick<Negotiated, "version" | "actions" | "steps" | "macros">;
+  /** Each stage's reply, its text as the MTA shows it ({@linkcode shownReply}). */
   readonly replies: { readonly stage: string; readonly reply: Reply }[];
   readonly modifications: (Modification | { type: "replacebody"; text: string })[];
   readonly body: string | null;
@@ -222,9 +256,28 @@ const OPTIONS = {
 
 type Parsed = ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; options: typeof OPTIONS }>>;
 
-/** The command line, parsed. */
-function parseOptions(argv: readonly string[]): Parsed {
-  return parseArgs({ args: [...argv], allowPositionals: true, options: OPTIONS });
+/** The macros given with `--macro`, by stage. */
+type StageMacros = Record<MacroStage, Record<string, string>>;
+
+/** What one run does, from its command line. */
+interface Run {
+  readonly socket: string;
+  /** The message file, `"-"` for standard input. */
+  readonly file: string;
+  readonly client: ClientOptions;
+  readonly host: string;
+  readonly addr: SockAddr | null;
+  readonly helo: string;
+  readonly from: string | undefined;
+  readonly rcpt: string[] | undefined;
+  readonly macros: StageMacros;
+  readonly json: boolean;
+}
+
+/** The envelope of the message: given, or taken from its headers. */
+interface Envelope {
+  readonly from: string;
+  readonly rcpt: string[];
 }
 
 /**
@@ -232,144 +285,223 @@ function parseOptions(argv: readonly string[]): Parsed {
  * exit code; never throws.
  */
 export async function main(argv: readonly string[], io: CliIO = processIO()): Promise<number> {
-  let options: Parsed;
   try {
-    options = parseOptions(argv);
-  } catch (error) {
-    io.stderr(`milter-test: ${(error as Error).message}\n\n${USAGE}`);
-    return EXIT.usage;
-  }
-  const { values: o, positionals } = options;
-  if (o.help) {
-    io.stdout(USAGE);
-    return EXIT.accepted;
-  }
-  let socket: string, file: string, port: number, timeout: number, addr: SockAddr | null;
-  let actions: Flag[] | undefined, steps: Step[] | undefined;
-  const macros: Record<MacroStage, Record<string, string>> = {
-    connect: {},
-    helo: {},
-    envfrom: {},
-    envrcpt: {},
-    data: {},
-    eoh: {},
-    eom: {},
-  };
-  try {
-    if (positionals.length < 1 || positionals.length > 2) throw new UsageError("expected <socket> [message.eml]");
-    [socket, file = "-"] = positionals;
-    port = Number(o["client-port"]);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError("--client-port must be 0 to 65535");
-    timeout = Number(o.timeout);
-    if (!(timeout > 0)) throw new UsageError("--timeout must be a positive number of seconds");
-    addr = parseClientAddr(o["client-addr"]!, port);
-    actions = o.actions === undefined ? undefined : names(o.actions, isFlag, "action");
-    steps = o.steps === undefined ? undefined : names(o.steps, isStep, "step");
-    for (const spec of o.macro ?? []) {
-      const [stage, name, value] = parseMacro(spec);
-      macros[stage][name] = value;
+    const run = parseCommandLine(argv);
+    if (run === null) {
+      io.stdout(USAGE);
+      return EXIT.accepted;
     }
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    io.stderr(`milter-test: ${error.message}\n\n${USAGE}`);
-    return EXIT.usage;
-  }
-
-  let message;
-  try {
-    message = parseMessage(file === "-" ? await io.readStdin() : new Uint8Array(await readFile(file)));
-  } catch (error) {
-    io.stderr(
-      `milter-test: cannot read the message ${file === "-" ? "from standard input" : file}: ${
-        (error as Error).message
-      }\n`,
-    );
-    return EXIT.error;
-  }
-  const header = (name: string): string[] =>
-    message.headers.filter(([n]) => n.toLowerCase() === name).map(([, v]) => v);
-  const from = o.from ?? header("from").flatMap(addresses)[0] ?? "<>";
-  const rcpt = o.rcpt ?? [...header("to"), ...header("cc")].flatMap(addresses);
-  if (rcpt.length === 0) {
-    io.stderr("milter-test: no recipient: give --rcpt, or a To: or Cc: header with an address\n");
-    return EXIT.usage;
-  }
-  const host = o["client-host"]!;
-  const id = queueId();
-  // What Postfix sends by default, then the user's macros over it.
-  const withDefaults = (stage: MacroStage, defaults: Macros): Macros => ({ ...defaults, ...macros[stage] });
-
-  let client: MilterClient;
-  try {
-    client = await MilterClient.open(socket, {
-      timeout: timeout * 1000,
-      ...(actions && { actions }),
-      ...(steps && { steps }),
-    });
-  } catch (error) {
-    io.stderr(`milter-test: cannot reach the milter at ${socket}: ${(error as Error).message}\n`);
-    return EXIT.error;
-  }
-  try {
-    const negotiated = client.negotiated;
-    const replies: { stage: string; reply: Reply }[] = [];
-    const ends = (reply: Reply): boolean => !["continue", "noreply", "skip", "accept"].includes(reply.action);
-    let result: MessageResult | null = null;
-    const connect = await client.connect(
-      host,
-      addr,
-      withDefaults("connect", {
-        j: "milter-test.localhost",
-        "{daemon_name}": "milter-test",
-        _: `${host} [${addr && "address" in addr ? addr.address : "unknown"}]`,
-        ...(addr && "address" in addr && { "{client_addr}": addr.address, "{client_name}": host }),
-      }),
-    );
-    replies.push({ stage: "connect", reply: connect });
-    if (!ends(connect)) {
-      const helo = await client.helo(o.helo ?? host, withDefaults("helo", {}));
-      replies.push({ stage: "helo", reply: helo });
-      if (!ends(helo)) {
-        result = await client.message(
-          {
-            from,
-            rcpt,
-            headers: message.headers.map(([n, v]) => [n, headerValue(v, negotiated.steps.includes("HDR_LEADSPC"))]),
-            body: message.body,
-          },
-          {
-            envfrom: withDefaults("envfrom", { i: id, "{mail_addr}": from.replace(/^<|>$/g, "") }),
-            envrcpt: withDefaults("envrcpt", {}),
-            data: withDefaults("data", {}),
-            eoh: withDefaults("eoh", {}),
-            eom: withDefaults("eom", { i: id }),
-          },
-        );
-        replies.push(...result.replies);
-      }
-    }
-    client.quit();
-    const modifications = result?.modifications ?? [];
-    const report: Report = {
-      socket,
-      negotiated: {
-        version: negotiated.version,
-        actions: negotiated.actions,
-        steps: negotiated.steps,
-        macros: negotiated.macros,
-      },
-      replies,
-      modifications: modifications.map((m) =>
-        m.type === "replacebody" ? { type: "replacebody", text: new TextDecoder().decode(m.chunk) } : m
-      ),
-      body: result?.body ? new TextDecoder().decode(result.body) : null,
-      verdict: verdict(replies[replies.length - 1].reply, modifications),
-    };
-    io.stdout(o.json ? `${JSON.stringify(report, null, 2)}\n` : formatText(report));
+    const message = await loadMessage(run.file, io);
+    const envelope = envelopeOf(message, run);
+    const report = await exchange(await openClient(run), run, message, envelope);
+    io.stdout(run.json ? `${JSON.stringify(report, null, 2)}\n` : formatText(report));
     return EXIT[report.verdict];
   } catch (error) {
-    client.close();
-    io.stderr(`milter-test: ${(error as Error).message}\n`);
-    return EXIT.error;
+    const failure = error instanceof CliError
+      ? error
+      : new CliError(error instanceof Error ? error.message : String(error));
+    io.stderr(`milter-test: ${failure.message}\n${failure.showUsage ? `\n${USAGE}` : ""}`);
+    return failure.exit;
   }
+}
+
+/**
+ * The command line as a {@linkcode Run}, or `null` for `--help`.
+ *
+ * @throws {CliError} for bad usage.
+ */
+function parseCommandLine(argv: readonly string[]): Run | null {
+  const { values: o, positionals } = parseOptions(argv);
+  if (o.help) return null;
+  if (positionals.length < 1 || positionals.length > 2) throw usage("expected <socket> [message.eml]");
+  const [socket, file = "-"] = positionals;
+  checkSocket(socket);
+  const port = Number(o["client-port"]);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw usage("--client-port must be 0 to 65535");
+  const host = o["client-host"]!;
+  return {
+    socket,
+    file,
+    client: clientOptions(o),
+    host,
+    addr: parseClientAddr(o["client-addr"]!, port),
+    helo: o.helo ?? host,
+    from: o.from,
+    rcpt: o.rcpt,
+    macros: parseMacros(o.macro ?? []),
+    json: o.json!,
+  };
+}
+
+/** The command line, parsed by node:util (its errors are bad usage). */
+function parseOptions(argv: readonly string[]): Parsed {
+  try {
+    return parseArgs({ args: [...argv], allowPositionals: true, options: OPTIONS });
+  } catch (error) {
+    throw usage((error as Error).message);
+  }
+}
+
+/** Checks the socket spec before anything else is read or opened. */
+function checkSocket(socket: string): void {
+  try {
+    parseSpec(socket);
+  } catch (error) {
+    throw usage((error as Error).message);
+  }
+}
+
+/** The client's options from `--timeout`, `--actions` and `--steps`. */
+function clientOptions(o: Parsed["values"]): ClientOptions {
+  const timeout = Number(o.timeout);
+  if (!(timeout > 0)) throw usage("--timeout must be a positive number of seconds");
+  return {
+    timeout: timeout * 1000,
+    ...(o.actions !== undefined && { actions: names(o.actions, isFlag, "action") }),
+    ...(o.steps !== undefined && { steps: names(o.steps, isStep, "step") }),
+  };
+}
+
+/** Each `--macro` in its stage, later ones overriding earlier ones. */
+function parseMacros(specs: readonly string[]): StageMacros {
+  const macros = Object.fromEntries(STAGES.map((stage) => [stage, {}])) as StageMacros;
+  for (const spec of specs) {
+    const [stage, name, value] = parseMacro(spec);
+    macros[stage][name] = value;
+  }
+  return macros;
+}
+
+/**
+ * Reads and parses the message file, or standard input for `"-"`.
+ *
+ * @throws {CliError} naming the file and why.
+ */
+async function loadMessage(file: string, io: CliIO): Promise<ParsedMessage> {
+  try {
+    return parseMessage(file === "-" ? await io.readStdin() : new Uint8Array(await readFile(file)));
+  } catch (error) {
+    const where = file === "-" ? "from standard input" : file;
+    throw new CliError(`cannot read the message ${where}: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * The envelope: `--from` and `--rcpt`, else the From:, To: and Cc: addresses.
+ *
+ * @throws {CliError} (bad usage) when there is no recipient at all.
+ */
+function envelopeOf(message: ParsedMessage, run: Run): Envelope {
+  const header = (name: string): string[] =>
+    message.headers.filter(([n]) => n.toLowerCase() === name).map(([, v]) => v);
+  const from = run.from ?? header("from").flatMap(addresses)[0] ?? "<>";
+  const rcpt = run.rcpt ?? [...header("to"), ...header("cc")].flatMap(addresses);
+  if (rcpt.length === 0) {
+    throw new CliError("no recipient: give --rcpt, or a To: or Cc: header with an address", EXIT.usage, false);
+  }
+  return { from, rcpt };
+}
+
+/**
+ * Connects to the milter and negotiates.
+ *
+ * @throws {CliError} saying why the milter cannot be reached.
+ */
+async function openClient(run: Run): Promise<MilterClient> {
+  try {
+    return await MilterClient.open(run.socket, run.client);
+  } catch (error) {
+    const { message } = error as Error;
+    const connecting = error instanceof MilterClientError && error.kind === "connect";
+    throw new CliError(connecting ? message : `cannot reach the milter at ${run.socket}: ${message}`);
+  }
+}
+
+/** Runs the session on `client` and reports it; the connection is closed either way. */
+async function exchange(client: MilterClient, run: Run, message: ParsedMessage, envelope: Envelope): Promise<Report> {
+  try {
+    const { replies, result } = await session(client, run, message, envelope);
+    client.quit();
+    return buildReport(run.socket, client.negotiated, replies, result);
+  } finally {
+    client.close();
+  }
+}
+
+/** Connect, HELO and the message, stopping where a reply ends the exchange. */
+async function session(
+  client: MilterClient,
+  run: Run,
+  message: ParsedMessage,
+  envelope: Envelope,
+): Promise<{ replies: { stage: string; reply: Reply }[]; result: MessageResult | null }> {
+  const replies: { stage: string; reply: Reply }[] = [];
+  const connect = await client.connect(run.host, run.addr, connectMacros(run));
+  replies.push({ stage: "connect", reply: connect });
+  if (endsExchange(connect)) return { replies, result: null };
+  const helo = await client.helo(run.helo, run.macros.helo);
+  replies.push({ stage: "helo", reply: helo });
+  if (endsExchange(helo)) return { replies, result: null };
+  const leadingSpace = client.negotiated.steps.includes("HDR_LEADSPC");
+  const result = await client.message(
+    {
+      from: envelope.from,
+      rcpt: envelope.rcpt,
+      headers: message.headers.map(([n, v]) => [n, headerValue(v, leadingSpace)]),
+      body: message.body,
+    },
+    messageMacros(run, envelope.from),
+  );
+  replies.push(...result.replies);
+  return { replies, result };
+}
+
+/** The connect macros Postfix sends by default, then the user's over them. */
+function connectMacros(run: Run): Macros {
+  const address = run.addr && "address" in run.addr ? run.addr.address : null;
+  return {
+    j: "milter-test.localhost",
+    "{daemon_name}": "milter-test",
+    _: `${run.host} [${address ?? "unknown"}]`,
+    ...(address !== null && { "{client_addr}": address, "{client_name}": run.host }),
+    ...run.macros.connect,
+  };
+}
+
+/** The message's macros (a queue id at MAIL FROM and end of message, as Postfix gives), then the user's. */
+function messageMacros(run: Run, from: string): MessageMacros {
+  const id = queueId();
+  return {
+    envfrom: { i: id, "{mail_addr}": from.replace(/^<|>$/g, ""), ...run.macros.envfrom },
+    envrcpt: run.macros.envrcpt,
+    data: run.macros.data,
+    eoh: run.macros.eoh,
+    eom: { i: id, ...run.macros.eom },
+  };
+}
+
+/** What the session learned, as the MTA would show and act on it. */
+function buildReport(
+  socket: string,
+  negotiated: Negotiated,
+  replies: readonly { stage: string; reply: Reply }[],
+  result: MessageResult | null,
+): Report {
+  const modifications = result?.modifications ?? [];
+  const decoder = new TextDecoder();
+  return {
+    socket,
+    negotiated: {
+      version: negotiated.version,
+      actions: negotiated.actions,
+      steps: negotiated.steps,
+      macros: negotiated.macros,
+    },
+    replies: replies.map(({ stage, reply }) => ({ stage, reply: shownReply(reply) })),
+    modifications: modifications.map((m) =>
+      m.type === "replacebody" ? { type: "replacebody", text: decoder.decode(m.chunk) } : m
+    ),
+    body: result?.body ? decoder.decode(result.body) : null,
+    verdict: verdict(replies[replies.length - 1].reply, modifications),
+  };
 }
