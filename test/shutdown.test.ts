@@ -44,12 +44,21 @@ test("a message in flight at SIGTERM finishes; new connections are refused meanw
   await client.envfrom("<a@example.org>", [], script({ eom: { actions: [["addheader", "X-Done", "yes"]] } }));
   await client.envrcpt("<b@example.net>");
   filter.child.kill("SIGTERM");
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  // Draining: a new connection is refused at its first callback, connect, so the MTA tempfails it.
-  const late = await MilterClient.open(filter.spec, { timeout: 5000 });
-  expect(await late.connect("late.example", null)).toEqual({ action: "tempfail" });
-  late.quit();
-  expect(filter.callbacks("connect").map((e) => e.args[0])).toEqual(["client.example"]); // never reached the filter
+  // Draining: a new connection is refused at its first callback, connect, so the MTA tempfails it. Probe
+  // until the filter has taken the signal; a probe that came before reached the filter and closes again.
+  const probes: string[] = [];
+  await expect.poll(async () => {
+    const host = `late${probes.length}.example`;
+    probes.push(host);
+    const late = await MilterClient.open(filter.spec, { timeout: 5000 });
+    const reply = await late.connect(host, null);
+    late.quit();
+    return reply;
+  }, { timeout: 5000, interval: 20 }).toEqual({ action: "tempfail" });
+  const earlier = probes.slice(0, -1);
+  for (const host of earlier) await filter.ctxOf(host);
+  // The refused one never reached the filter.
+  expect(filter.callbacks("connect").map((e) => e.args[0])).toEqual(["client.example", ...earlier]);
   expect(filter.child.exitCode).toBeNull();
   await client.data();
   await client.eoh();
@@ -67,9 +76,16 @@ test("without a connect callback, a new connection is refused at negotiation whi
   const client = await filter.client();
   await client.helo("client.example");
   filter.child.kill("SIGTERM");
-  await new Promise((resolve) => setTimeout(resolve, 300));
   // The MTA applies its milter_default_action (tempfail by default) to a connection refused at negotiation.
-  await expect(MilterClient.open(filter.spec, { timeout: 5000 })).rejects.toThrow(/closed/);
+  // Probe until the filter has taken the signal; a probe that came before negotiates and closes again.
+  await expect.poll(async () => {
+    try {
+      (await MilterClient.open(filter.spec, { timeout: 5000 })).quit();
+      return "negotiated";
+    } catch (error) {
+      return String(error);
+    }
+  }, { timeout: 5000, interval: 20 }).toMatch(/closed/);
   expect(filter.child.exitCode).toBeNull();
   const result = await client.message({
     from: "<a@example.org>",
