@@ -100,9 +100,21 @@ describe("sockaddr", () => {
   });
 
   test("any other family, or too few bytes, is null and never throws", () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 128 }), (bytes) => {
+    // The three families' names and the bytes each needs: family, port and address (sun_path[108] for unix).
+    const known = new Map<number, [string, number]>([
+      [AF_INET, ["inet", 8]],
+      [AF_INET6, ["inet6", 24]],
+      [AF_UNIX, ["unix", 110]],
+    ]);
+    const family = fc.oneof(fc.constantFrom(...known.keys()), fc.integer({ min: 0, max: 0xffff }));
+    const cut = fc.integer({ min: 0, max: 130 });
+    fc.assert(fc.property(family, fc.uint8Array({ maxLength: 128 }), cut, (f, rest, length) => {
+      const whole = Uint8Array.of(...sockaddr(f, () => {}, 2), ...rest);
+      const bytes = whole.subarray(0, Math.min(length, whole.length));
       const result = decodeSockAddr(bytes);
-      if (result !== null) expect(["inet", "inet6", "unix"]).toContain(result.family);
+      const entry = known.get(f);
+      if (entry === undefined || bytes.length < entry[1]) expect(result).toBeNull();
+      else expect(result?.family).toBe(entry[0]);
     }));
   });
 
