@@ -48,6 +48,26 @@ describe.each<SocketKind>(["unix", "inet"])("Postfix with the filter on a %s soc
     postfix = await PrivatePostfix.start(postfixMilterSpec(filter.spec));
   });
 
+  /**
+   * Waits for Postfix's cleanup to log that the filter's end-of-message `action` dropped a message
+   * (`<queue id>: milter-reject: END-OF-MESSAGE from …: <detail>`), then checks that the message went
+   * no further: the queue manager never logged it, no queue holds it, and smtp-sink did not get it.
+   * `id` is its queue id when the SMTP reply gave one (a rejected message's is only in the log).
+   */
+  async function droppedAtEom(
+    action: "reject" | "discard",
+    detail: string,
+    subject: string,
+    id = "\\w+",
+  ): Promise<void> {
+    const line = new RegExp(`(${id}): milter-${action}: END-OF-MESSAGE from [^:]+: ${detail}`);
+    await expect.poll(() => postfix.maillog(), { timeout: 10_000 }).toMatch(line);
+    const queueId = line.exec(postfix.maillog())![1];
+    expect(postfix.maillog()).not.toMatch(new RegExp(`${queueId}: (from=|to=|removed)`));
+    expect((await postfix.queue()).map((q) => q.queue_id)).not.toContain(queueId);
+    expect(postfix.delivered().some(bySubject(subject))).toBe(false);
+  }
+
   async function deliver(eom?: unknown, opts: { headers?: string[]; to?: string[] } = {}): Promise<Delivered> {
     const { subject, content } = message(eom, opts.headers);
     const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: opts.to ?? ["bob@example.net"], content });
@@ -166,8 +186,7 @@ describe.each<SocketKind>(["unix", "inet"])("Postfix with the filter on a %s soc
       code: 554,
       lines: ["554-5.7.0 rejected by policy", "554 5.7.0 see https://example.org/why"],
     });
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(postfix.delivered().some(bySubject(subject))).toBe(false);
+    await droppedAtEom("reject", "5\\.7\\.0 rejected by policy", subject);
   });
 
   test("Tempfail at end of message gives 4xx", async () => {
@@ -183,9 +202,8 @@ describe.each<SocketKind>(["unix", "inet"])("Postfix with the filter on a %s soc
     const { subject, content } = message({ stat: "Discard" });
     const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
     expect(tx.end?.code).toBe(250);
-    await expect.poll(() => postfix.maillog(), { timeout: 10_000 }).toMatch(/milter-discard: END-OF-MESSAGE/);
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(postfix.delivered().some(bySubject(subject))).toBe(false);
+    const id = /queued as (\w+)/.exec(tx.end!.lines[0])![1];
+    await droppedAtEom("discard", "milter triggers DISCARD action", subject, id);
   });
 
   test("Accept at RCPT delivers the message untouched and skips the later stages", async () => {
