@@ -19,7 +19,7 @@
 import koffi from "koffi";
 import process from "node:process";
 import * as Milter from "../mod.ts";
-import type { CallbackSymbol } from "../ffi/symbols.ts";
+import type { CallbackHandler, CallbackSymbol } from "../ffi/symbols.ts";
 import { trampoline } from "../src/filter.ts";
 import { native } from "../src/native.ts";
 import { benchFilter } from "./filters/bench-filter.ts";
@@ -91,8 +91,8 @@ const argv = (() => {
 const body = address(koffi.alloc("char", 1024));
 
 const N = 200_000;
-const call = (symbol: CallbackSymbol, fn: (...args: never[]) => number, ...args: unknown[]): number => {
-  const ptr = koffi.register(fn, lib.callbackTypes[symbol]);
+const call = <K extends CallbackSymbol>(symbol: K, fn: CallbackHandler<K>, ...args: unknown[]): number => {
+  const ptr = lib.registerCallback(symbol, fn);
   // the prototype is declared under the callback's C name
   const time = median([0, 1, 2].map(() => perCall(N, () => koffi.call(ptr, symbol, ...args))));
   koffi.unregister(ptr);

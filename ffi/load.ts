@@ -7,39 +7,62 @@
  */
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
+import type { Libc } from "./libc.ts";
 import {
   CALLBACK_PROTOTYPES,
+  type CallbackHandler,
   type CallbackSymbol,
+  type Declared,
   FUNCTION_PROTOTYPES,
-  type FunctionSymbol,
   INTERNAL_PROTOTYPES,
-  type InternalSymbol,
   LIBC_PROTOTYPES,
-  type LibcSymbol,
+  OPTIONAL_PROTOTYPES,
+  type OptionalSymbol,
+  type Pointer,
+  type Signatures,
 } from "./symbols.ts";
 
-/** A bound C function: call it synchronously, or through `.async` on a worker thread. */
-export interface NativeFunction {
-  // deno-lint-ignore no-explicit-any
-  (...args: any[]): any;
-  // deno-lint-ignore no-explicit-any
-  async(...args: any[]): void;
-}
+/** The `smfi_*` functions, typed by their declarations in `ffi/symbols.ts`. */
+export type LibmilterFunctions =
+  & Signatures<typeof FUNCTION_PROTOTYPES>
+  & Signatures<typeof OPTIONAL_PROTOTYPES>;
 
-/** The opened library: its path, every bound symbol and the callback types. */
+/**
+ * The opened library. Its functions are typed by their C declarations; an
+ * optional one this build lacks calls the `missing` hook given to
+ * {@linkcode openLibmilter} instead.
+ */
 export interface Libmilter {
   /** The file name or path that loaded. */
   readonly path: string;
-  readonly fn: Readonly<Record<FunctionSymbol, NativeFunction>>;
-  /** libmilter internals, each `null` where this build does not export it. */
-  readonly internal: Readonly<Record<InternalSymbol, NativeFunction | null>>;
-  /** libc helpers, each `null` where the C library lacks it (e.g. dlopen before glibc 2.34). */
-  readonly libc: Readonly<Record<LibcSymbol, NativeFunction | null>>;
-  /** Pointer types of the xxfi_* prototypes, for `koffi.register`. */
-  readonly callbackTypes: Readonly<Record<CallbackSymbol, TypeObject>>;
+  readonly fn: Readonly<LibmilterFunctions>;
+  /** Whether this build has the optional function `symbol`. */
+  has(symbol: OptionalSymbol): boolean;
+  /** libc helpers, each `null` where the C library lacks it; see `ffi/libc.ts`. */
+  readonly libc: Libc;
   /** koffi's bound on callbacks relayed from foreign threads at one time. */
   readonly maxAsyncCalls: number;
+  /** The runtime version of libmilter (`smfi_version`), or `null` when it fails. */
+  version(): [number, number, number] | null;
+  /** `smfi_setmaxdatasize`: sets the largest command and returns the previous one. */
+  setmaxdatasize(size: number): number;
+  /** Whether libmilter is stopping (`mi_stop() != 0`), or `null` where this build does not export it. */
+  stopping(): boolean | null;
+  /**
+   * Registers `handler` as a C function pointer of callback `symbol`'s type,
+   * for `smfi_register`. The registration lives as long as the process:
+   * libmilter keeps the pointer.
+   */
+  registerCallback<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): Pointer;
+  /**
+   * `fn()` for a blocking `int fn(void)` on koffi's worker thread (a thread
+   * of the runtime's pool); see `ffi/thread.ts` for the thread of its own.
+   */
+  onWorker(symbol: "smfi_main" | "smfi_stop"): Promise<number>;
 }
+
+/** Called for an optional function this build lacks, in place of it; throws. */
+export type MissingHook = (symbol: OptionalSymbol, path: string) => never;
 
 /** Environment variable naming the library file to load instead of searching. */
 export const LIBMILTER_PATH_ENV = "LIBMILTER_PATH";
@@ -108,9 +131,10 @@ function configureKoffi(): number {
   }
 }
 
-let typesDeclared: { callbacks: Record<CallbackSymbol, TypeObject> } | undefined;
+let typesDeclared: Record<CallbackSymbol, TypeObject> | undefined;
 
-function declareTypes(): { callbacks: Record<CallbackSymbol, TypeObject> } {
+/** Declares the types the prototypes name, once per process; returns the callback pointer types. */
+function declareTypes(): Record<CallbackSymbol, TypeObject> {
   if (typesDeclared) return typesDeclared;
   koffi.opaque("SMFICTX");
   koffi.struct("rlimit", { rlim_cur: "unsigned long", rlim_max: "unsigned long" });
@@ -120,12 +144,12 @@ function declareTypes(): { callbacks: Record<CallbackSymbol, TypeObject> } {
     xxfi_version: "int",
     xxfi_flags: "unsigned long",
   };
-  for (const [name, proto] of Object.entries(CALLBACK_PROTOTYPES) as [CallbackSymbol, string][]) {
-    callbacks[name] = koffi.pointer(koffi.proto(proto));
+  for (const [name, declared] of Object.entries(CALLBACK_PROTOTYPES) as [CallbackSymbol, Declared<unknown>][]) {
+    callbacks[name] = koffi.pointer(koffi.proto(declared.c));
     fields[name] = callbacks[name];
   }
   koffi.struct("smfiDesc", fields);
-  typesDeclared = { callbacks };
+  typesDeclared = callbacks;
   return typesDeclared;
 }
 
@@ -138,38 +162,101 @@ const RTLD_NODELETE = 0x1000; // glibc, musl and FreeBSD agree
  * koffi's library handle at exit (Deno does) would otherwise unmap that code
  * under them and crash the process on its way out.
  */
-function pin(libc: Record<LibcSymbol, NativeFunction | null>, name: string): void {
+function pin(libc: Libc, name: string): void {
   libc.dlopen?.(name, RTLD_NOW | RTLD_NODELETE);
 }
 
-function bind<K extends string>(lib: LibraryHandle, table: Record<K, string>): Record<K, NativeFunction> {
-  const out = {} as Record<K, NativeFunction>;
-  for (const [name, proto] of Object.entries(table) as [K, string][]) out[name] = lib.func(proto) as NativeFunction;
-  return out;
+/** A koffi binding as this module calls it: any arguments, and `.async` for the worker. */
+interface Bound {
+  // deno-lint-ignore no-explicit-any
+  (...args: any[]): any;
+  // deno-lint-ignore no-explicit-any
+  async(...args: any[]): void;
 }
 
-function bindOptional<K extends string>(
+/** Binds every declaration of `table`; throws when one is missing. */
+function bind<T extends Record<string, Declared<unknown>>>(lib: LibraryHandle, table: T): Signatures<T> {
+  const out: Record<string, unknown> = {};
+  for (const [name, declared] of Object.entries(table)) out[name] = lib.func(declared.c);
+  return out as Signatures<T>;
+}
+
+/** Binds every declaration of `table` that the library has; `null` for the others. */
+function bindOptional<T extends Record<string, Declared<unknown>>>(
   lib: LibraryHandle,
-  table: Record<K, string>,
-): Record<K, NativeFunction | null> {
-  const out = {} as Record<K, NativeFunction | null>;
-  for (const [name, proto] of Object.entries(table) as [K, string][]) {
+  table: T,
+): { [K in keyof T]: Signatures<T>[K] | null } {
+  const out: Record<string, unknown> = {};
+  for (const [name, declared] of Object.entries(table)) {
     try {
-      out[name] = lib.func(proto) as NativeFunction;
+      out[name] = lib.func(declared.c);
     } catch {
       out[name] = null;
     }
   }
-  return out;
+  return out as { [K in keyof T]: Signatures<T>[K] | null };
+}
+
+/** Converts a callback's `size_t` and `unsigned long` arguments to numbers for its handler. */
+function normalized<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): unknown {
+  if (symbol === "xxfi_body") {
+    const h = handler as CallbackHandler<"xxfi_body">;
+    return (ctx: Pointer, bodyp: Pointer | null, len: number | bigint) => h(ctx, bodyp, Number(len));
+  }
+  if (symbol === "xxfi_negotiate") {
+    const h = handler as CallbackHandler<"xxfi_negotiate">;
+    // deno-lint-ignore no-explicit-any
+    return (ctx: Pointer, f0: any, f1: any, f2: any, f3: any, ...pf: [Pointer, Pointer, Pointer, Pointer]) =>
+      h(ctx, Number(f0), Number(f1), Number(f2), Number(f3), ...pf);
+  }
+  return handler;
+}
+
+/** The {@linkcode Libmilter} of an opened library. */
+function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAsyncCalls: number): Libmilter {
+  const callbackTypes = declareTypes();
+  const libc = bindOptional(lib, LIBC_PROTOTYPES);
+  pin(libc, path);
+  const required = bind(lib, FUNCTION_PROTOTYPES);
+  const optional = bindOptional(lib, OPTIONAL_PROTOTYPES);
+  const internal = bindOptional(lib, INTERNAL_PROTOTYPES);
+  const fn = { ...required } as Record<string, unknown>;
+  for (const [name, bound] of Object.entries(optional) as [OptionalSymbol, unknown][]) {
+    fn[name] = bound ?? (() => missing(name, path));
+  }
+  const functions = fn as unknown as LibmilterFunctions;
+  return {
+    path,
+    fn: functions,
+    has: (symbol) => optional[symbol] !== null,
+    libc,
+    maxAsyncCalls,
+    version(): [number, number, number] | null {
+      const out: [number[], number[], number[]] = [[0], [0], [0]];
+      return functions.smfi_version(...out) === 0 ? [out[0][0], out[1][0], out[2][0]] : null;
+    },
+    setmaxdatasize: (size) => Number(functions.smfi_setmaxdatasize(size)),
+    stopping: () => internal.mi_stop === null ? null : internal.mi_stop() !== 0,
+    registerCallback: (symbol, handler) =>
+      koffi.register(normalized(symbol, handler) as (...args: unknown[]) => unknown, callbackTypes[symbol]),
+    onWorker: (symbol) =>
+      new Promise<number>((resolve, reject) =>
+        (required[symbol] as unknown as Bound).async((error: unknown, rc: number) =>
+          error ? reject(error) : resolve(rc)
+        )
+      ),
+  };
 }
 
 /**
  * Opens libmilter: the file named by `envPath` when given, otherwise the
- * first of {@linkcode LIBRARY_CANDIDATES} that loads.
+ * first of {@linkcode LIBRARY_CANDIDATES} that loads. A library that lacks
+ * one of the optional functions still loads; calling that function calls
+ * `missing` instead.
  *
  * @throws {LoadFailure} listing every name tried and why it failed.
  */
-export function openLibmilter(envPath: string | undefined): Libmilter {
+export function openLibmilter(envPath: string | undefined, missing: MissingHook): Libmilter {
   const maxAsyncCalls = configureKoffi();
   const names = envPath ? [envPath] : LIBRARY_CANDIDATES;
   const attempts: LoadAttempt[] = [];
@@ -182,17 +269,7 @@ export function openLibmilter(envPath: string | undefined): Libmilter {
       continue;
     }
     try {
-      const types = declareTypes();
-      const libc = bindOptional(lib, LIBC_PROTOTYPES);
-      pin(libc, name);
-      return {
-        path: name,
-        fn: bind(lib, FUNCTION_PROTOTYPES),
-        internal: bindOptional(lib, INTERNAL_PROTOTYPES),
-        libc,
-        callbackTypes: types.callbacks,
-        maxAsyncCalls,
-      };
+      return libmilter(lib, name, missing, maxAsyncCalls);
     } catch (error) {
       lib.unload();
       attempts.push({

@@ -6,10 +6,10 @@
  * @module
  */
 
-import koffi, { type TypeObject } from "koffi";
+import koffi from "koffi";
+import type { Pointer } from "./symbols.ts";
 
-/** A C pointer as koffi 3 represents it. */
-export type Pointer = bigint;
+export type { Pointer };
 
 const POINTER_SIZE = koffi.sizeof("void *");
 
@@ -37,11 +37,6 @@ export function readCString(ptr: Pointer | null): string | null {
   return ptr === null ? null : koffi.decode.string(ptr);
 }
 
-/** Copies the bytes of the C string at `ptr`, without its NUL; `strlen` is libc's. */
-export function readCStringBytes(ptr: Pointer | null, strlen: (ptr: Pointer) => number | bigint): Uint8Array {
-  return ptr === null ? new Uint8Array(0) : readBytes(ptr, Number(strlen(ptr)));
-}
-
 /** Reads the `unsigned short` at `ptr` (host byte order). */
 export function readUShort(ptr: Pointer): number {
   return koffi.decode(ptr, "unsigned short") as number;
@@ -55,13 +50,4 @@ export function readULong(ptr: Pointer): number {
 /** Writes `value` into the `unsigned long` at `ptr`. */
 export function writeULong(ptr: Pointer, value: number): void {
   koffi.encode(ptr, "unsigned long", value);
-}
-
-/**
- * Registers `fn` as a C function pointer of the given callback type. The
- * registration lives as long as the process: libmilter keeps the pointer.
- */
-// deno-lint-ignore no-explicit-any
-export function registerCallback(fn: (...args: any[]) => number, type: TypeObject): Pointer {
-  return koffi.register(fn, type);
 }

@@ -36,9 +36,14 @@ export function setmlreply(
   lines: readonly string[],
 ): number {
   if (FIXED_ARITY_IS_SAFE) {
-    const slots = Array.from({ length: MAXREPLIES + 1 }, (_, i) => lines[i] ?? null);
-    return lib.fn.smfi_setmlreply_fixed(ctx, rcode, xcode, ...slots) as number;
+    const slots = Array.from({ length: MAXREPLIES + 1 }, (_, i) => lines[i] ?? null) as FixedSlots;
+    return lib.fn.smfi_setmlreply_fixed(ctx, rcode, xcode, ...slots);
   }
   const pairs = lines.flatMap((line) => ["const char *", line]);
-  return lib.fn.smfi_setmlreply(ctx, rcode, xcode, ...pairs, "const char *", null) as number;
+  return lib.fn.smfi_setmlreply(ctx, rcode, xcode, ...pairs, "const char *", null);
 }
+
+/** The 32 line slots and the NULL terminator of the fixed declaration. */
+type FixedSlots = Parameters<Libmilter["fn"]["smfi_setmlreply_fixed"]> extends [unknown, unknown, unknown, ...infer S]
+  ? S
+  : never;

@@ -42,9 +42,7 @@ export function runBlocking(lib: Libmilter, symbol: BlockingSymbol): Promise<num
     const address = "startMain" in shim ? functionAddress(lib.path, symbol) : null;
     try {
       if ("startMain" in shim && address !== null) shim.startMain(address, resolve);
-      else {
-        lib.fn[symbol].async((error: unknown, rc: number) => error ? reject(error) : resolve(rc));
-      }
+      else lib.onWorker(symbol).then(resolve, reject);
     } catch (error) {
       reject(error);
     }

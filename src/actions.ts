@@ -8,7 +8,7 @@
  * @module
  */
 
-import { readCStringBytes } from "../ffi/memory.ts";
+import { cStringBytes } from "../ffi/libc.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
@@ -96,7 +96,7 @@ const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !==
 export function getsymval(ctx: Ctx, name: string): string | null {
   const session = active("getsymval", ctx);
   requireString("getsymval", "the macro name", name);
-  return native("getsymval").fn.smfi_getsymval(session.ptr, name) as string | null;
+  return native("getsymval").fn.smfi_getsymval(session.ptr, name);
 }
 
 /**
@@ -346,7 +346,8 @@ export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
  */
 export function rawargs(ctx: Ctx): Uint8Array[] {
   const session = active("rawargs", ctx);
-  const strlen = native("rawargs").libc.strlen;
-  if (!strlen) fail("rawargs", "this C library has no strlen reachable through libmilter");
-  return session.raw.map((ptr) => readCStringBytes(ptr, strlen as (ptr: bigint) => number));
+  const { libc } = native("rawargs");
+  return session.raw.map((ptr) =>
+    cStringBytes(libc, ptr) ?? fail("rawargs", "this C library has no strlen reachable through libmilter")
+  );
 }

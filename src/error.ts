@@ -33,9 +33,14 @@ export function qualified(fn: string): string {
   return `Milter.${fn}`;
 }
 
+/** The {@linkcode MilterError} of facade function `fn` (e.g. `"addheader"`), for a rejection. */
+export function milterError(fn: string, reason: string, options?: { cause?: unknown; code?: number }): MilterError {
+  return new MilterError(qualified(fn), reason, options);
+}
+
 /** Throws a {@linkcode MilterError} for `fn`. */
 export function fail(fn: string, reason: string, options?: { cause?: unknown; code?: number }): never {
-  throw new MilterError(qualified(fn), reason, options);
+  throw milterError(fn, reason, options);
 }
 
 /**

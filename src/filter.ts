@@ -27,10 +27,9 @@ import {
   readPointers,
   readULong,
   readUShort,
-  registerCallback,
   writeULong,
 } from "../ffi/memory.ts";
-import type { CallbackSymbol } from "../ffi/symbols.ts";
+import type { CallbackHandler, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, isOpen, leave, release, type Session } from "./ctx.ts";
 import { describe, fail } from "./error.ts";
@@ -273,20 +272,20 @@ export function register(filter: Filter): void {
   }
   if (lifecycle.phase !== "idle") fail("register", "main has already run");
   const lib = native("register");
-  const desc: Record<string, unknown> = {
+  const desc: Record<string, Pointer | string | number | null> = {
     xxfi_name: r.name,
     xxfi_version: filter.version,
     xxfi_flags: r.flags,
   };
   for (const name of CALLBACK_NAMES) {
-    const symbol = `xxfi_${name}` as CallbackSymbol;
+    const symbol = `xxfi_${name}` as const;
     desc[symbol] = null;
     if (!wanted(r, name)) continue;
-    const ptr = registerCallback(trampoline(symbol), lib.callbackTypes[symbol]);
+    const ptr = lib.registerCallback(symbol, trampoline(symbol));
     keepAlive.push(ptr);
     desc[symbol] = ptr;
   }
-  const rc = lib.fn.smfi_register(desc) as number;
+  const rc = lib.fn.smfi_register(desc as unknown as SmfiDesc);
   if (rc !== MI_SUCCESS) {
     fail(
       "register",
@@ -302,8 +301,7 @@ export function register(filter: Filter): void {
  * @internal The total trampoline libmilter calls for `symbol`, for
  * `bench/profile.ts` to time the binding's own work without a socket.
  */
-// deno-lint-ignore no-explicit-any
-export function trampoline(symbol: CallbackSymbol): (...args: any[]) => number {
+export function trampoline<K extends CallbackSymbol>(symbol: K): CallbackHandler<K> {
   return guarded(symbol, TRAMPOLINES[symbol]);
 }
 
@@ -520,16 +518,16 @@ function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Sessi
  * binding's own bookkeeping) is reported and answers Tempfail, never koffi's
  * default of 0.
  */
-// deno-lint-ignore no-explicit-any
-function guarded<F extends (...args: any[]) => number>(symbol: CallbackSymbol, fn: F): F {
-  return ((...args: Parameters<F>): number => {
+function guarded<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): CallbackHandler<K> {
+  const fn = handler as (...args: Parameters<CallbackHandler<K>>) => number;
+  return ((...args: Parameters<CallbackHandler<K>>): number => {
     try {
       return fn(...args);
     } catch (error) {
       reportInternal(symbol, error);
       return SMFIS_TEMPFAIL;
     }
-  }) as F;
+  }) as CallbackHandler<K>;
 }
 
 /** Reports a failure of the binding itself, outside any callback's context; never throws. */
@@ -541,41 +539,30 @@ function reportInternal(symbol: CallbackSymbol, error: unknown): void {
   }
 }
 
-// deno-lint-ignore no-explicit-any
-const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
-  xxfi_connect: (ptr: Pointer, host: Pointer | null, addr: Pointer | null) =>
+/** The handler of each callback: decodes its C arguments and runs the filter's callback. */
+const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
+  xxfi_connect: (ptr, host, addr) =>
     callStage(
       "connect",
       ptr,
       () => ({ args: [readCString(host), readSockAddr(addr)], raw: host === null ? [] : [host] }),
     ),
-  xxfi_helo: (ptr: Pointer, helo: Pointer | null) => callStage("helo", ptr, () => strings(helo)),
-  xxfi_envfrom: (ptr: Pointer, pointer: Pointer | null) => callStage("envfrom", ptr, () => argv(pointer)),
-  xxfi_envrcpt: (ptr: Pointer, pointer: Pointer | null) => callStage("envrcpt", ptr, () => argv(pointer)),
-  xxfi_header: (ptr: Pointer, name: Pointer | null, value: Pointer | null) =>
-    callStage("header", ptr, () => strings(name, value)),
-  xxfi_eoh: (ptr: Pointer) => callStage("eoh", ptr, () => ({ args: [] })),
-  xxfi_body: (ptr: Pointer, chunk: Pointer | null, len: number | bigint) =>
+  xxfi_helo: (ptr, helo) => callStage("helo", ptr, () => strings(helo)),
+  xxfi_envfrom: (ptr, pointer) => callStage("envfrom", ptr, () => argv(pointer)),
+  xxfi_envrcpt: (ptr, pointer) => callStage("envrcpt", ptr, () => argv(pointer)),
+  xxfi_header: (ptr, name, value) => callStage("header", ptr, () => strings(name, value)),
+  xxfi_eoh: (ptr) => callStage("eoh", ptr, () => ({ args: [] })),
+  xxfi_body: (ptr, chunk, len) =>
     callStage("body", ptr, () => {
-      const bytes = readBytes(chunk, Number(len));
+      const bytes = readBytes(chunk, len);
       return { args: [bytes, bytes.length] };
     }),
-  xxfi_eom: (ptr: Pointer) => callStage("eom", ptr, () => ({ args: [] })),
-  xxfi_abort: (ptr: Pointer) => callStage("abort", ptr, () => ({ args: [] })),
-  xxfi_close: (ptr: Pointer) => callStage("close", ptr, () => ({ args: [] })),
-  xxfi_unknown: (ptr: Pointer, command: Pointer | null) => callStage("unknown", ptr, () => strings(command)),
-  xxfi_data: (ptr: Pointer) => callStage("data", ptr, () => ({ args: [] })),
-  xxfi_negotiate: (
-    ptr: Pointer,
-    f0: number | bigint,
-    f1: number | bigint,
-    _f2: unknown,
-    _f3: unknown,
-    pf0: Pointer,
-    pf1: Pointer,
-    pf2: Pointer,
-    pf3: Pointer,
-  ) =>
+  xxfi_eom: (ptr) => callStage("eom", ptr, () => ({ args: [] })),
+  xxfi_abort: (ptr) => callStage("abort", ptr, () => ({ args: [] })),
+  xxfi_close: (ptr) => callStage("close", ptr, () => ({ args: [] })),
+  xxfi_unknown: (ptr, command) => callStage("unknown", ptr, () => strings(command)),
+  xxfi_data: (ptr) => callStage("data", ptr, () => ({ args: [] })),
+  xxfi_negotiate: (ptr, f0, f1, _f2, _f3, pf0, pf1, pf2, pf3) =>
     dispatch("negotiate", ptr, (session, r) => {
       const fn = r.callbacks.negotiate;
       if (!fn) {
@@ -587,8 +574,8 @@ const TRAMPOLINES: Record<CallbackSymbol, (...args: any[]) => number> = {
       }
       const result = Reflect.apply(fn, r.self, [
         session.ctx,
-        decodeMask(FLAG_BITS, Number(f0)),
-        decodeMask(STEP_BITS, Number(f1)),
+        decodeMask(FLAG_BITS, f0),
+        decodeMask(STEP_BITS, f1),
       ]);
       return answerNegotiate(result, [pf0, pf1, pf2, pf3], session, r);
     }),

@@ -15,8 +15,10 @@
  * @module
  */
 
+import { countOpenFds, type FileLimit, fileLimit, setFileLimit } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
-import { rlimitNofile } from "./runtime.ts";
+
+export type { FileLimit };
 
 /** koffi async calls the binding itself may hold: smfi_main, smfi_stop, and a margin. */
 export const RESERVED_ASYNC_CALLS = 8;
@@ -25,20 +27,6 @@ export const RESERVED_ASYNC_CALLS = 8;
  * listening socket is already open: main creates it before applying the limit.)
  */
 const LIBMILTER_OWN_FDS = 2;
-const F_GETFD = 1;
-
-/** The soft and hard limits on open files. */
-export interface FileLimit {
-  readonly soft: number;
-  readonly hard: number;
-}
-
-/** Counts open descriptors numbered below `below`. */
-function countOpenFds(lib: Libmilter, below: number): number {
-  let n = 0;
-  for (let fd = 0; fd < below; fd++) if ((lib.libc.fcntl!(fd, F_GETFD) as number) !== -1) n++;
-  return n;
-}
 
 /**
  * The soft file limit that bounds connections. It always stays below
@@ -72,26 +60,19 @@ export function connectionFileLimit(
  * `null` when the platform's RLIMIT_NOFILE is unknown or the call failed.
  */
 export function applyConnectionLimit(lib: Libmilter, maxConnections: number | undefined): FileLimit | null {
-  const { getrlimit, setrlimit, fcntl } = lib.libc;
-  const resource = rlimitNofile();
-  if (resource === null || !getrlimit || !setrlimit || !fcntl) return null;
-  const current: { rlim_cur: number | bigint; rlim_max: number | bigint } = { rlim_cur: 0, rlim_max: 0 };
-  if ((getrlimit(resource, current) as number) !== 0) return null;
-  const previous = { soft: Number(current.rlim_cur), hard: Number(current.rlim_max) };
+  const previous = fileLimit(lib.libc);
+  if (previous === null || countOpenFds(lib.libc, 0) === null) return null;
   const soft = connectionFileLimit(
     lib.maxAsyncCalls,
     previous.hard,
     maxConnections,
     LIBMILTER_OWN_FDS,
-    (n) => countOpenFds(lib, n),
+    (n) => countOpenFds(lib.libc, n)!,
   );
-  if ((setrlimit(resource, { rlim_cur: soft, rlim_max: current.rlim_max }) as number) !== 0) return null;
-  return previous;
+  return setFileLimit(lib.libc, { soft, hard: previous.hard }) ? previous : null;
 }
 
 /** Puts back the limit {@linkcode applyConnectionLimit} replaced. */
 export function restoreFileLimit(lib: Libmilter, previous: FileLimit | null): void {
-  const resource = rlimitNofile();
-  if (previous === null || resource === null) return;
-  lib.libc.setrlimit?.(resource, { rlim_cur: previous.soft, rlim_max: previous.hard });
+  if (previous !== null) setFileLimit(lib.libc, previous);
 }

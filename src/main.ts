@@ -9,15 +9,15 @@ import { chmodSync, statSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
 import { connectHost, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
-import type { Libmilter, NativeFunction } from "../ffi/load.ts";
+import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
+import type { Libmilter } from "../ffi/load.ts";
 import { blockingThread, runBlocking } from "../ffi/thread.ts";
 import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
-import { check, describe, fail, MilterError, requireInt } from "./error.ts";
+import { check, describe, fail, milterError, requireInt } from "./error.ts";
 import { isRegistered } from "./filter.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
-import { setListenerNoDelay } from "./nodelay.ts";
 import { onStopSignals, writeStderr } from "./runtime.ts";
 
 function beforeMain(fn: string): void {
@@ -74,6 +74,20 @@ export function opensocket(rmsocket: boolean): void {
   beforeMain("opensocket");
   if (typeof rmsocket !== "boolean") fail("opensocket", `expected a boolean, got ${describe(rmsocket)}`);
   createSocket("opensocket", rmsocket);
+}
+
+/**
+ * TCP_NODELAY on libmilter's listening socket, found as this process's
+ * listening TCP socket on `port` (libmilter does not expose it). libmilter
+ * leaves Nagle's algorithm on, and at end of message a filter's modifications
+ * go out as several small writes: Nagle holds the last one until the MTA's
+ * delayed ACK, about 40 ms per message over `inet:`. Linux copies the option
+ * from a listening socket to the connections it accepts. `false` where it
+ * cannot be done (not Linux, or no such socket).
+ */
+function setListenerNoDelay(lib: Libmilter, port: number): boolean {
+  const fd = findTcpListener(lib.libc, port);
+  return fd !== null && setTcpNoDelay(lib.libc, fd);
 }
 
 /** smfi_opensocket, then the socket's permissions. */
@@ -185,9 +199,7 @@ export function setdbg(level: number): void {
  * @throws {MilterError} for a value below 1.
  */
 export function setmaxdatasize(size: number): number {
-  const previous = Number(
-    native("setmaxdatasize").fn.smfi_setmaxdatasize(requireInt("setmaxdatasize", "the size", size, 1)),
-  );
+  const previous = native("setmaxdatasize").setmaxdatasize(requireInt("setmaxdatasize", "the size", size, 1));
   lifecycle.maxDataSize = size;
   return previous;
 }
@@ -199,9 +211,7 @@ export function setmaxdatasize(size: number): number {
  * @throws {MilterError} when libmilter cannot be loaded.
  */
 export function version(): [number, number, number] {
-  const out = [[0], [0], [0]] as [number[], number[], number[]];
-  check("version", native("version").fn.smfi_version(out[0], out[1], out[2]));
-  return [out[0][0], out[1][0], out[2][0]];
+  return native("version").version() ?? fail("version", "libmilter returned MI_FAILURE", { code: -1 });
 }
 
 /** Options of {@linkcode main}, an extension of the OCaml `main : unit -> unit`. */
@@ -291,7 +301,7 @@ function start(options: MainOptions): Promise<void> {
   }
   lifecycle.phase = "running";
   warnWithoutShim(lib);
-  const watch = watchLibmilterStop(lib.internal.mi_stop);
+  const watch = watchLibmilterStop(lib);
   return new Promise<void>((resolve, reject) => {
     const done = async (error: unknown, rc: number): Promise<void> => {
       clearInterval(watch);
@@ -305,11 +315,11 @@ function start(options: MainOptions): Promise<void> {
       // program exiting right after main never tears down with native work
       // still running on another thread.
       await stopReturned;
-      if (error) reject(new MilterError("Milter.main", `smfi_main could not run: ${error}`, { cause: error }));
+      if (error) reject(milterError("main", `smfi_main could not run: ${error}`, { cause: error }));
       else if (rc !== MI_SUCCESS) {
         reject(
-          new MilterError(
-            "Milter.main",
+          milterError(
+            "main",
             `libmilter failed on ${lifecycle.conn} (could not listen, or ` +
               "repeated accept/thread failures; libmilter logs the cause to syslog)",
             { code: rc },
@@ -345,10 +355,10 @@ function warnWithoutShim(lib: Libmilter): void {
  * milter_default_action). Watch for that, say so, and wake the accept loop so
  * main returns at once rather than up to 5 seconds later.
  */
-function watchLibmilterStop(miStop: NativeFunction | null): ReturnType<typeof setInterval> | undefined {
-  if (!miStop) return undefined;
+function watchLibmilterStop(lib: Libmilter): ReturnType<typeof setInterval> | undefined {
+  if (lib.stopping() === null) return undefined;
   return setInterval(() => {
-    if (lifecycle.phase !== "running" || (miStop() as number) === 0) return;
+    if (lifecycle.phase !== "running" || !lib.stopping()) return;
     lifecycle.phase = "draining";
     writeStderr(
       "milter: libmilter's signal thread took the stop signal; open connections end now without draining " +

@@ -6,10 +6,21 @@
  */
 
 import { INSTALL_HINTS, type Libmilter, LIBMILTER_PATH_ENV, LoadFailure, openLibmilter } from "../ffi/load.ts";
+import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { fail } from "./error.ts";
 import { env } from "./runtime.ts";
 
 let loaded: Libmilter | undefined;
+
+/** What calling an optional `smfi_*` function this libmilter build lacks raises. */
+function missingFunction(symbol: OptionalSymbol, path: string): never {
+  const name = symbol.replace(/^smfi_/, "").replace(/_fixed$/, "");
+  fail(
+    name,
+    `${path} has no ${symbol.replace(/_fixed$/, "")} (an older or trimmed libmilter build); ` +
+      `${name} cannot be used with it`,
+  );
+}
 
 /**
  * Returns the opened libmilter, loading it on first use.
@@ -20,7 +31,7 @@ let loaded: Libmilter | undefined;
 export function native(fn: string): Libmilter {
   if (loaded) return loaded;
   try {
-    loaded = openLibmilter(env(LIBMILTER_PATH_ENV) || undefined);
+    loaded = openLibmilter(env(LIBMILTER_PATH_ENV) || undefined, missingFunction);
   } catch (error) {
     if (!(error instanceof LoadFailure)) throw error;
     const tried = error.attempts.map((a) => `  ${a.name}: ${a.error}`).join("\n");

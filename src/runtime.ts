@@ -34,25 +34,3 @@ export function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => 
 export function writeStderr(line: string): void {
   process.stderr.write(line.endsWith("\n") ? line : `${line}\n`);
 }
-
-/** The platform's RLIMIT_NOFILE resource number, or `null` where unknown. */
-export function rlimitNofile(): number | null {
-  switch (process.platform) {
-    case "linux":
-      return 7;
-    case "freebsd":
-    case "darwin":
-    case "openbsd":
-    case "netbsd":
-      return 8;
-    default:
-      return null;
-  }
-}
-
-/** A short name of the runtime, for messages and tests. */
-export function runtimeName(): "deno" | "bun" | "node" {
-  if ("Deno" in globalThis) return "deno";
-  if ("Bun" in globalThis) return "bun";
-  return "node";
-}
