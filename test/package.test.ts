@@ -3,14 +3,17 @@
  * project, then imported by name under Node 20 (this machine's), 22 and 24
  * (from the npm registry's node-<platform>-<arch> packages, installed on
  * first use into node_modules/.cache) and Bun; its `milter-test` command
- * under each. And Deno with exactly the permissions the README names.
+ * under each. Under each, the installed package finds its prebuilt native
+ * shim (it is in the tarball for every target), main runs on it, and
+ * process.exit() ends the process at once. And Deno with exactly the
+ * permissions the README names.
  *
  * dist/ itself: plain `node` imports the package by name with no TypeScript
  * tooling, and its declarations type-check a consumer. One file, so that only
  * one build (npm pack's prepack) writes dist/ at a time.
  */
 
-import { execFile, execFileSync } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
 import {
   copyFileSync,
   existsSync,
@@ -18,6 +21,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
@@ -34,6 +38,7 @@ const run = promisify(execFile);
 const work = mkdtempSync(join(tmpdir(), "milter-package-"));
 const project = join(work, "consumer");
 const checkDir = join(ROOT, "dist-check");
+let tarball = "";
 afterAll(() => {
   rmSync(work, { recursive: true, force: true });
   rmSync(checkDir, { recursive: true, force: true });
@@ -56,12 +61,42 @@ function nodeBinary(major: number): string {
 beforeAll(async () => {
   // npm pack runs prepack, which builds dist/.
   const { stdout } = await run("npm", ["pack", "--pack-destination", work, "--silent"], { cwd: ROOT });
-  const tarball = join(work, stdout.trim().split("\n").at(-1)!);
+  tarball = join(work, stdout.trim().split("\n").at(-1)!);
   mkdirSync(project);
   writeFileSync(join(project, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
   await run("npm", ["install", "--no-audit", "--no-fund", tarball], { cwd: project });
   copyFileSync(join(ROOT, "test/fixtures/packed-consumer.mjs"), join(project, "consumer.mjs"));
 }, 300_000);
+
+/** The prebuilt shims the package ships, `<os>-<arch>-<libc>`. */
+const TARGETS = ["linux-x64-gnu", "linux-arm64-gnu", "linux-x64-musl"];
+/** This machine's target, told apart without the package's own code. */
+const libc = (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header.glibcVersionRuntime
+  ? "gnu"
+  : "musl";
+const TARGET = `${process.platform}-${process.arch}-${libc}`;
+/** What src/main.ts writes to stderr when main runs without the shim. */
+const NO_SHIM = "worker pool instead";
+/** The environment of the consumers: no override of the shim's path. */
+const consumerEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  delete env.MILTER_SHIM_PATH;
+  return env;
+};
+/** Where the installed package's prebuilt shim for this machine lies. */
+const installedShim = (): string =>
+  join(realpathSync(project), "node_modules/@milterjs/milter/dist/ffi/shim/prebuilt", TARGET, "libmilter_shim.so");
+
+test("the tarball carries the prebuilt shim of every target, and npm installs them", async () => {
+  const { stdout } = await run("tar", ["-tzf", tarball]);
+  const files = stdout.split("\n");
+  for (const target of TARGETS) {
+    const path = `dist/ffi/shim/prebuilt/${target}/libmilter_shim.so`;
+    expect(files, path).toContain(`package/${path}`);
+    expect(existsSync(join(project, "node_modules/@milterjs/milter", path)), path).toBe(true);
+  }
+  expect(TARGETS).toContain(TARGET);
+});
 
 const RUNTIMES: [string, () => string, RegExp][] = [
   ["Node 20 (this machine's)", () => process.execPath, /^node v20\./],
@@ -71,13 +106,48 @@ const RUNTIMES: [string, () => string, RegExp][] = [
 ];
 
 describe.each(RUNTIMES)("the packed package under %s", (_name, binary, version) => {
-  test("imports by name, runs a filter, answers the test client", async () => {
-    const { stdout } = await run(binary(), ["consumer.mjs"], { cwd: project, timeout: 60_000 });
+  test("imports by name, runs a filter on its prebuilt shim, answers the test client", async () => {
+    const { stdout, stderr } = await run(binary(), ["consumer.mjs"], {
+      cwd: project,
+      timeout: 60_000,
+      env: consumerEnv(),
+    });
     const out = JSON.parse(stdout);
     expect(out.runtime).toMatch(version);
     expect(out.version).toEqual([1, 0, 1]); // the system libmilter, loaded by the installed package
     expect(out.reply).toEqual({ action: "continue" });
     expect(out.modifications).toEqual([{ type: "addheader", name: "X-Runtime", value: out.runtime }]);
+    // main ran on the shim the package ships, not on the runtime's worker pool.
+    expect(out.shims).toEqual([installedShim()]);
+    expect(stderr).not.toContain(NO_SHIM);
+  }, 300_000);
+
+  test("process.exit(7) while main runs ends the process at once, with code 7", async () => {
+    const child = spawn(binary(), ["consumer.mjs"], {
+      cwd: project,
+      env: consumerEnv({ EXIT_AFTER_MAIN: "7" }),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "", stderr = "", running = 0;
+    child.stderr.setEncoding("utf8").on("data", (text: string) => (stderr += text));
+    child.stdout.setEncoding("utf8").on("data", (text: string) => {
+      stdout += text;
+      if (stdout.includes("\n")) running ||= Date.now();
+    });
+    const killer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    const exit = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+      child.on("exit", (code, signal) => resolve([code, signal]))
+    );
+    const exited = Date.now();
+    clearTimeout(killer);
+    expect(exit, stderr).toEqual([7, null]);
+    expect(stderr).not.toContain(NO_SHIM);
+    const out = JSON.parse(stdout);
+    expect(out.runtime).toMatch(version);
+    expect(out.modifications).toEqual([{ type: "addheader", name: "X-Runtime", value: out.runtime }]);
+    expect(out.shims).toEqual([installedShim()]);
+    expect(running).toBeGreaterThan(0);
+    expect(exited - running).toBeLessThan(5000); // without the shim, Node would wait for the filter to stop
   }, 300_000);
 
   test("its milter-test command runs", async () => {
@@ -124,9 +194,10 @@ test("the declarations point at .js files, as older compilers and type checkers 
 });
 
 test("plain node imports the package by name from this checkout's dist/ and runs a filter", async () => {
-  const { stdout } = await run(process.execPath, [join(ROOT, "test/fixtures/packed-consumer.mjs")], {
+  const { stdout, stderr } = await run(process.execPath, [join(ROOT, "test/fixtures/packed-consumer.mjs")], {
     cwd: ROOT,
     timeout: 60_000,
+    env: consumerEnv(),
   });
   const runtime = `node ${process.version}`;
   expect(JSON.parse(stdout)).toEqual({
@@ -134,7 +205,9 @@ test("plain node imports the package by name from this checkout's dist/ and runs
     version: [1, 0, 1],
     reply: { action: "continue" },
     modifications: [{ type: "addheader", name: "X-Runtime", value: runtime }],
+    shims: [join(realpathSync(ROOT), "dist/ffi/shim/prebuilt", TARGET, "libmilter_shim.so")],
   });
+  expect(stderr).not.toContain(NO_SHIM);
 });
 
 test("the milter-test command runs under plain node from dist/", async () => {
