@@ -35,7 +35,7 @@ export type LibmilterFunctions =
 export interface Libmilter {
   /** The file name or path that loaded. */
   readonly path: string;
-  readonly fn: Readonly<LibmilterFunctions>;
+  readonly functions: Readonly<LibmilterFunctions>;
   /** Whether this build has the optional function `symbol`. */
   has(symbol: OptionalSymbol): boolean;
   /** libc helpers, each `null` where the C library lacks it; see `ffi/libc.ts`. */
@@ -227,7 +227,7 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
   const functions = fn as unknown as LibmilterFunctions;
   return {
     path,
-    fn: functions,
+    functions,
     has: (symbol) => optional[symbol] !== null,
     libc,
     maxAsyncCalls,

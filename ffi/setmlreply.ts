@@ -37,13 +37,13 @@ export function setmlreply(
 ): number {
   if (FIXED_ARITY_IS_SAFE) {
     const slots = Array.from({ length: MAXREPLIES + 1 }, (_, i) => lines[i] ?? null) as FixedSlots;
-    return lib.fn.smfi_setmlreply_fixed(ctx, rcode, xcode, ...slots);
+    return lib.functions.smfi_setmlreply_fixed(ctx, rcode, xcode, ...slots);
   }
   const pairs = lines.flatMap((line) => ["const char *", line]);
-  return lib.fn.smfi_setmlreply(ctx, rcode, xcode, ...pairs, "const char *", null);
+  return lib.functions.smfi_setmlreply(ctx, rcode, xcode, ...pairs, "const char *", null);
 }
 
 /** The 32 line slots and the NULL terminator of the fixed declaration. */
-type FixedSlots = Parameters<Libmilter["fn"]["smfi_setmlreply_fixed"]> extends [unknown, unknown, unknown, ...infer S]
-  ? S
+type FixedSlots = Parameters<Libmilter["functions"]["smfi_setmlreply_fixed"]> extends
+  [unknown, unknown, unknown, ...infer S] ? S
   : never;

@@ -12,46 +12,104 @@ import { cStringBytes } from "../ffi/libc.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
+import type { Libmilter } from "../ffi/load.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
 import type { Ctx } from "./ctx.ts";
 
-function requireString(fn: string, what: string, value: unknown): string {
-  if (typeof value !== "string") fail(fn, `${what} must be a string, got ${describe(value)}`);
-  if (value.includes("\0")) fail(fn, `${what} contains a NUL byte`);
-  return value;
-}
-
-function optionalString(fn: string, what: string, value: unknown): string | null {
-  return value === null || value === undefined ? null : requireString(fn, what, value);
-}
-
 /**
- * A header name: printable US-ASCII without `:` or space (RFC 5322 field
- * name). Anything else would make the MTA write a different header, or
- * several, than the one asked for.
+ * One facade function, named once: the checks of its arguments and context,
+ * its errors (`Milter.<name>: …`) and its calls into libmilter all say which
+ * function they belong to.
  */
-function requireHeaderName(fn: string, name: unknown): string {
-  const text = requireString(fn, "the header name", name);
-  if (!/^[\x21-\x39\x3b-\x7e]+$/.test(text)) {
-    fail(fn, `the header name ${describe(text)} must be printable US-ASCII without ":" or spaces (RFC 5322)`);
-  }
-  return text;
-}
+class Op {
+  constructor(readonly name: string) {}
 
-/**
- * A header value: a line break is allowed only to fold it (CRLF or LF
- * followed by a space or tab), so that a value can never start a header or
- * the body of its own.
- */
-function requireHeaderValue(fn: string, value: unknown): string {
-  const text = requireString(fn, "the header value", value);
-  if (/\r(?!\n)|\r?\n(?![ \t])/.test(text)) {
-    fail(fn, "the header value has a line break that does not fold it (CR, LF or CRLF not followed by a space or tab)");
+  /** Throws the function's {@linkcode MilterError}. */
+  fail(reason: string): never {
+    return fail(this.name, reason);
   }
-  return text;
+
+  /** The check funnel: returns on MI_SUCCESS, else throws with `why()` as the reason. */
+  check(rc: number, why?: () => string): void {
+    check(this.name, rc, why);
+  }
+
+  /** libmilter's functions, loading the library on first use. */
+  get libmilter(): Libmilter["functions"] {
+    return native(this.name).functions;
+  }
+
+  /** `value` as a string argument without NUL bytes. */
+  string(what: string, value: unknown): string {
+    if (typeof value !== "string") this.fail(`${what} must be a string, got ${describe(value)}`);
+    if (value.includes("\0")) this.fail(`${what} contains a NUL byte`);
+    return value;
+  }
+
+  /** `value` as an optional string argument: `null` for null or undefined. */
+  optionalString(what: string, value: unknown): string | null {
+    return value === null || value === undefined ? null : this.string(what, value);
+  }
+
+  /** `value` as an integer from `min` to a C int's maximum. */
+  int(what: string, value: unknown, min: number): number {
+    return requireInt(this.name, what, value, min);
+  }
+
+  /**
+   * A header name: printable US-ASCII without `:` or space (RFC 5322 field
+   * name). Anything else would make the MTA write a different header, or
+   * several, than the one asked for.
+   */
+  headerName(name: unknown): string {
+    const text = this.string("the header name", name);
+    if (!/^[\x21-\x39\x3b-\x7e]+$/.test(text)) {
+      this.fail(`the header name ${describe(text)} must be printable US-ASCII without ":" or spaces (RFC 5322)`);
+    }
+    return text;
+  }
+
+  /**
+   * A header value: a line break is allowed only to fold it (CRLF or LF
+   * followed by a space or tab), so that a value can never start a header or
+   * the body of its own.
+   */
+  headerValue(value: unknown): string {
+    const text = this.string("the header value", value);
+    if (/\r(?!\n)|\r?\n(?![ \t])/.test(text)) {
+      this.fail(
+        "the header value has a line break that does not fold it (CR, LF or CRLF not followed by a space or tab)",
+      );
+    }
+    return text;
+  }
+
+  /** The session of `ctx`, checked to be usable now. */
+  session(ctx: unknown): Session {
+    return active(this.name, ctx);
+  }
+
+  /** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
+  inCallback(ctx: unknown, allowed: readonly CallbackName[]): Session {
+    const session = this.session(ctx);
+    if (!allowed.includes(session.callback!)) {
+      this.fail(`only allowed in ${allowed.join(" or ")}, not in ${session.callback}`);
+    }
+    return session;
+  }
+
+  /** A modification at end of message: the session, with the reason libmilter may refuse it. */
+  inEom(ctx: unknown, flag: Flag): [Session, () => string] {
+    const session = this.inCallback(ctx, ["eom"]);
+    const why = (): string =>
+      (session.actions & FLAG_BITS[flag]) === 0
+        ? `the filter did not declare Flag.${flag} (in Filter.flags or from negotiate)`
+        : `libmilter refused (the MTA may not offer Flag.${flag}, or the connection failed)`;
+    return [session, why];
+  }
 }
 
 /** The bytes libmilter sends for a header modification, and what it refuses above. */
@@ -63,24 +121,23 @@ function headerTooLarge(name: string, value: string | null, indexed: boolean): s
     `(${lifecycle.maxDataSize}; raise it with setmaxdatasize, within what the MTA accepts)`;
 }
 
-/** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
-function inCallback(fn: string, ctx: Ctx, allowed: readonly CallbackName[]): Session {
-  const session = active(fn, ctx);
-  if (!allowed.includes(session.callback!)) {
-    fail(fn, `only allowed in ${allowed.join(" or ")}, not in ${session.callback}`);
-  }
-  return session;
-}
-
-/** A modification at end of message: the session, with the reason libmilter may refuse it. */
-function inEom(fn: string, ctx: Ctx, flag: Flag): [Session, () => string] {
-  const session = inCallback(fn, ctx, ["eom"]);
-  const why = (): string =>
-    (session.actions & FLAG_BITS[flag]) === 0
-      ? `the filter did not declare Flag.${flag} (in Filter.flags or from negotiate)`
-      : `libmilter refused (the MTA may not offer Flag.${flag}, or the connection failed)`;
-  return [session, why];
-}
+const GETSYMVAL: Op = new Op("getsymval");
+const GETPRIV: Op = new Op("getpriv");
+const SETPRIV: Op = new Op("setpriv");
+const SETREPLY: Op = new Op("setreply");
+const SETMLREPLY: Op = new Op("setmlreply");
+const ADDHEADER: Op = new Op("addheader");
+const CHGHEADER: Op = new Op("chgheader");
+const INSHEADER: Op = new Op("insheader");
+const CHGFROM: Op = new Op("chgfrom");
+const ADDRCPT: Op = new Op("addrcpt");
+const ADDRCPT_PAR: Op = new Op("addrcpt_par");
+const DELRCPT: Op = new Op("delrcpt");
+const REPLACEBODY: Op = new Op("replacebody");
+const PROGRESS: Op = new Op("progress");
+const QUARANTINE: Op = new Op("quarantine");
+const SETSYMLIST: Op = new Op("setsymlist");
+const RAWARGS: Op = new Op("rawargs");
 
 /** Where an SMTP reply can follow: every callback but negotiate. */
 const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !== "negotiate");
@@ -94,9 +151,9 @@ const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !==
  * @throws {MilterError} outside a callback of the context's connection.
  */
 export function getsymval(ctx: Ctx, name: string): string | null {
-  const session = active("getsymval", ctx);
-  requireString("getsymval", "the macro name", name);
-  return native("getsymval").fn.smfi_getsymval(session.ptr, name);
+  const session = GETSYMVAL.session(ctx);
+  GETSYMVAL.string("the macro name", name);
+  return GETSYMVAL.libmilter.smfi_getsymval(session.ptr, name);
 }
 
 /**
@@ -106,7 +163,7 @@ export function getsymval(ctx: Ctx, name: string): string | null {
  * @throws {MilterError} outside a callback of the context's connection.
  */
 export function getpriv<T = unknown>(ctx: Ctx): T | null {
-  return active("getpriv", ctx).priv as T | null;
+  return GETPRIV.session(ctx).priv as T | null;
 }
 
 /**
@@ -117,7 +174,7 @@ export function getpriv<T = unknown>(ctx: Ctx): T | null {
  * @throws {MilterError} outside a callback of the context's connection.
  */
 export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
-  active("setpriv", ctx).priv = data ?? null;
+  SETPRIV.session(ctx).priv = data ?? null;
 }
 
 /**
@@ -130,13 +187,14 @@ export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
  * @throws {MilterError} outside a callback, or when the codes or text are invalid.
  */
 export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message?: string | null): void {
-  const session = inCallback("setreply", ctx, REPLY_STAGES);
-  requireString("setreply", "rcode", rcode);
-  const x = optionalString("setreply", "xcode", xcode);
-  const text = optionalString("setreply", "message", message);
+  const op = SETREPLY;
+  const session = op.inCallback(ctx, REPLY_STAGES);
+  op.string("rcode", rcode);
+  const x = op.optionalString("xcode", xcode);
+  const text = op.optionalString("message", message);
   const problem = replyCodeProblem(rcode, x) ?? (text === null ? null : replyLinesProblem([text]));
-  if (problem) fail("setreply", problem);
-  check("setreply", native("setreply").fn.smfi_setreply(session.ptr, rcode, x, text));
+  if (problem) op.fail(problem);
+  op.check(op.libmilter.smfi_setreply(session.ptr, rcode, x, text));
 }
 
 /**
@@ -147,17 +205,16 @@ export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message
  * @throws {MilterError} outside a callback, or when the codes or lines are invalid (never truncated).
  */
 export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undefined, lines: string[]): void {
-  const session = inCallback("setmlreply", ctx, REPLY_STAGES);
-  requireString("setmlreply", "rcode", rcode);
-  const x = optionalString("setmlreply", "xcode", xcode);
-  if (!Array.isArray(lines)) fail("setmlreply", `lines must be an array of strings, got ${describe(lines)}`);
+  const op = SETMLREPLY;
+  const session = op.inCallback(ctx, REPLY_STAGES);
+  op.string("rcode", rcode);
+  const x = op.optionalString("xcode", xcode);
+  if (!Array.isArray(lines)) op.fail(`lines must be an array of strings, got ${describe(lines)}`);
   const problem = replyCodeProblem(rcode, x) ?? replyLinesProblem(lines);
-  if (problem) fail("setmlreply", problem);
-  for (const line of lines) requireString("setmlreply", "a line", line);
-  if (lines.length > MAX_LINES) {
-    fail("setmlreply", `at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
-  }
-  check("setmlreply", callSetmlreply(native("setmlreply"), session.ptr, rcode, x, lines));
+  if (problem) op.fail(problem);
+  for (const line of lines) op.string("a line", line);
+  if (lines.length > MAX_LINES) op.fail(`at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
+  op.check(callSetmlreply(native(op.name), session.ptr, rcode, x, lines));
 }
 
 /**
@@ -171,14 +228,11 @@ export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undef
  * @throws {MilterError} outside eom, without the flag, for a name or value as above, or when libmilter fails.
  */
 export function addheader(ctx: Ctx, name: string, value: string): void {
-  const [session, why] = inEom("addheader", ctx, "ADDHDRS");
-  requireHeaderName("addheader", name);
-  requireHeaderValue("addheader", value);
-  check(
-    "addheader",
-    native("addheader").fn.smfi_addheader(session.ptr, name, value),
-    () => headerTooLarge(name, value, false) ?? why(),
-  );
+  const op = ADDHEADER;
+  const [session, why] = op.inEom(ctx, "ADDHDRS");
+  op.headerName(name);
+  op.headerValue(value);
+  op.check(op.libmilter.smfi_addheader(session.ptr, name, value), () => headerTooLarge(name, value, false) ?? why());
 }
 
 /**
@@ -190,15 +244,12 @@ export function addheader(ctx: Ctx, name: string, value: string): void {
  * @throws {MilterError} outside eom, without the flag, for a bad name or value, or when libmilter fails.
  */
 export function chgheader(ctx: Ctx, name: string, index: number, value: string | null | undefined): void {
-  const [session, why] = inEom("chgheader", ctx, "CHGHDRS");
-  requireHeaderName("chgheader", name);
-  requireInt("chgheader", "the index", index, 0);
-  const v = value === null || value === undefined ? null : requireHeaderValue("chgheader", value);
-  check(
-    "chgheader",
-    native("chgheader").fn.smfi_chgheader(session.ptr, name, index, v),
-    () => headerTooLarge(name, v, true) ?? why(),
-  );
+  const op = CHGHEADER;
+  const [session, why] = op.inEom(ctx, "CHGHDRS");
+  op.headerName(name);
+  op.int("the index", index, 0);
+  const v = value === null || value === undefined ? null : op.headerValue(value);
+  op.check(op.libmilter.smfi_chgheader(session.ptr, name, index, v), () => headerTooLarge(name, v, true) ?? why());
 }
 
 /**
@@ -210,13 +261,13 @@ export function chgheader(ctx: Ctx, name: string, index: number, value: string |
  * @throws {MilterError} outside eom, without the flag, for a bad name or value, or when libmilter fails.
  */
 export function insheader(ctx: Ctx, index: number, name: string, value: string): void {
-  const [session, why] = inEom("insheader", ctx, "ADDHDRS");
-  requireInt("insheader", "the index", index, 0);
-  requireHeaderName("insheader", name);
-  requireHeaderValue("insheader", value);
-  check(
-    "insheader",
-    native("insheader").fn.smfi_insheader(session.ptr, index, name, value),
+  const op = INSHEADER;
+  const [session, why] = op.inEom(ctx, "ADDHDRS");
+  op.int("the index", index, 0);
+  op.headerName(name);
+  op.headerValue(value);
+  op.check(
+    op.libmilter.smfi_insheader(session.ptr, index, name, value),
     () => headerTooLarge(name, value, true) ?? why(),
   );
 }
@@ -229,10 +280,10 @@ export function insheader(ctx: Ctx, index: number, name: string, value: string):
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
-  const [session, why] = inEom("chgfrom", ctx, "CHGFROM");
-  requireString("chgfrom", "the sender", from);
-  const a = optionalString("chgfrom", "args", args);
-  check("chgfrom", native("chgfrom").fn.smfi_chgfrom(session.ptr, from, a), why);
+  const op = CHGFROM;
+  const [session, why] = op.inEom(ctx, "CHGFROM");
+  op.string("the sender", from);
+  op.check(op.libmilter.smfi_chgfrom(session.ptr, from, op.optionalString("args", args)), why);
 }
 
 /**
@@ -242,9 +293,9 @@ export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function addrcpt(ctx: Ctx, rcpt: string): void {
-  const [session, why] = inEom("addrcpt", ctx, "ADDRCPT");
-  requireString("addrcpt", "the recipient", rcpt);
-  check("addrcpt", native("addrcpt").fn.smfi_addrcpt(session.ptr, rcpt), why);
+  const op = ADDRCPT;
+  const [session, why] = op.inEom(ctx, "ADDRCPT");
+  op.check(op.libmilter.smfi_addrcpt(session.ptr, op.string("the recipient", rcpt)), why);
 }
 
 /**
@@ -254,10 +305,10 @@ export function addrcpt(ctx: Ctx, rcpt: string): void {
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void {
-  const [session, why] = inEom("addrcpt_par", ctx, "ADDRCPT_PAR");
-  requireString("addrcpt_par", "the recipient", rcpt);
-  const a = optionalString("addrcpt_par", "args", args);
-  check("addrcpt_par", native("addrcpt_par").fn.smfi_addrcpt_par(session.ptr, rcpt, a), why);
+  const op = ADDRCPT_PAR;
+  const [session, why] = op.inEom(ctx, "ADDRCPT_PAR");
+  op.string("the recipient", rcpt);
+  op.check(op.libmilter.smfi_addrcpt_par(session.ptr, rcpt, op.optionalString("args", args)), why);
 }
 
 /**
@@ -267,9 +318,9 @@ export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void 
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function delrcpt(ctx: Ctx, rcpt: string): void {
-  const [session, why] = inEom("delrcpt", ctx, "DELRCPT");
-  requireString("delrcpt", "the recipient", rcpt);
-  check("delrcpt", native("delrcpt").fn.smfi_delrcpt(session.ptr, rcpt), why);
+  const op = DELRCPT;
+  const [session, why] = op.inEom(ctx, "DELRCPT");
+  op.check(op.libmilter.smfi_delrcpt(session.ptr, op.string("the recipient", rcpt)), why);
 }
 
 /**
@@ -280,13 +331,15 @@ export function delrcpt(ctx: Ctx, rcpt: string): void {
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function replacebody(ctx: Ctx, body: Uint8Array | string): void {
-  const [session, why] = inEom("replacebody", ctx, "CHGBODY");
-  let bytes: Uint8Array;
-  if (typeof body === "string") bytes = new TextEncoder().encode(body);
-  else if (body instanceof Uint8Array) bytes = body;
-  else fail("replacebody", `the body must be a Uint8Array or a string, got ${describe(body)}`);
-  if (bytes.length > 0x7fffffff) fail("replacebody", "the body is larger than 2 GiB");
-  check("replacebody", native("replacebody").fn.smfi_replacebody(session.ptr, bytes, bytes.length), why);
+  const op = REPLACEBODY;
+  const [session, why] = op.inEom(ctx, "CHGBODY");
+  const bytes = typeof body === "string"
+    ? new TextEncoder().encode(body)
+    : body instanceof Uint8Array
+    ? body
+    : op.fail(`the body must be a Uint8Array or a string, got ${describe(body)}`);
+  if (bytes.length > 0x7fffffff) op.fail("the body is larger than 2 GiB");
+  op.check(op.libmilter.smfi_replacebody(session.ptr, bytes, bytes.length), why);
 }
 
 /**
@@ -296,8 +349,8 @@ export function replacebody(ctx: Ctx, body: Uint8Array | string): void {
  * @throws {MilterError} outside eom, or when libmilter fails.
  */
 export function progress(ctx: Ctx): void {
-  const session = inCallback("progress", ctx, ["eom"]);
-  check("progress", native("progress").fn.smfi_progress(session.ptr));
+  const session = PROGRESS.inCallback(ctx, ["eom"]);
+  PROGRESS.check(PROGRESS.libmilter.smfi_progress(session.ptr));
 }
 
 /**
@@ -307,10 +360,11 @@ export function progress(ctx: Ctx): void {
  * @throws {MilterError} outside eom, without the flag, or when libmilter fails.
  */
 export function quarantine(ctx: Ctx, reason: string): void {
-  const [session, why] = inEom("quarantine", ctx, "QUARANTINE");
-  requireString("quarantine", "the reason", reason);
-  if (reason === "") fail("quarantine", "the reason must not be empty");
-  check("quarantine", native("quarantine").fn.smfi_quarantine(session.ptr, reason), why);
+  const op = QUARANTINE;
+  const [session, why] = op.inEom(ctx, "QUARANTINE");
+  op.string("the reason", reason);
+  if (reason === "") op.fail("the reason must not be empty");
+  op.check(op.libmilter.smfi_quarantine(session.ptr, reason), why);
 }
 
 /**
@@ -322,12 +376,12 @@ export function quarantine(ctx: Ctx, reason: string): void {
  * @throws {MilterError} outside negotiate, for an unknown stage, or when libmilter refuses.
  */
 export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
-  const session = inCallback("setsymlist", ctx, ["negotiate"]);
-  if (!isStage(stage)) fail("setsymlist", `expected a Stage, got ${describe(stage)}`);
-  requireString("setsymlist", "the macro list", macros);
-  check(
-    "setsymlist",
-    native("setsymlist").fn.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
+  const op = SETSYMLIST;
+  const session = op.inCallback(ctx, ["negotiate"]);
+  if (!isStage(stage)) op.fail(`expected a Stage, got ${describe(stage)}`);
+  op.string("the macro list", macros);
+  op.check(
+    op.libmilter.smfi_setsymlist(session.ptr, STAGE_CODES[stage], macros),
     () => `libmilter refused (a list for ${stage} was already set in this negotiation, or the list is empty)`,
   );
 }
@@ -345,9 +399,9 @@ export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
  * @throws {MilterError} outside a callback of the context's connection.
  */
 export function rawargs(ctx: Ctx): Uint8Array[] {
-  const session = active("rawargs", ctx);
-  const { libc } = native("rawargs");
+  const session = RAWARGS.session(ctx);
+  const { libc } = native(RAWARGS.name);
   return session.raw.map((ptr) =>
-    cStringBytes(libc, ptr) ?? fail("rawargs", "this C library has no strlen reachable through libmilter")
+    cStringBytes(libc, ptr) ?? RAWARGS.fail("this C library has no strlen reachable through libmilter")
   );
 }

@@ -185,6 +185,22 @@ export function connectHost(spec: { readonly kind: "inet" | "inet6"; readonly ho
   return spec.kind === "inet6" ? "::1" : "127.0.0.1";
 }
 
+/** Where to connect: a unix socket's path, or a TCP port and host. */
+export type ConnectTarget = {
+  /** A unix socket's path. */
+  readonly path: string;
+} | {
+  /** The TCP port. */
+  readonly port: number;
+  /** The host to connect to. */
+  readonly host: string;
+};
+
+/** Where to connect to reach the socket of `spec` (see {@linkcode connectHost}). */
+export function connectTarget(spec: SocketSpec): ConnectTarget {
+  return spec.kind === "unix" ? { path: spec.path } : { port: spec.port, host: connectHost(spec) };
+}
+
 /** The longest delay `setTimeout` keeps (2³¹ − 1 ms, about 24.8 days); longer ones fire at once. */
 export const MAX_TIMER_MS = 0x7fffffff;
 

@@ -54,6 +54,11 @@ export function check(fn: string, rc: number, why?: () => string): void {
   fail(fn, reason, { code: rc });
 }
 
+/** Whether `value` is a Promise or any other thenable. */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as { then?: unknown } | null | undefined)?.then === "function";
+}
+
 /**
  * A short description of a value for error messages. Total: a value that
  * cannot even be inspected (a revoked Proxy) is "an uninspectable value".
@@ -72,7 +77,7 @@ function describeValue(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
   if (typeof value === "object") {
     if (Array.isArray(value)) return "an array";
-    if (typeof (value as { then?: unknown }).then === "function") return "a Promise";
+    if (isThenable(value)) return "a Promise";
     return `an object (${value.constructor?.name ?? "null prototype"})`;
   }
   if (typeof value === "function") return "a function";

@@ -32,7 +32,7 @@ import {
 import type { CallbackHandler, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, isOpen, leave, release, type Session } from "./ctx.ts";
-import { describe, fail } from "./error.ts";
+import { describe, fail, isThenable } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";
@@ -285,7 +285,7 @@ export function register(filter: Filter): void {
     keepAlive.push(ptr);
     desc[symbol] = ptr;
   }
-  const rc = lib.fn.smfi_register(desc as unknown as SmfiDesc);
+  const rc = lib.functions.smfi_register(desc as unknown as SmfiDesc);
   if (rc !== MI_SUCCESS) {
     fail(
       "register",
@@ -327,7 +327,7 @@ function statCode(callback: CallbackName, value: unknown, noReply: boolean): num
     throw new BadReturn(`the ${callback} callback returned ${describe(value)}, ${why}`);
   };
   if (!isStat(value)) {
-    const awaited = typeof (value as { then?: unknown })?.then === "function";
+    const awaited = isThenable(value);
     bad(
       `not a Stat${
         awaited ? "; callbacks must answer synchronously (libmilter's thread waits for the return value)" : ""
@@ -369,7 +369,7 @@ function kindOf(error: unknown): "bad-return" | "exception" {
 /** Answers Tempfail with the 451 4.3.0 reply of a failed callback. */
 function tempfail(ptr: Pointer, filterName: string): number {
   try {
-    native("setreply").fn.smfi_setreply(ptr, "451", "4.3.0", failureReply(filterName));
+    native("setreply").functions.smfi_setreply(ptr, "451", "4.3.0", failureReply(filterName));
   } catch {
     // the Tempfail still goes out, with the MTA's default text
   }
@@ -463,8 +463,8 @@ function callStage(callback: CallbackName, ptr: Pointer, decode: () => Decoded):
     const { args, raw = [] } = decode();
     session.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
-    if (typeof (result as { then?: unknown })?.then === "function") {
-      (result as Promise<unknown>).then(
+    if (isThenable(result)) {
+      result.then(
         undefined,
         (error) => report(error, { callback, filter: r.name, ctx: session.ctx, kind: "exception" }),
       );

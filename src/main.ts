@@ -6,9 +6,8 @@
  */
 
 import { chmodSync, statSync, unlinkSync } from "node:fs";
-import { connect as netConnect } from "node:net";
 import { MI_SUCCESS } from "../ffi/constants.ts";
-import { connectHost, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
+import { connectTarget, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
 import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
 import { blockingThread, runBlocking } from "../ffi/thread.ts";
@@ -18,7 +17,7 @@ import { isRegistered } from "./filter.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
-import { onStopSignals, writeStderr } from "./runtime.ts";
+import { connectTo, onStopSignals, writeStderr } from "./runtime.ts";
 
 function beforeMain(fn: string): void {
   if (lifecycle.phase !== "idle") fail(fn, "must be called before main");
@@ -55,7 +54,11 @@ export function setconn(conn: string): void {
       `${JSON.stringify(conn)} must be ${conn.split(":")[0]}:port@host${numeric ? " with a port from 1 to 65535" : ""}`,
     );
   }
-  check("setconn", native("setconn").fn.smfi_setconn(conn), () => "libmilter refused the socket spec (out of memory?)");
+  check(
+    "setconn",
+    native("setconn").functions.smfi_setconn(conn),
+    () => "libmilter refused the socket spec (out of memory?)",
+  );
   lifecycle.conn = conn;
   lifecycle.socket = socket;
 }
@@ -96,7 +99,7 @@ function createSocket(fn: string, rmsocket: boolean): void {
   if (lifecycle.conn === null) fail(fn, "call setconn first");
   check(
     fn,
-    native(fn).fn.smfi_opensocket(rmsocket),
+    native(fn).functions.smfi_opensocket(rmsocket),
     () =>
       `cannot create ${lifecycle.conn} (address in use, a stale socket file without opensocket(true), ` +
       "or a missing directory or permission)",
@@ -166,7 +169,10 @@ export function settcpnodelay(on: boolean): void {
  */
 export function settimeout(seconds: number): void {
   beforeMain("settimeout");
-  check("settimeout", native("settimeout").fn.smfi_settimeout(requireInt("settimeout", "the timeout", seconds, 0)));
+  check(
+    "settimeout",
+    native("settimeout").functions.smfi_settimeout(requireInt("settimeout", "the timeout", seconds, 0)),
+  );
 }
 
 /**
@@ -177,7 +183,10 @@ export function settimeout(seconds: number): void {
  */
 export function setbacklog(backlog: number): void {
   beforeMain("setbacklog");
-  check("setbacklog", native("setbacklog").fn.smfi_setbacklog(requireInt("setbacklog", "the backlog", backlog, 1)));
+  check(
+    "setbacklog",
+    native("setbacklog").functions.smfi_setbacklog(requireInt("setbacklog", "the backlog", backlog, 1)),
+  );
 }
 
 /**
@@ -187,7 +196,7 @@ export function setbacklog(backlog: number): void {
  * @throws {MilterError} for a negative or non-integer level.
  */
 export function setdbg(level: number): void {
-  check("setdbg", native("setdbg").fn.smfi_setdbg(requireInt("setdbg", "the debug level", level, 0)));
+  check("setdbg", native("setdbg").functions.smfi_setdbg(requireInt("setdbg", "the debug level", level, 0)));
 }
 
 /**
@@ -240,6 +249,8 @@ let drainTimeoutMs: number | null = 30_000;
 let stopRequested: (() => void) | null = null;
 /** Settles when the `smfi_stop` issued by {@linkcode stop} has returned (at once if none was). */
 let stopReturned: Promise<void> = Promise.resolve();
+/** Whether {@linkcode stop} has called `smfi_stop`. */
+let stopIssued = false;
 
 /**
  * Hands control to libmilter: `smfi_main` runs on a thread of its own
@@ -316,7 +327,10 @@ function start(options: MainOptions): Promise<void> {
       // still running on another thread.
       await stopReturned;
       if (error) reject(milterError("main", `smfi_main could not run: ${error}`, { cause: error }));
-      else if (rc !== MI_SUCCESS) {
+      // smfi_stop can reach libmilter before smfi_main has started its
+      // listener (stop right after main); smfi_main then fails, but the
+      // filter did what was asked: it stopped.
+      else if (rc !== MI_SUCCESS && !stopIssued) {
         reject(
           milterError(
             "main",
@@ -406,9 +420,7 @@ function wakeListener(): void {
   const poke = (): void => {
     if (lifecycle.phase === "stopped") return;
     try {
-      const connection = socket.kind === "unix"
-        ? netConnect(socket.path)
-        : netConnect(socket.port, connectHost(socket));
+      const connection = connectTo(connectTarget(socket));
       connection.on("error", () => {});
       connection.on("connect", () => connection.destroy());
     } catch {
@@ -439,6 +451,7 @@ export function stop(): void {
     onSessionEnd(null);
     stopRequested = null;
     if (lifecycle.phase !== "draining") return;
+    stopIssued = true;
     stopReturned = runBlocking(lib, "smfi_stop").then(() => {}, () => {});
     wakeListener();
   }

@@ -5,7 +5,9 @@
  * @module
  */
 
+import { connect, type Socket } from "node:net";
 import process from "node:process";
+import type { ConnectTarget } from "./convert.ts";
 
 /** Reads an environment variable; a runtime that forbids it (Deno without `--allow-env`) reads as unset. */
 export function env(name: string): string | undefined {
@@ -33,4 +35,9 @@ export function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => 
 /** Writes one line to standard error. */
 export function writeStderr(line: string): void {
   process.stderr.write(line.endsWith("\n") ? line : `${line}\n`);
+}
+
+/** Opens a stream connection to `target` (a unix socket's path, or a TCP port and host). */
+export function connectTo(target: ConnectTarget): Socket {
+  return "path" in target ? connect(target.path) : connect(target.port, target.host);
 }

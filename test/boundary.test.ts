@@ -54,14 +54,14 @@ test("a signature of the wrong arity, or a call with arguments in the wrong orde
   );
   const call = (lib: Libmilter): void => {
     // @ts-expect-error smfi_insheader takes the index before the name (smfi_chgheader after it)
-    lib.fn.smfi_insheader(1n, "Subject", 0, "v");
+    lib.functions.smfi_insheader(1n, "Subject", 0, "v");
     // @ts-expect-error smfi_chgheader takes the name before the index
-    lib.fn.smfi_chgheader(1n, 0, "Subject", "v");
+    lib.functions.smfi_chgheader(1n, 0, "Subject", "v");
     // @ts-expect-error smfi_addheader has no index argument
-    lib.fn.smfi_addheader(1n, "Subject", 0, "v");
+    lib.functions.smfi_addheader(1n, "Subject", 0, "v");
     // @ts-expect-error a missing argument
-    lib.fn.smfi_setreply(1n, "550", "5.7.1");
-    lib.fn.smfi_insheader(1n, 0, "Subject", "v");
+    lib.functions.smfi_setreply(1n, "550", "5.7.1");
+    lib.functions.smfi_insheader(1n, 0, "Subject", "v");
   };
   expect(typeof call).toBe("function");
 });

@@ -8,8 +8,9 @@
  * @module
  */
 
-import { connect as netConnect, type Socket } from "node:net";
-import { connectHost, parseSocketSpec, type SockAddr } from "../convert.ts";
+import type { Socket } from "node:net";
+import { type ConnectTarget, connectTarget, parseSocketSpec, type SockAddr } from "../convert.ts";
+import { connectTo } from "../runtime.ts";
 import { encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../variants.ts";
 import {
   ALL_ACTIONS,
@@ -548,7 +549,7 @@ function replacementBody(modifications: readonly Modification[]): Uint8Array | n
 async function openSocket(spec: string, timeout: number): Promise<Socket> {
   const target = parseSpec(spec);
   return await new Promise((resolve, reject) => {
-    const socket = "path" in target ? netConnect(target.path) : netConnect(target.port, target.host);
+    const socket = connectTo(target);
     const cancel = after(timeout, () => {
       socket.destroy();
       reject(new MilterClientError("connect", `cannot reach the milter at ${spec} within ${timeout} ms`));
@@ -574,19 +575,11 @@ async function openSocket(spec: string, timeout: number): Promise<Socket> {
  *
  * @throws {MilterClientError} `usage` for a spec that is none of these.
  */
-export function parseSpec(spec: string): {
-  /** A unix socket's path. */
-  path: string;
-} | {
-  /** The TCP port. */
-  port: number;
-  /** The host to connect to. */
-  host: string;
-} {
+export function parseSpec(spec: string): ConnectTarget {
   const socket = parseSocketSpec(spec);
   if (typeof socket === "string") {
     const why = socket === "type" ? "unknown milter socket spec" : `bad ${socket} in`;
     throw new MilterClientError("usage", `${why} ${JSON.stringify(spec)}`);
   }
-  return socket.kind === "unix" ? { path: socket.path } : { port: socket.port, host: connectHost(socket) };
+  return connectTarget(socket);
 }

@@ -30,6 +30,7 @@ export {
   MilterClient,
   parseSpec,
 } from "./client.ts";
+export type { ConnectTarget } from "../convert.ts";
 export {
   type Action,
   type ClientErrorKind,

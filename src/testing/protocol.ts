@@ -6,12 +6,13 @@
  * @module
  */
 
+import { SMFI_CURR_ACTS } from "../../ffi/constants.ts";
 import { decodeMask, type Flag, FLAG_BITS, type Stage, STAGE_CODES, type Step, STEP_BITS } from "../variants.ts";
 
 /** The protocol version this client speaks. */
 export const PROTOCOL_VERSION = 6;
 /** Every action of protocol 6 (SMFI_CURR_ACTS). */
-export const ALL_ACTIONS = 0x1ff;
+export const ALL_ACTIONS: number = SMFI_CURR_ACTS;
 /** Every protocol step of protocol 6 (SMFI_CURR_PROT), as Postfix offers. */
 export const ALL_STEPS = 0x1fffff;
 /**

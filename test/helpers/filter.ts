@@ -5,7 +5,8 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { connect as netConnect, createServer } from "node:net";
+import { createServer } from "node:net";
+import { connectTo } from "../../src/runtime.ts";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ClientOptions, MilterClient, parseSpec } from "../../src/testing/mod.ts";
@@ -191,7 +192,7 @@ export async function waitListening(spec: string, exited: () => string | null, t
     const gone = exited();
     if (gone !== null) throw new Error(`the filter on ${spec} exited before listening:\n${gone}`);
     const ok = await new Promise<boolean>((resolve) => {
-      const socket = "path" in target ? netConnect(target.path) : netConnect(target.port, target.host);
+      const socket = connectTo(target);
       socket.once("connect", () => {
         socket.destroy();
         resolve(true);
