@@ -11,17 +11,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { MilterClient } from "../src/testing/mod.ts";
-import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
+import { FAILED_REPLY, type FilterProcess, killAll, MESSAGE, script, startFilter } from "./helpers/filter.ts";
 import { type Runtime, RUNTIMES, runtimeVersion } from "./helpers/runtimes.ts";
 
 afterAll(killAll);
-const REPLY = { action: "replycode", text: "451 4.3.0 mail filter scripted failed; try again later", smtpCode: 451 };
-const MESSAGE = { from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", "hi"]], body: "x\r\n" } as {
-  from: string;
-  rcpt: string[];
-  headers: [string, string][];
-  body: string;
-};
+const REPLY = FAILED_REPLY;
 
 describe.each(RUNTIMES)("a filter written as a class, under %s", (runtime: Runtime) => {
   let filter: FilterProcess;

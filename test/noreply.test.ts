@@ -8,16 +8,10 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { MilterClient } from "../src/testing/mod.ts";
-import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
+import { FAILED_REPLY, type FilterProcess, killAll, MESSAGE, script, startFilter } from "./helpers/filter.ts";
 
 afterAll(killAll);
-const REPLY = { action: "replycode", text: "451 4.3.0 mail filter scripted failed; try again later", smtpCode: 451 };
-const MESSAGE = { from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [["Subject", "hi"]], body: "x\r\n" } as {
-  from: string;
-  rcpt: string[];
-  headers: [string, string][];
-  body: string;
-};
+const REPLY = FAILED_REPLY;
 
 /** A scripted filter that negotiates `steps`, without the callbacks in `omit`. */
 function negotiating(steps: string[], omit: string): Promise<FilterProcess> {

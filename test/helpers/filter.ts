@@ -214,3 +214,18 @@ export async function killAll(): Promise<void> {
 export function script(instructions: Record<string, unknown>): Record<string, string> {
   return Object.fromEntries(Object.entries(instructions).map(([cb, i]) => [`{t_${cb}}`, JSON.stringify(i)]));
 }
+
+/** The reply of a scripted filter whose callback failed: Tempfail with 451 4.3.0. */
+export const FAILED_REPLY = {
+  action: "replycode",
+  text: "451 4.3.0 mail filter scripted failed; try again later",
+  smtpCode: 451,
+} as const;
+
+/** A small message for `MilterClient.message`. */
+export const MESSAGE: { from: string; rcpt: string[]; headers: [string, string][]; body: string } = {
+  from: "<a@example.org>",
+  rcpt: ["<b@example.net>"],
+  headers: [["Subject", "hi"]],
+  body: "x\r\n",
+};
