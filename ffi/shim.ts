@@ -3,10 +3,16 @@
  * linux-x64 (glibc and musl) and linux-arm64 (glibc): finding the object for
  * this process, loading it with koffi, and its typed API.
  *
- * Its one job so far: {@linkcode Shim.startMain} runs `smfi_main` on a
- * detached thread of the shim's own, where koffi's `.async` would occupy a
- * thread of the runtime's worker pool that the runtime joins on exit (under
- * Node, `process.exit()` then hangs for as long as the milter runs).
+ * Its two jobs:
+ *
+ * - {@linkcode Shim.startMain} runs `smfi_main` on a detached thread of the
+ *   shim's own, where koffi's `.async` would occupy a thread of the runtime's
+ *   worker pool that the runtime joins on exit (under Node, `process.exit()`
+ *   then hangs for as long as the milter runs);
+ * - {@linkcode Shim.wrap} puts the shim's wrappers between libmilter and the
+ *   JS callbacks, so that a callback can answer later: it returns
+ *   {@linkcode Shim.pendingCode} and answers with {@linkcode Shim.reply}
+ *   while libmilter's thread waits in the shim.
  *
  * Nothing here runs at import time: {@linkcode openShim} loads on first call.
  *
@@ -18,7 +24,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 1;
+export const SHIM_ABI = 2;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -44,6 +50,39 @@ export interface Shim {
    * @throws {Error} when the thread cannot be started (the message carries the error number); `done` is then never called.
    */
   startMain(mainFn: bigint, done: (rc: number) => void): void;
+  /**
+   * What a wrapped handler returns to answer later, through {@linkcode reply}:
+   * `MILTER_SHIM_PENDING`, 65536 (no libmilter status).
+   */
+  readonly pendingCode: number;
+  /**
+   * Wraps the JS handlers, once per process (`milter_shim_wrap`). `handlers`
+   * holds 13 entries in `struct smfiDesc` order: connect, helo, envfrom,
+   * envrcpt, header, eoh, body, eom, abort, close, unknown, data, negotiate;
+   * each the address of a koffi-registered callback or `null`. A handler has
+   * libmilter's `xxfi_*` prototype plus a trailing `int64_t token` (a safe
+   * integer Number in JS), e.g. `int (void *ctx, char *headerf, char *headerv,
+   * int64_t token)`, and returns a status, which goes to libmilter at once,
+   * or {@linkcode pendingCode}, after which libmilter's thread waits until
+   * {@linkcode reply} gives the status for that token.
+   *
+   * @returns 13 entries for `struct smfiDesc`: the shim's wrapper where a
+   *   handler was given, `null` elsewhere.
+   * @throws {Error} when `handlers` does not hold 13 entries, or the shim
+   *   already wrapped a set of handlers in this process.
+   */
+  wrap(handlers: readonly (bigint | null)[]): (bigint | null)[];
+  /**
+   * Answers the wrapped call `token` names with `code` (`milter_shim_reply`),
+   * from the JS thread; also valid inside the handler, before it returns
+   * {@linkcode pendingCode}.
+   *
+   * @returns `true` when delivered; `false`, changing nothing, when the call
+   *   is no longer waiting for it (already answered, over) or never existed.
+   */
+  reply(token: number, code: number): boolean;
+  /** How many wrapped calls wait for a {@linkcode reply} right now (`milter_shim_pending`). */
+  pending(): number;
 }
 
 /** Why no shim could be loaded, for a message; the caller falls back to running without it. */
@@ -51,6 +90,12 @@ export interface ShimUnavailable {
   /** Names the platform or file, what went wrong and the command that builds an object. */
   readonly reason: string;
 }
+
+/** `MILTER_SHIM_PENDING` in ffi/shim/milter_shim.c. */
+const PENDING = 0x10000;
+
+/** How many callbacks `struct smfiDesc` has, and `milter_shim_wrap` takes. */
+const CALLBACKS = 13;
 
 /** <dlfcn.h> flags; glibc and musl agree on these values. */
 const RTLD_NOW = 0x2;
@@ -196,23 +241,54 @@ function load(): Shim | ShimUnavailable {
     return { reason: `cannot pin the milter shim ${path} in memory: ${why}` };
   }
   let abi: number;
-  let start: (mainFn: bigint, done: unknown) => number;
-  let doneType: TypeObject;
   try {
     abi = lib.func("int milter_shim_abi(void)")() as number;
-    // Anonymous, so that two copies of this module (source and dist) in one
-    // process do not declare the same type name twice.
-    doneType = koffi.pointer(koffi.proto("void (int rc)"));
-    start = lib.func("milter_shim_start_main", "int", ["void *", doneType]);
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
   if (abi !== SHIM_ABI) {
     return { reason: `the milter shim ${path} has ABI version ${abi}, this module needs ${SHIM_ABI}; ${rebuild}` };
   }
+  let start: (mainFn: bigint, done: unknown) => number;
+  let doneType: TypeObject;
+  let wrap: (js: (bigint | null)[], out: (bigint | null)[]) => number;
+  let reply: (token: number, code: number) => number;
+  let pending: () => number;
+  try {
+    // Anonymous, so that two copies of this module (source and dist) in one
+    // process do not declare the same type name twice.
+    doneType = koffi.pointer(koffi.proto("void (int rc)"));
+    start = lib.func("milter_shim_start_main", "int", ["void *", doneType]);
+    // koffi copies a JS array into a C array for a pointer parameter, and
+    // back into the same JS array for an _Out_ one.
+    wrap = lib.func("int milter_shim_wrap(void **js, _Out_ void **out)");
+    reply = lib.func("int milter_shim_reply(int64_t token, int code)");
+    pending = lib.func("int milter_shim_pending(void)");
+  } catch (error) {
+    return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
+  }
   return {
     path,
     abi,
+    pendingCode: PENDING,
+    wrap(handlers: readonly (bigint | null)[]): (bigint | null)[] {
+      if (handlers.length !== CALLBACKS) {
+        throw new Error(`milter_shim_wrap: ${handlers.length} handlers given, expected ${CALLBACKS}`);
+      }
+      const out: (bigint | null)[] = new Array(CALLBACKS).fill(null);
+      if (wrap([...handlers], out) !== 0) {
+        throw new Error("milter_shim_wrap: the shim's wrappers are already in use (one set of handlers per process)");
+      }
+      // koffi gives a null pointer back as null; 0n would be the same to C.
+      return out.map((address) => address === 0n ? null : address);
+    },
+    reply(token: number, code: number): boolean {
+      // A fraction would be truncated on its way to int64_t, onto another token.
+      return Number.isSafeInteger(token) && reply(token, code) === 0;
+    },
+    pending(): number {
+      return pending();
+    },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       // A timer holds the event loop open until done runs: nothing else
       // would while the thread runs, and a loop that ran dry would end the

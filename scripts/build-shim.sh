@@ -2,7 +2,7 @@
 # Builds the native shim, ffi/shim/milter_shim.c, for every platform the
 # package ships it prebuilt for:
 #
-#   ffi/shim/prebuilt/linux-x64-gnu/libmilter_shim.so    gcc                    glibc >= 2.2.5 symbols
+#   ffi/shim/prebuilt/linux-x64-gnu/libmilter_shim.so    gcc                    glibc >= 2.2.5 symbols (pthread_cond_*: 2.3.2)
 #   ffi/shim/prebuilt/linux-arm64-gnu/libmilter_shim.so  aarch64-linux-gnu-gcc  glibc >= 2.17 symbols
 #   ffi/shim/prebuilt/linux-x64-musl/libmilter_shim.so   musl-gcc
 #
@@ -36,7 +36,7 @@ LIB=libmilter_shim.so
 # Every symbol the object exports; keep in step with MILTER_SHIM_EXPORT in
 # the source. The version script hides everything else (musl's crti.o would
 # otherwise export _init and _fini).
-EXPORTS="milter_shim_abi milter_shim_start_main"
+EXPORTS="milter_shim_abi milter_shim_start_main milter_shim_wrap milter_shim_reply milter_shim_pending"
 # target  compiler  strip  glibc base version ("-" for musl)  ELF machine  libc NEEDED
 TARGETS="linux-x64-gnu gcc strip GLIBC_2.2.5 X86-64 libc.so.6
 linux-arm64-gnu aarch64-linux-gnu-gcc aarch64-linux-gnu-strip GLIBC_2.17 AArch64 libc.so.6
@@ -116,8 +116,19 @@ verify() {
   if [ "$2" = - ]; then
     [ -z "$v_versions" ] || fail "$v_obj: a musl object with glibc symbol versions: $v_versions"
   else
-    v_newest=$(printf '%s\n%s\n' "$v_versions" "$2" | sed '/^$/d' | sort -V | tail -n 1)
-    [ "$v_newest" = "$2" ] || fail "$v_obj: needs $v_newest, newer than $2 (pin the symbol with .symver)"
+    # Every undefined symbol at the base version, except pthread_cond_*: at
+    # GLIBC_2.3.2 where the base is older (x86-64), since the GLIBC_2.2.5
+    # ones are the old, incompatible condition variables (see the source).
+    v_cond=$(printf '%s\n%s\n' GLIBC_2.3.2 "$2" | sort -V | tail -n 1)
+    v_bad=$(readelf -W --dyn-syms "$v_obj" | awk -v base="$2" -v cond="$v_cond" '
+      $1 ~ /^[0-9]+:$/ && $7 == "UND" && $8 ~ /@/ {
+        name = $8; sub(/@.*/, "", name); version = $8; sub(/^[^@]*@+/, "", version)
+        want = name ~ /^pthread_cond_/ ? cond : base
+        if (version != want) printf "%s@%s (expected %s) ", name, version, want
+      }')
+    [ -z "$v_bad" ] || fail "$v_obj: symbol versions: $v_bad(pin the symbol with .symver)"
+    v_newest=$(printf '%s\n%s\n' "$v_versions" "$v_cond" | sed '/^$/d' | sort -V | tail -n 1)
+    [ "$v_newest" = "$v_cond" ] || fail "$v_obj: needs $v_newest, newer than $v_cond (pin the symbol with .symver)"
   fi
   if readelf -W -l "$v_obj" | grep 'GNU_STACK' | grep -q 'RWE'; then
     fail "$v_obj: asks for an executable stack"

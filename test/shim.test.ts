@@ -3,13 +3,18 @@
  * (ffi/shim.ts):
  *
  * - the build: `scripts/build-shim.sh --check` verifies the three committed
- *   objects and that they are what the source builds to; a C harness runs
- *   each object (x64 glibc and musl natively, arm64 under qemu) and checks
- *   the thread it starts: detached, every signal blocked, done called;
+ *   objects and that they are what the source builds to; a C harness
+ *   (test/fixtures/shim-harness.c) runs each object (x64 glibc and musl
+ *   natively, arm64 under qemu) and checks the thread it starts (detached,
+ *   every signal blocked, done called) and the wrappers of ABI 2: arguments
+ *   and tokens passed through, synchronous answers at once, PENDING callers
+ *   waiting for their reply, stale tokens refused, a reply that beats the
+ *   wait kept, 64 callers waiting at once;
  * - on this machine: openShim() picks the object, smfi_main of the real
  *   libmilter serves on the shim's thread under Node, Deno and Bun, stops
  *   with done(0), and process.exit() ends a process running it at once
  *   (the reason the shim exists: through koffi's `.async`, Node hangs);
+ *   Shim.wrap/reply/pending work through koffi in each runtime;
  * - on arm64: the same, in an arm64 Node under qemu with Debian's arm64
  *   libmilter, provisioned by scripts/arm64-sysroot.sh.
  *
@@ -100,6 +105,28 @@ const eventsOf = (result: ChildResult): Event[] =>
 const eventOf = (result: ChildResult, name: string): Event | undefined =>
   eventsOf(result).find((e) => e.event === name);
 
+/** What test/fixtures/shim-run.ts reports with SHIM_MODE=async (see asyncChecks there). */
+const ASYNC_EXPECTED = {
+  event: "async",
+  pendingCode: 65536,
+  nulls: [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12], // only header (4) and eoh (5) have handlers
+  again: expect.stringMatching(/already in use/), // a second wrap() throws
+  sync: 3, // the handler's own answer
+  headerSync: 3,
+  headers: [["Subject", "hello", "number"]], // the arguments, and the token as a Number
+  tokenSafe: true,
+  pendingWhileWaiting: 1,
+  fractionReply: false, // token + 0.5 must not reach the call
+  firstReply: true,
+  secondReply: false,
+  waited: 5, // the replied code
+  afterReply: false,
+  earlyReply: true, // reply() inside the handler, before it returns pendingCode
+  early: 8,
+  pendingAtEnd: 0,
+  made: [false, false, false],
+};
+
 describe("the prebuilt objects", () => {
   test("scripts/build-shim.sh --check: machine, exports, NEEDED, glibc versions, and identical to a fresh build", async (ctx) => {
     const tools = ["gcc", "aarch64-linux-gnu-gcc", "musl-gcc", "readelf"].filter((t) => !hasTool(t));
@@ -114,7 +141,7 @@ describe("the prebuilt objects", () => {
     ["linux-arm64-gnu", "aarch64-linux-gnu-gcc", ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"], ["-ldl"]],
   ];
   test.for(harnessTargets)(
-    "%s, driven from C: done gets main_fn's result on a detached thread with every signal blocked",
+    "%s, driven from C: start_main's thread; wrap, reply and pending with 64 callers waiting at once",
     async ([target, compiler, runner, link], ctx) => {
       const tools = [compiler, ...runner.slice(0, 1)].filter((t) => !hasTool(t));
       if (tools.length) missing(ctx, `no ${tools.join(", ")}`);
@@ -131,7 +158,7 @@ describe("the prebuilt objects", () => {
 });
 
 describe("on this machine", () => {
-  test("openShim() loads this platform's object, ABI 1, once", (ctx) => {
+  test("openShim() loads this platform's object, ABI 2, once", (ctx) => {
     if (process.platform !== "linux" || !["x64", "arm64"].includes(process.arch)) {
       missing(ctx, `no prebuilt object for ${process.platform}-${process.arch}`);
     }
@@ -161,7 +188,7 @@ describe("on this machine", () => {
     const env = { SHIM_MODE: "open", SHIM_SOCKET: socketPath() };
     const other = join(ROOT, "ffi/shim/prebuilt", shimTarget()!, "libmilter_shim.so");
     const good = await runChild(cmd, args, { ...env, MILTER_SHIM_PATH: other }, 30_000);
-    expect(eventOf(good, "shim")).toMatchObject({ path: other, abi: 1 });
+    expect(eventOf(good, "shim")).toMatchObject({ path: other, abi: 2 });
     const absent = await runChild(cmd, args, { ...env, MILTER_SHIM_PATH: join(scratch, "absent.so") }, 30_000);
     expect(eventOf(absent, "unavailable")?.reason).toMatch(
       /cannot load the milter shim .*absent\.so.*check MILTER_SHIM_PATH/,
@@ -171,6 +198,14 @@ describe("on this machine", () => {
   });
 
   describe.each(RUNTIMES)("under %s", (runtime: Runtime) => {
+    test("wrap(), reply() and pending(): a handler answers at once, later, or before it returns pending", async () => {
+      const [cmd, args] = command(runtime, FIXTURE);
+      const result = await runChild(cmd, args, { SHIM_MODE: "async", SHIM_SOCKET: socketPath() }, 20_000);
+      expect(result.timedOut, result.stderr).toBe(false);
+      expect(eventOf(result, "async"), result.stderr).toEqual(ASYNC_EXPECTED);
+      expect(result.code, result.stderr).toBe(0);
+    });
+
     test("smfi_main serves on the shim's thread, and smfi_stop brings done(0); then the process ends by itself", async () => {
       const [cmd, args] = command(runtime, FIXTURE);
       const result = await runChild(cmd, args, { SHIM_MODE: "stop", SHIM_SOCKET: socketPath() }, 20_000);
@@ -226,7 +261,7 @@ describe("on arm64, under qemu", () => {
       const result = await runArm64(ctx, { SHIM_MODE: "stop", SHIM_SOCKET: socketPath() }, 60_000);
       expect(result.timedOut, result.stderr).toBe(false);
       expect(eventOf(result, "shim")).toMatchObject({
-        abi: 1,
+        abi: 2,
         target: "linux-arm64-gnu",
         path: join(ROOT, "ffi/shim/prebuilt/linux-arm64-gnu/libmilter_shim.so"),
       });
@@ -236,6 +271,13 @@ describe("on arm64, under qemu", () => {
     },
     360_000,
   );
+
+  test("in the arm64 Node, wrap(), reply() and pending() answer at once, later, or early", async (ctx) => {
+    const result = await runArm64(ctx, { SHIM_MODE: "async", SHIM_SOCKET: socketPath() }, 60_000);
+    expect(result.timedOut, result.stderr).toBe(false);
+    expect(eventOf(result, "async"), result.stderr).toEqual(ASYNC_EXPECTED);
+    expect(result.code, result.stderr).toBe(0);
+  }, 360_000);
 
   test("process.exit(7) in the arm64 Node ends it at once, with code 7", async (ctx) => {
     const result = await runArm64(ctx, { SHIM_MODE: "exit", SHIM_EXIT_CODE: "7", SHIM_SOCKET: socketPath() }, 15_000);

@@ -4,7 +4,13 @@
  * Everything else in the package reaches C through koffi; this file holds the
  * few things that cannot be done from JavaScript. It depends on libc and
  * POSIX threads only, and on no libmilter header: libmilter's functions reach
- * it as plain function pointers from the JS side.
+ * it as plain function pointers from the JS side, and its callbacks are
+ * declared here with void * for SMFICTX * and struct sockaddr *.
+ *
+ * Two jobs:
+ * - milter_shim_start_main(): smfi_main on a detached thread of its own;
+ * - milter_shim_wrap() and milter_shim_reply(): callbacks that answer later
+ *   (a JS handler returns MILTER_SHIM_PENDING and replies when it knows).
  *
  * Only the functions marked MILTER_SHIM_EXPORT are visible outside the object:
  * it is built with -fvisibility=hidden and a version script listing them
@@ -20,12 +26,18 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #define MILTER_SHIM_EXPORT __attribute__((visibility("default")))
 
-/* The ABI version of this file's exports; see milter_shim_abi(). */
-#define MILTER_SHIM_ABI 1
+/*
+ * The ABI version of this file's exports; see milter_shim_abi().
+ * 1: milter_shim_abi, milter_shim_start_main.
+ * 2: adds milter_shim_wrap, milter_shim_reply, milter_shim_pending.
+ */
+#define MILTER_SHIM_ABI 2
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -39,9 +51,24 @@
  * and finds them in the process's global scope, as Node, Deno and Bun are
  * threaded programs that load libpthread.so.0 at startup there. musl has no
  * symbol versions (SHIM_GLIBC_BASE is left unset).
+ *
+ * The condition-variable functions are the exception: on x86-64 their oldest
+ * version (GLIBC_2.2.5) is the LinuxThreads-era ABI, with a smaller
+ * pthread_cond_t than the header declares; the current one is GLIBC_2.3.2
+ * (2003). aarch64 began at 2.17 and has only the one. SHIM_GLIBC_COND names
+ * the right version; scripts/build-shim.sh --check refuses an object whose
+ * pthread_cond_* reference anything older than GLIBC_2.3.2.
  */
 #if defined(SHIM_GLIBC_BASE)
+#if defined(__x86_64__)
+#define SHIM_GLIBC_COND "GLIBC_2.3.2"
+#elif defined(__aarch64__)
+#define SHIM_GLIBC_COND SHIM_GLIBC_BASE
+#else
+#error "SHIM_GLIBC_BASE is set for an architecture whose pthread_cond_* version is not known here"
+#endif
 #define SHIM_PIN(sym) __asm__(".symver " #sym "," #sym "@" SHIM_GLIBC_BASE)
+#define SHIM_PIN_COND(sym) __asm__(".symver " #sym "," #sym "@" SHIM_GLIBC_COND)
 SHIM_PIN(pthread_create);
 SHIM_PIN(pthread_attr_init);
 SHIM_PIN(pthread_attr_destroy);
@@ -49,14 +76,19 @@ SHIM_PIN(pthread_attr_setdetachstate);
 SHIM_PIN(pthread_attr_getstacksize);
 SHIM_PIN(pthread_attr_setstacksize);
 SHIM_PIN(pthread_sigmask);
+SHIM_PIN(pthread_mutex_lock);
+SHIM_PIN(pthread_mutex_unlock);
 SHIM_PIN(sigfillset);
 SHIM_PIN(malloc);
 SHIM_PIN(free);
+SHIM_PIN_COND(pthread_cond_init);
+SHIM_PIN_COND(pthread_cond_wait);
+SHIM_PIN_COND(pthread_cond_signal);
 #endif
 
 /**
  * The ABI version of this object, which ffi/shim.ts checks before calling
- * anything else. Returns 1.
+ * anything else. Returns 2.
  */
 MILTER_SHIM_EXPORT int milter_shim_abi(void) { return MILTER_SHIM_ABI; }
 
@@ -149,4 +181,293 @@ MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)
 	if (err != 0)
 		free(job);
 	return err;
+}
+
+/* ---- Callbacks that answer later ------------------------------------------
+ *
+ * Why: libmilter calls each xxfi_* callback on a thread of its own and takes
+ * the callback's return value as the answer. A koffi-registered JS function
+ * is relayed to the JS thread, and the calling thread resumes as soon as the
+ * JS function returns: a JS handler cannot return an answer it has yet to
+ * compute (a DNS lookup, a scanner's verdict). So libmilter is given the
+ * wrappers below instead; each calls its JS handler with one more argument, a
+ * token, and if the handler returns MILTER_SHIM_PENDING, keeps libmilter's
+ * thread parked until JS calls milter_shim_reply(token, code), then returns
+ * that code to libmilter. Any other return value goes back to libmilter at
+ * once, as it would without the shim.
+ *
+ * Slots: each wrapper call holds a slot from a global pool for its duration.
+ * A slot is never freed, only put back on a free list, so a token that
+ * outlives its call can never reach freed memory. The pool grows in blocks of
+ * SHIM_BLOCK_SLOTS, kept in a fixed array of block pointers, so a slot never
+ * moves; it is bounded by SHIM_MAX_SLOTS, beyond which (or when malloc
+ * fails) a wrapper answers SMFIS_TEMPFAIL without calling JS.
+ *
+ * Tokens: generation << SHIM_INDEX_BITS | index. A slot's generation goes up
+ * each time the slot is taken, so a token names one wrapper call only: a
+ * reply that comes late finds another generation (or a free slot) and is
+ * refused, never delivered to a later callback. Generations start at 1, so
+ * no token is below 65536, and stay below 2^37, so tokens stay below 2^53
+ * (exact as JS numbers).
+ *
+ * Locking: one mutex guards the whole pool (free list, every slot's state,
+ * generation and code, the waiting count); each slot has its own condition
+ * variable, on which only its wrapper ever waits. The mutex is never held
+ * while JS runs: a handler may call milter_shim_reply() itself. A synchronous
+ * answer costs one lock to take a slot and one to give it back, no wait.
+ */
+
+/** What a JS handler returns when its answer will come through milter_shim_reply(). */
+#define MILTER_SHIM_PENDING 0x10000
+
+/** libmilter's sfsistat SMFIS_TEMPFAIL: the answer when no slot can be had. */
+#define SHIM_SMFIS_TEMPFAIL 4
+
+#define SHIM_INDEX_BITS 16
+#define SHIM_BLOCK_SLOTS 256
+#define SHIM_MAX_BLOCKS 256
+/** 65536: every index fits in SHIM_INDEX_BITS. */
+#define SHIM_MAX_SLOTS (SHIM_BLOCK_SLOTS * SHIM_MAX_BLOCKS)
+/** The largest generation: tokens stay below 2^(37 + 16) = 2^53. */
+#define SHIM_MAX_GENERATION (((uint64_t)1 << (53 - SHIM_INDEX_BITS)) - 1)
+
+_Static_assert(SHIM_MAX_SLOTS <= (1 << SHIM_INDEX_BITS), "slot indexes must fit in the token");
+
+enum slot_state {
+	SLOT_FREE,	/* on the free list */
+	SLOT_CALLING,	/* taken; its JS handler has not returned yet */
+	SLOT_WAITING,	/* the handler returned PENDING; the wrapper waits for a reply */
+	SLOT_ANSWERED,	/* a reply delivered code; the wrapper returns it */
+};
+
+struct slot {
+	pthread_cond_t answered; /* signalled when a reply moves SLOT_WAITING to SLOT_ANSWERED */
+	uint64_t generation;	 /* of the current (or last) call; 0 before the first */
+	struct slot *next_free;	 /* the free list's link, while SLOT_FREE */
+	uint32_t index;
+	int state;
+	int code; /* the reply, once SLOT_ANSWERED */
+};
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct slot *pool_blocks[SHIM_MAX_BLOCKS];
+static uint32_t pool_size;	    /* slots created so far */
+static struct slot *pool_free;	    /* LIFO: a synchronous caller keeps reusing a warm slot */
+static int pool_waiting;	    /* slots in SLOT_WAITING: milter_shim_pending() */
+static int wrapped;		    /* milter_shim_wrap() has run */
+
+/* Takes a slot for one wrapper call (in SLOT_CALLING, with a new generation); NULL when none can be had. */
+static struct slot *slot_take(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	struct slot *slot = pool_free;
+	if (slot != NULL) {
+		pool_free = slot->next_free;
+	} else if (pool_size < SHIM_MAX_SLOTS) {
+		uint32_t index = pool_size;
+		struct slot *block = pool_blocks[index / SHIM_BLOCK_SLOTS];
+		if (block == NULL) {
+			/* Every slot of a new block goes through here in order: it is initialised once, in full. */
+			block = malloc(SHIM_BLOCK_SLOTS * sizeof *block);
+			if (block != NULL) {
+				for (uint32_t i = 0; i < SHIM_BLOCK_SLOTS; i++) {
+					block[i].generation = 0;
+					block[i].next_free = NULL;
+					block[i].index = index + i;
+					block[i].state = SLOT_FREE;
+					block[i].code = 0;
+					pthread_cond_init(&block[i].answered, NULL);
+				}
+				pool_blocks[index / SHIM_BLOCK_SLOTS] = block;
+			}
+		}
+		if (block != NULL) {
+			slot = &block[index % SHIM_BLOCK_SLOTS];
+			pool_size++;
+		}
+	}
+	if (slot != NULL) {
+		slot->generation = slot->generation < SHIM_MAX_GENERATION ? slot->generation + 1 : 1;
+		slot->state = SLOT_CALLING;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return slot;
+}
+
+/* The token of a slot's current call; read by the slot's own wrapper, which alone changes its generation. */
+static int64_t slot_token(const struct slot *slot)
+{
+	return (int64_t)(slot->generation << SHIM_INDEX_BITS | slot->index);
+}
+
+/*
+ * Ends a wrapper call: rc is what the JS handler returned. When that is
+ * PENDING, waits for the reply unless it came already (while the handler
+ * still ran), and answers with its code. Gives the slot back either way.
+ */
+static int slot_finish(struct slot *slot, int rc)
+{
+	pthread_mutex_lock(&pool_lock);
+	if (rc == MILTER_SHIM_PENDING) {
+		if (slot->state == SLOT_CALLING) {
+			slot->state = SLOT_WAITING;
+			pool_waiting++;
+			while (slot->state == SLOT_WAITING)
+				pthread_cond_wait(&slot->answered, &pool_lock);
+		}
+		rc = slot->code;
+	}
+	/* A reply that came while the handler ran, and the handler then answered at once: the handler wins. */
+	slot->state = SLOT_FREE;
+	slot->next_free = pool_free;
+	pool_free = slot;
+	pthread_mutex_unlock(&pool_lock);
+	return rc;
+}
+
+/*
+ * The callbacks in struct smfiDesc order: milter_shim_wrap()'s index order.
+ * SHIM_WRAPPER(name, (arguments), parameters...) defines wrap_<name>, with
+ * libmilter's prototype for xxfi_<name>, which calls the JS handler with the
+ * same arguments and the token.
+ */
+enum {
+	CB_connect,
+	CB_helo,
+	CB_envfrom,
+	CB_envrcpt,
+	CB_header,
+	CB_eoh,
+	CB_body,
+	CB_eom,
+	CB_abort,
+	CB_close,
+	CB_unknown,
+	CB_data,
+	CB_negotiate,
+	SHIM_CALLBACKS /* 13 */
+};
+
+/*
+ * The JS handlers. Written once, by milter_shim_wrap(), before it hands out
+ * any wrapper; a thread that calls a wrapper got its address after that
+ * (through smfi_register, then the threads smfi_main starts), so reading
+ * them without the lock is safe.
+ */
+static void *js_handlers[SHIM_CALLBACKS];
+
+#define SHIM_WRAPPER(name, args, ...)                                            \
+	typedef int js_##name##_fn(__VA_ARGS__, int64_t token);                   \
+	static int wrap_##name(__VA_ARGS__)                                       \
+	{                                                                         \
+		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
+		struct slot *slot = slot_take();                                  \
+		if (slot == NULL)                                                 \
+			return SHIM_SMFIS_TEMPFAIL;                               \
+		int64_t token = slot_token(slot);                                 \
+		return slot_finish(slot, js args);                                \
+	}
+
+SHIM_WRAPPER(connect, (ctx, hostname, hostaddr, token), void *ctx, char *hostname, void *hostaddr)
+SHIM_WRAPPER(helo, (ctx, helohost, token), void *ctx, char *helohost)
+SHIM_WRAPPER(envfrom, (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(envrcpt, (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(header, (ctx, headerf, headerv, token), void *ctx, char *headerf, char *headerv)
+SHIM_WRAPPER(eoh, (ctx, token), void *ctx)
+SHIM_WRAPPER(body, (ctx, bodyp, len, token), void *ctx, unsigned char *bodyp, size_t len)
+SHIM_WRAPPER(eom, (ctx, token), void *ctx)
+SHIM_WRAPPER(abort, (ctx, token), void *ctx)
+SHIM_WRAPPER(close, (ctx, token), void *ctx)
+SHIM_WRAPPER(unknown, (ctx, arg, token), void *ctx, const char *arg)
+SHIM_WRAPPER(data, (ctx, token), void *ctx)
+SHIM_WRAPPER(negotiate, (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx, unsigned long f0,
+	     unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0, unsigned long *pf1,
+	     unsigned long *pf2, unsigned long *pf3)
+
+/**
+ * Wraps the JS handlers: js[i] is the handler for callback i (in struct
+ * smfiDesc order: connect, helo, envfrom, envrcpt, header, eoh, body, eom,
+ * abort, close, unknown, data, negotiate), or NULL. Sets out[i] to the
+ * shim's wrapper for that callback when js[i] is set, else to NULL: out is
+ * what goes into struct smfiDesc.
+ *
+ * A handler has libmilter's xxfi_* prototype plus a trailing int64_t token
+ * and returns either a status, which its wrapper returns to libmilter at
+ * once, or MILTER_SHIM_PENDING, after which the wrapper waits for
+ * milter_shim_reply(token, status) and returns that status.
+ *
+ * Returns 0; -1, changing nothing, on a second call (the wrappers call one
+ * set of handlers per process) or when js or out is NULL.
+ */
+MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *out[SHIM_CALLBACKS])
+{
+	static void *const wrappers[SHIM_CALLBACKS] = {
+		[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
+		[CB_envfrom] = (void *)wrap_envfrom,	 [CB_envrcpt] = (void *)wrap_envrcpt,
+		[CB_header] = (void *)wrap_header,	 [CB_eoh] = (void *)wrap_eoh,
+		[CB_body] = (void *)wrap_body,		 [CB_eom] = (void *)wrap_eom,
+		[CB_abort] = (void *)wrap_abort,	 [CB_close] = (void *)wrap_close,
+		[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
+		[CB_negotiate] = (void *)wrap_negotiate,
+	};
+	if (js == NULL || out == NULL)
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	int first = !wrapped;
+	wrapped = 1;
+	pthread_mutex_unlock(&pool_lock);
+	if (!first)
+		return -1;
+	for (int i = 0; i < SHIM_CALLBACKS; i++) {
+		js_handlers[i] = js[i];
+		out[i] = js[i] != NULL ? wrappers[i] : NULL;
+	}
+	return 0;
+}
+
+/**
+ * Answers the wrapper call that `token` names with `code` (what libmilter
+ * gets from the callback). Called on the JS thread, at any time after the
+ * handler received the token, even before the handler has returned
+ * MILTER_SHIM_PENDING (the reply is then kept until the wrapper looks).
+ *
+ * Returns 0 when the code was delivered, -1 (changing nothing) when the
+ * token names no call that is still waiting for it: already answered, over,
+ * or never issued. Should the handler, having replied, return a status
+ * rather than MILTER_SHIM_PENDING, that status is what libmilter gets.
+ */
+MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
+{
+	if (token < ((int64_t)1 << SHIM_INDEX_BITS) || (uint64_t)token >> SHIM_INDEX_BITS > SHIM_MAX_GENERATION)
+		return -1;
+	uint32_t index = (uint32_t)(token & ((1 << SHIM_INDEX_BITS) - 1));
+	uint64_t generation = (uint64_t)token >> SHIM_INDEX_BITS;
+	int rc = -1;
+	pthread_mutex_lock(&pool_lock);
+	if (index < pool_size) {
+		struct slot *slot = &pool_blocks[index / SHIM_BLOCK_SLOTS][index % SHIM_BLOCK_SLOTS];
+		if (slot->generation == generation && (slot->state == SLOT_CALLING || slot->state == SLOT_WAITING)) {
+			if (slot->state == SLOT_WAITING) {
+				pool_waiting--;
+				pthread_cond_signal(&slot->answered);
+			}
+			slot->state = SLOT_ANSWERED;
+			slot->code = code;
+			rc = 0;
+		}
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return rc;
+}
+
+/**
+ * How many wrapper calls wait for a reply right now: their handler returned
+ * MILTER_SHIM_PENDING and milter_shim_reply() has not answered them yet.
+ */
+MILTER_SHIM_EXPORT int milter_shim_pending(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	int n = pool_waiting;
+	pthread_mutex_unlock(&pool_lock);
+	return n;
 }
