@@ -33,7 +33,7 @@ export { MilterError } from "./src/error.ts";
 export { Flag, Stage, Stat, Step } from "./src/variants.ts";
 export type { SockAddr } from "./src/convert.ts";
 export { Ctx } from "./src/ctx.ts";
-export { empty, type Filter, register, version_code } from "./src/filter.ts";
+export { type Answer, empty, type Filter, register, version_code } from "./src/filter.ts";
 export {
   main,
   type MainOptions,

@@ -8,9 +8,11 @@
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import type { Libc } from "./libc.ts";
+import { openShim, type Shim } from "./shim.ts";
 import {
   CALLBACK_PROTOTYPES,
   type CallbackHandler,
+  type CallbackHandlers,
   type CallbackSymbol,
   type Declared,
   FUNCTION_PROTOTYPES,
@@ -49,16 +51,44 @@ export interface Libmilter {
   /** Whether libmilter is stopping (`mi_stop() != 0`), or `null` where this build does not export it. */
   stopping(): boolean | null;
   /**
-   * Registers `handler` as a C function pointer of callback `symbol`'s type,
-   * for `smfi_register`. The registration lives as long as the process:
-   * libmilter keeps the pointer.
+   * Registers the handlers as C function pointers for `smfi_register`, one
+   * per callback (`null` where there is no handler). Where the native shim is
+   * available ({@linkcode Libmilter.later}), libmilter gets the shim's wrappers,
+   * which pass each handler a token and can wait for an answer given later;
+   * otherwise the handlers themselves, with the token `-1`. The registrations
+   * live as long as the process: libmilter keeps the pointers. The first call
+   * registers; later ones return the same pointers (the shim wraps one set of
+   * handlers per process), so give every handler the first time.
+   */
+  registerCallbacks(handlers: CallbackHandlers): Record<CallbackSymbol, Pointer | null>;
+  /**
+   * Registers one handler directly (token `-1`), without the shim: for
+   * `bench/profile.ts`, which calls the pointer itself.
    */
   registerCallback<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): Pointer;
+  /** Answers given after the handler returned, through the shim; `null` where there is none. */
+  readonly later: Later | null;
+  /** Why {@linkcode Libmilter.later} is `null`: the platform, and the command that builds the shim. */
+  readonly laterUnavailable: string | null;
   /**
    * `fn()` for a blocking `int fn(void)` on koffi's worker thread (a thread
    * of the runtime's pool); see `ffi/thread.ts` for the thread of its own.
    */
   onWorker(symbol: "smfi_main" | "smfi_stop"): Promise<number>;
+}
+
+/**
+ * The answers of callbacks given after their handler returned: a handler
+ * returns {@linkcode Later.pending}, libmilter's thread stays parked in the
+ * shim, and {@linkcode Later.reply} answers it with the token the handler got.
+ */
+export interface Later {
+  /** What a handler returns to answer later. */
+  readonly pending: number;
+  /** Answers the waiting call of `token` with `code`; `false` when no call waits under that token. */
+  reply(token: number, code: number): boolean;
+  /** How many calls wait for an answer now. */
+  waiting(): number;
 }
 
 /** Called for an optional function this build lacks, in place of it; throws. */
@@ -131,10 +161,17 @@ function configureKoffi(): number {
   }
 }
 
-let typesDeclared: Record<CallbackSymbol, TypeObject> | undefined;
+/** The function pointer types of the callbacks: as libmilter calls them, and as the shim calls their handlers. */
+interface CallbackTypes {
+  readonly direct: Record<CallbackSymbol, TypeObject>;
+  /** The same prototypes with a trailing `int64_t token`. */
+  readonly withToken: Record<CallbackSymbol, TypeObject>;
+}
+
+let typesDeclared: CallbackTypes | undefined;
 
 /** Declares the types the prototypes name, once per process; returns the callback pointer types. */
-function declareTypes(): Record<CallbackSymbol, TypeObject> {
+function declareTypes(): CallbackTypes {
   if (typesDeclared) return typesDeclared;
   koffi.opaque("SMFICTX");
   koffi.struct("rlimit", { rlim_cur: "unsigned long", rlim_max: "unsigned long" });
@@ -144,12 +181,15 @@ function declareTypes(): Record<CallbackSymbol, TypeObject> {
     xxfi_version: "int",
     xxfi_flags: "unsigned long",
   };
+  const withToken = {} as Record<CallbackSymbol, TypeObject>;
   for (const [name, declared] of Object.entries(CALLBACK_PROTOTYPES) as [CallbackSymbol, Declared<unknown>][]) {
     callbacks[name] = koffi.pointer(koffi.proto(declared.c));
     fields[name] = callbacks[name];
+    const later = declared.c.replace(`${name}(`, `${name}_token(`).replace(/\)$/, ", int64_t token)");
+    withToken[name] = koffi.pointer(koffi.proto(later));
   }
   koffi.struct("smfiDesc", fields);
-  typesDeclared = callbacks;
+  typesDeclared = { direct: callbacks, withToken };
   return typesDeclared;
 }
 
@@ -197,24 +237,55 @@ function bindOptional<T extends Record<string, Declared<unknown>>>(
   return out as { [K in keyof T]: Signatures<T>[K] | null };
 }
 
-/** Converts a callback's `size_t` and `unsigned long` arguments to numbers for its handler. */
-function normalized<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): unknown {
-  if (symbol === "xxfi_body") {
-    const h = handler as CallbackHandler<"xxfi_body">;
-    return (ctx: Pointer, bodyp: Pointer | null, len: number | bigint) => h(ctx, bodyp, Number(len));
-  }
-  if (symbol === "xxfi_negotiate") {
-    const h = handler as CallbackHandler<"xxfi_negotiate">;
-    // deno-lint-ignore no-explicit-any
-    return (ctx: Pointer, f0: any, f1: any, f2: any, f3: any, ...pf: [Pointer, Pointer, Pointer, Pointer]) =>
-      h(ctx, Number(f0), Number(f1), Number(f2), Number(f3), ...pf);
-  }
-  return handler;
+/** The arguments of callback `symbol` that arrive as `size_t` or `unsigned long` (numbers or BigInts from koffi). */
+const WIDE_ARGUMENTS: Partial<Record<CallbackSymbol, readonly number[]>> = {
+  xxfi_body: [2],
+  xxfi_negotiate: [1, 2, 3, 4],
+};
+
+/**
+ * The function koffi registers for `handler`: its wide integer arguments
+ * (and the token) converted to numbers, and with `token` the shim's last
+ * argument or `-1` without one.
+ */
+function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>, tokened: boolean): unknown {
+  const wide = WIDE_ARGUMENTS[symbol] ?? [];
+  const h = handler as (...args: unknown[]) => number;
+  return (...args: unknown[]): number => {
+    for (const i of wide) args[i] = Number(args[i]);
+    if (tokened) args[args.length - 1] = Number(args[args.length - 1]);
+    else args.push(-1);
+    return h(...args);
+  };
+}
+
+/** {@linkcode Libmilter.registerCallbacks}: through the shim's wrappers where there is a shim. */
+function registerAll(
+  handlers: CallbackHandlers,
+  types: CallbackTypes,
+  shim: Shim | null,
+): Record<CallbackSymbol, Pointer | null> {
+  const symbols = Object.keys(CALLBACK_PROTOTYPES) as CallbackSymbol[];
+  const registered = symbols.map((symbol) => {
+    const handler = handlers[symbol] as CallbackHandler<CallbackSymbol> | undefined;
+    if (!handler) return null;
+    const type = shim ? types.withToken[symbol] : types.direct[symbol];
+    return koffi.register(adapt(symbol, handler, shim !== null) as (...args: unknown[]) => unknown, type) as Pointer;
+  });
+  const pointers = shim ? shim.wrap(registered) : registered;
+  return Object.fromEntries(symbols.map((symbol, i) => [symbol, pointers[i]])) as Record<
+    CallbackSymbol,
+    Pointer | null
+  >;
 }
 
 /** The {@linkcode Libmilter} of an opened library. */
 function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAsyncCalls: number): Libmilter {
   const callbackTypes = declareTypes();
+  const opened = openShim();
+  const shim = "reason" in opened ? null : opened;
+  const shimReason = "reason" in opened ? opened.reason : null;
+  let registeredAll: Record<CallbackSymbol, Pointer | null> | undefined;
   const libc = bindOptional(lib, LIBC_PROTOTYPES);
   pin(libc, path);
   const required = bind(lib, FUNCTION_PROTOTYPES);
@@ -238,7 +309,10 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
     setmaxdatasize: (size) => Number(functions.smfi_setmaxdatasize(size)),
     stopping: () => internal.mi_stop === null ? null : internal.mi_stop() !== 0,
     registerCallback: (symbol, handler) =>
-      koffi.register(normalized(symbol, handler) as (...args: unknown[]) => unknown, callbackTypes[symbol]),
+      koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
+    registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
+    later: shim === null ? null : { pending: shim.pendingCode, reply: shim.reply, waiting: shim.pending },
+    laterUnavailable: shim === null ? shimReason : null,
     onWorker: (symbol) =>
       new Promise<number>((resolve, reject) =>
         (required[symbol] as unknown as Bound).async((error: unknown, rc: number) =>

@@ -132,8 +132,19 @@ export const CALLBACK_PROTOTYPES = {
 };
 
 export type CallbackSymbol = keyof typeof CALLBACK_PROTOTYPES;
-/** The JS function that handles callback `K`. */
-export type CallbackHandler<K extends CallbackSymbol> = Signatures<typeof CALLBACK_PROTOTYPES>[K];
+
+/**
+ * The JS function that handles callback `K`: libmilter's arguments, then the
+ * token of this call. Through the native shim the token identifies the call
+ * for an answer given later (`Later.reply`); without the shim it is `-1`, and
+ * the answer must be the return value.
+ */
+export type CallbackHandler<K extends CallbackSymbol> = (
+  ...args: [...Parameters<Signatures<typeof CALLBACK_PROTOTYPES>[K]>, token: number]
+) => number;
+
+/** A handler for each callback the filter registers. */
+export type CallbackHandlers = { readonly [K in CallbackSymbol]?: CallbackHandler<K> };
 
 /** The `smfi_*` functions every usable libmilter has (8.13 and later). */
 export const FUNCTION_PROTOTYPES = {

@@ -79,11 +79,12 @@ export interface Session {
    * next stage that replies: for the rest of the connection or of the message.
    */
   failed: "connection" | "message" | null;
+  /** While the running callback's Promise is pending: answers it with Tempfail at once (when libmilter stops). */
+  pending: (() => void) | null;
 }
 
 const sessions = new Map<Pointer, Session>();
 const byCtx = new WeakMap<Ctx, Session>();
-let running: Session | null = null;
 let nextId = 1;
 let sessionsChanged: (() => void) | null = null;
 
@@ -101,12 +102,12 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
       raw: [],
       noReply: 0,
       failed: null,
+      pending: null,
     };
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
   session.callback = callback;
-  running = session;
   return session;
 }
 
@@ -119,7 +120,6 @@ export function isOpen(ptr: Pointer): boolean {
 export function leave(session: Session): void {
   session.callback = null;
   session.raw = [];
-  running = null;
 }
 
 /** Ends a session: its Ctx becomes unusable and its private data is dropped. */
@@ -128,6 +128,11 @@ export function release(session: Session): void {
   session.priv = null;
   sessions.delete(session.ptr);
   sessionsChanged?.();
+}
+
+/** The sessions open now. */
+export function allSessions(): Iterable<Session> {
+  return sessions.values();
 }
 
 /** Ends every session still open (libmilter frees their contexts when main ends). */
@@ -155,11 +160,11 @@ export function active(fn: string, ctx: unknown): Session {
   const session = ctx instanceof Ctx ? byCtx.get(ctx) : undefined;
   if (!session) fail(fn, `expected the Ctx passed to a callback, got ${describe(ctx)}`);
   if (session.closed) fail(fn, `${session.ctx} belongs to a connection that has closed`);
-  if (running !== session) {
+  if (session.callback === null) {
     fail(
       fn,
       `${session.ctx} is used outside its callbacks (from a timer, a promise or another connection's callback); ` +
-        "contexts are only valid while one of their own callbacks runs",
+        "contexts are only valid while one of their own callbacks runs, or its Promise is pending",
     );
   }
   return session;

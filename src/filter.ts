@@ -29,7 +29,7 @@ import {
   readUShort,
   writeULong,
 } from "../ffi/memory.ts";
-import type { CallbackHandler, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
+import type { CallbackHandler, CallbackHandlers, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, isOpen, leave, release, type Session } from "./ctx.ts";
 import { describe, fail, isThenable } from "./error.ts";
@@ -58,11 +58,19 @@ import {
 export const version_code: number = SMFI_VERSION;
 
 /**
+ * What a callback answers: the value itself, or a Promise of it. While the
+ * Promise is pending, the callback's connection waits (and only it), and its
+ * Ctx stays usable, up to `main({ callbackTimeout })`.
+ */
+export type Answer<T> = T | PromiseLike<T>;
+
+/**
  * A mail filter: its name, version, the actions it may take, and the
  * callbacks for the stages it wants to see. A callback left out (or `null`)
  * is registered with libmilter as NULL, so the MTA does not even send that
  * stage. Every callback runs on the JS thread while libmilter's thread for
- * the connection waits, and must return its answer synchronously.
+ * the connection waits for its answer: returned at once, or as a Promise
+ * (`async` callbacks), which holds only its own connection until it settles.
  *
  * The filter may be a plain object or an instance of a class: each callback
  * is read once by {@linkcode register} with ordinary property access (own,
@@ -81,36 +89,36 @@ export interface Filter {
    * (`null` if the MTA gave none) and address (`null` if the family is not
    * inet, inet6 or unix, or the MTA sent no address).
    */
-  connect?: ((ctx: Ctx, host: string | null, addr: SockAddr | null) => Stat) | null;
+  connect?: ((ctx: Ctx, host: string | null, addr: SockAddr | null) => Answer<Stat>) | null;
   /** Called for each HELO/EHLO (zero or more times per connection), with its argument. */
-  helo?: ((ctx: Ctx, helo: string) => Stat) | null;
+  helo?: ((ctx: Ctx, helo: string) => Answer<Stat>) | null;
   /** Called for MAIL FROM, with the sender address (with its `<>`) and the ESMTP arguments in wire order. */
-  envfrom?: ((ctx: Ctx, sender: string, args: string[]) => Stat) | null;
+  envfrom?: ((ctx: Ctx, sender: string, args: string[]) => Answer<Stat>) | null;
   /** Called for each RCPT TO, with the recipient address (with its `<>`) and the ESMTP arguments in wire order. */
-  envrcpt?: ((ctx: Ctx, rcpt: string, args: string[]) => Stat) | null;
+  envrcpt?: ((ctx: Ctx, rcpt: string, args: string[]) => Answer<Stat>) | null;
   /** Called for each message header, with its name and value. */
-  header?: ((ctx: Ctx, name: string, value: string) => Stat) | null;
+  header?: ((ctx: Ctx, name: string, value: string) => Answer<Stat>) | null;
   /** Called once after the last header. */
-  eoh?: ((ctx: Ctx) => Stat) | null;
+  eoh?: ((ctx: Ctx) => Answer<Stat>) | null;
   /** Called for each piece of the body (a copy, still valid after the callback returns) and its length. */
-  body?: ((ctx: Ctx, chunk: Uint8Array, length: number) => Stat) | null;
+  body?: ((ctx: Ctx, chunk: Uint8Array, length: number) => Answer<Stat>) | null;
   /** Called once at end of message; the only place message modifications are allowed. */
-  eom?: ((ctx: Ctx) => Stat) | null;
+  eom?: ((ctx: Ctx) => Answer<Stat>) | null;
   /**
    * Called when the current message is aborted; must reclaim per-message
    * resources. `abort` and `eom` exclude each other. Its answer is ignored.
    */
-  abort?: ((ctx: Ctx) => Stat) | null;
+  abort?: ((ctx: Ctx) => Answer<Stat>) | null;
   /**
    * Called when the connection closes, even after an abort, and possibly as
    * the only callback of a connection. Its answer is ignored. The private
    * data is released after it returns, whether or not the filter clears it.
    */
-  close?: ((ctx: Ctx) => Stat) | null;
+  close?: ((ctx: Ctx) => Answer<Stat>) | null;
   /** Called for an SMTP command the MTA does not know or implement, with the command. */
-  unknown?: ((ctx: Ctx, command: string) => Stat) | null;
+  unknown?: ((ctx: Ctx, command: string) => Answer<Stat>) | null;
   /** Called for the DATA command. */
-  data?: ((ctx: Ctx) => Stat) | null;
+  data?: ((ctx: Ctx) => Answer<Stat>) | null;
   /**
    * Called once at connection start with the actions and steps the MTA
    * offers; returns a `Stat` (`Continue` to use the returned lists, `All` to
@@ -119,7 +127,7 @@ export interface Filter {
    * the filter leaves out are always added, as libmilter does without a
    * negotiate callback.
    */
-  negotiate?: ((ctx: Ctx, flags: Flag[], steps: Step[]) => [Stat, Flag[], Step[]]) | null;
+  negotiate?: ((ctx: Ctx, flags: Flag[], steps: Step[]) => Answer<[Stat, Flag[], Step[]]>) | null;
 }
 
 /**
@@ -180,8 +188,6 @@ interface Registration {
 }
 
 let registration: Registration | null = null;
-/** The function pointers handed to libmilter; kept for the life of the process. */
-const keepAlive: Pointer[] = [];
 
 /** Thrown inside a trampoline when a callback's answer is not valid. */
 class BadReturn extends Error {
@@ -277,14 +283,8 @@ export function register(filter: Filter): void {
     xxfi_version: filter.version,
     xxfi_flags: r.flags,
   };
-  for (const name of CALLBACK_NAMES) {
-    const symbol = `xxfi_${name}` as const;
-    desc[symbol] = null;
-    if (!wanted(r, name)) continue;
-    const ptr = lib.registerCallback(symbol, trampoline(symbol));
-    keepAlive.push(ptr);
-    desc[symbol] = ptr;
-  }
+  const pointers = lib.registerCallbacks(TRAMPOLINE_HANDLERS);
+  for (const name of CALLBACK_NAMES) desc[`xxfi_${name}`] = wanted(r, name) ? pointers[`xxfi_${name}`] : null;
   const rc = lib.functions.smfi_register(desc as unknown as SmfiDesc);
   if (rc !== MI_SUCCESS) {
     fail(
@@ -326,14 +326,7 @@ function statCode(callback: CallbackName, value: unknown, noReply: boolean): num
   const bad = (why: string): never => {
     throw new BadReturn(`the ${callback} callback returned ${describe(value)}, ${why}`);
   };
-  if (!isStat(value)) {
-    const awaited = isThenable(value);
-    bad(
-      `not a Stat${
-        awaited ? "; callbacks must answer synchronously (libmilter's thread waits for the return value)" : ""
-      }`,
-    );
-  }
+  if (!isStat(value)) bad("not a Stat");
   const stat = value as Stat;
   if (stat === "All" && callback !== "negotiate") bad("not a Stat"); // All is negotiate's alone
   if (noReply) {
@@ -357,10 +350,11 @@ function failureReply(filterName: string): string {
 /** Callbacks whose answer libmilter ignores or that no SMTP reply follows. */
 const IGNORED_ANSWER: ReadonlySet<CallbackName> = new Set(["negotiate", "abort", "close"]);
 
-/** `error instanceof BadReturn`, for any thrown value (a revoked Proxy makes `instanceof` throw). */
-function kindOf(error: unknown): "bad-return" | "exception" {
+/** What kind of failure `error` is, for any thrown value (a revoked Proxy makes `instanceof` throw). */
+function kindOf(error: unknown): "bad-return" | "exception" | "timeout" {
   try {
-    return error instanceof BadReturn ? "bad-return" : "exception";
+    if (error instanceof BadReturn) return "bad-return";
+    return error instanceof CallbackTimeout ? "timeout" : "exception";
   } catch {
     return "exception";
   }
@@ -412,31 +406,129 @@ function owed(session: Session, callback: CallbackName, filterName: string): num
   return tempfail(session.ptr, filterName);
 }
 
+/** A callback's answer still to come: its Promise, and how its value becomes libmilter's code. */
+interface Deferred {
+  readonly promise: PromiseLike<unknown>;
+  readonly settle: (value: unknown) => number;
+}
+
+/** Raised when a callback's Promise is still pending at `callbackTimeout`, or when libmilter stops. */
+class CallbackTimeout extends Error {
+  override name = "CallbackTimeout";
+}
+
 /**
  * Runs one callback for the connection at `ptr`: opens the session, calls
- * `body`, and turns anything that escapes into the failure policy.
+ * `body`, and turns anything that escapes into the failure policy. A body
+ * that answers with a Promise keeps the session in its callback until the
+ * Promise settles (or `callbackTimeout` passes), and libmilter's thread
+ * parked in the shim until then: see {@linkcode answerLater}.
  */
 function dispatch(
   callback: CallbackName,
   ptr: Pointer,
-  body: (session: Session, r: Registration) => number,
+  token: number,
+  body: (session: Session, r: Registration) => number | Deferred,
 ): number {
   const r = registration!;
   const opening = !isOpen(ptr);
   const session = enter(ptr, callback, r.flags);
+  let answer: number;
   try {
     // A connection that starts while main is stopping is refused at its
     // first callback (negotiate or connect), so the MTA tempfails it.
-    if (opening && lifecycle.phase !== "running" && callback !== "close") return SMFIS_TEMPFAIL;
-    return owed(session, callback, r.name) ?? body(session, r);
+    if (opening && lifecycle.phase !== "running" && callback !== "close") answer = SMFIS_TEMPFAIL;
+    else {
+      const result = owed(session, callback, r.name) ?? body(session, r);
+      if (typeof result !== "number") return answerLater(session, callback, token, result);
+      answer = result;
+    }
   } catch (error) {
-    const answer = answerFailure(session, callback, r.name);
-    report(error, { callback, filter: r.name, ctx: session.ctx, kind: kindOf(error) });
-    return answer;
-  } finally {
-    leave(session);
-    if (callback === "close") release(session);
+    answer = failure(session, callback, error);
   }
+  end(session, callback);
+  return answer;
+}
+
+/** What a failed callback answers, reported while its Ctx is still usable. */
+function failure(session: Session, callback: CallbackName, error: unknown): number {
+  const r = registration!;
+  const answer = answerFailure(session, callback, r.name);
+  const kind = kindOf(error);
+  report(error, { callback, filter: r.name, ctx: session.ctx, kind });
+  return answer;
+}
+
+/** Ends a callback: its Ctx is unusable until the next one, and for good after close. */
+function end(session: Session, callback: CallbackName): void {
+  leave(session);
+  if (callback === "close") release(session);
+}
+
+/**
+ * Answers a callback whose value is a Promise: libmilter's thread waits in
+ * the shim (the handler returns its pending code) until the Promise settles
+ * or `callbackTimeout` passes, whichever comes first; then the answer is
+ * computed while the Ctx is still usable, and given to the shim. What comes
+ * after that changes nothing. Without the shim a Promise cannot be waited
+ * for: the callback fails, naming the platform.
+ */
+function answerLater(session: Session, callback: CallbackName, token: number, deferred: Deferred): number {
+  const lib = native("main");
+  const later = lib.later;
+  if (later === null || token < 0) {
+    deferred.promise.then(undefined, () => {}); // abandoned: its rejection must not go unhandled
+    const why = lib.laterUnavailable ?? "this callback was registered without the native shim";
+    const code = failure(
+      session,
+      callback,
+      new BadReturn(`the ${callback} callback returned a Promise, which needs the native shim: ${why}`),
+    );
+    end(session, callback);
+    return code;
+  }
+  let settled = false;
+  const answer = (compute: () => number): void => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    session.pending = null;
+    let code: number;
+    try {
+      code = compute();
+    } catch (error) {
+      code = failure(session, callback, error);
+    }
+    end(session, callback);
+    later.reply(token, code);
+  };
+  const timeoutMs = lifecycle.callbackTimeoutMs;
+  const timer = timeoutMs === null ? undefined : setTimeout(() =>
+    answer(() => {
+      throw new CallbackTimeout(
+        `the ${callback} callback's Promise did not settle within callbackTimeout (${timeoutMs / 1000} s)`,
+      );
+    }), timeoutMs);
+  session.pending = () =>
+    answer(() => {
+      throw new CallbackTimeout(`the ${callback} callback's Promise was still pending when libmilter stopped`);
+    });
+  deferred.promise.then(
+    (value) => answer(() => deferred.settle(value)),
+    (error) =>
+      answer(() => {
+        throw error;
+      }),
+  );
+  return later.pending;
+}
+
+/**
+ * Answers every callback still waiting for its Promise with Tempfail: when
+ * libmilter stops, no Promise may keep one of its threads parked.
+ */
+export function abandonPending(sessions: Iterable<Session>): void {
+  for (const session of [...sessions]) session.pending?.();
 }
 
 /** A callback's decoded arguments, and the C strings among them for `rawargs`. */
@@ -455,21 +547,16 @@ function withoutCallback(callback: CallbackName): number {
   throw new Error(`milter binding: libmilter called ${callback}, which the filter does not have`);
 }
 
-/** Calls a filter callback that answers a `Stat`, with the arguments `decode` reads. */
-function callStage(callback: CallbackName, ptr: Pointer, decode: () => Decoded): number {
-  return dispatch(callback, ptr, (session, r) => {
+/** Calls a filter callback that answers a `Stat` (or a Promise of one), with the arguments `decode` reads. */
+function callStage(callback: CallbackName, ptr: Pointer, token: number, decode: () => Decoded): number {
+  return dispatch(callback, ptr, token, (session, r) => {
     const fn = r.callbacks[callback];
     if (!fn) return withoutCallback(callback);
     const { args, raw = [] } = decode();
     session.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
-    if (isThenable(result)) {
-      result.then(
-        undefined,
-        (error) => report(error, { callback, filter: r.name, ctx: session.ctx, kind: "exception" }),
-      );
-    }
-    return statCode(callback, result, silent(session, callback));
+    const settle = (value: unknown): number => statCode(callback, value, silent(session, callback));
+    return isThenable(result) ? { promise: result, settle } : settle(result);
   });
 }
 
@@ -541,29 +628,30 @@ function reportInternal(symbol: CallbackSymbol, error: unknown): void {
 
 /** The handler of each callback: decodes its C arguments and runs the filter's callback. */
 const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
-  xxfi_connect: (ptr, host, addr) =>
+  xxfi_connect: (ptr, host, addr, token) =>
     callStage(
       "connect",
       ptr,
+      token,
       () => ({ args: [readCString(host), readSockAddr(addr)], raw: host === null ? [] : [host] }),
     ),
-  xxfi_helo: (ptr, helo) => callStage("helo", ptr, () => strings(helo)),
-  xxfi_envfrom: (ptr, pointer) => callStage("envfrom", ptr, () => argv(pointer)),
-  xxfi_envrcpt: (ptr, pointer) => callStage("envrcpt", ptr, () => argv(pointer)),
-  xxfi_header: (ptr, name, value) => callStage("header", ptr, () => strings(name, value)),
-  xxfi_eoh: (ptr) => callStage("eoh", ptr, () => ({ args: [] })),
-  xxfi_body: (ptr, chunk, len) =>
-    callStage("body", ptr, () => {
+  xxfi_helo: (ptr, helo, token) => callStage("helo", ptr, token, () => strings(helo)),
+  xxfi_envfrom: (ptr, pointer, token) => callStage("envfrom", ptr, token, () => argv(pointer)),
+  xxfi_envrcpt: (ptr, pointer, token) => callStage("envrcpt", ptr, token, () => argv(pointer)),
+  xxfi_header: (ptr, name, value, token) => callStage("header", ptr, token, () => strings(name, value)),
+  xxfi_eoh: (ptr, token) => callStage("eoh", ptr, token, () => ({ args: [] })),
+  xxfi_body: (ptr, chunk, len, token) =>
+    callStage("body", ptr, token, () => {
       const bytes = readBytes(chunk, len);
       return { args: [bytes, bytes.length] };
     }),
-  xxfi_eom: (ptr) => callStage("eom", ptr, () => ({ args: [] })),
-  xxfi_abort: (ptr) => callStage("abort", ptr, () => ({ args: [] })),
-  xxfi_close: (ptr) => callStage("close", ptr, () => ({ args: [] })),
-  xxfi_unknown: (ptr, command) => callStage("unknown", ptr, () => strings(command)),
-  xxfi_data: (ptr) => callStage("data", ptr, () => ({ args: [] })),
-  xxfi_negotiate: (ptr, f0, f1, _f2, _f3, pf0, pf1, pf2, pf3) =>
-    dispatch("negotiate", ptr, (session, r) => {
+  xxfi_eom: (ptr, token) => callStage("eom", ptr, token, () => ({ args: [] })),
+  xxfi_abort: (ptr, token) => callStage("abort", ptr, token, () => ({ args: [] })),
+  xxfi_close: (ptr, token) => callStage("close", ptr, token, () => ({ args: [] })),
+  xxfi_unknown: (ptr, command, token) => callStage("unknown", ptr, token, () => strings(command)),
+  xxfi_data: (ptr, token) => callStage("data", ptr, token, () => ({ args: [] })),
+  xxfi_negotiate: (ptr, f0, f1, _f2, _f3, pf0, pf1, pf2, pf3, token) =>
+    dispatch("negotiate", ptr, token, (session, r) => {
       const fn = r.callbacks.negotiate;
       if (!fn) {
         // What libmilter does without a negotiate callback: the registered
@@ -577,6 +665,12 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
         decodeMask(FLAG_BITS, f0),
         decodeMask(STEP_BITS, f1),
       ]);
-      return answerNegotiate(result, [pf0, pf1, pf2, pf3], session, r);
+      const settle = (value: unknown): number => answerNegotiate(value, [pf0, pf1, pf2, pf3], session, r);
+      return isThenable(result) ? { promise: result, settle } : settle(result);
     }),
 };
+
+/** The guarded trampoline of every callback, registered once per process. */
+const TRAMPOLINE_HANDLERS: CallbackHandlers = Object.fromEntries(
+  CALLBACK_NAMES.map((name) => [`xxfi_${name}`, trampoline(`xxfi_${name}`)]),
+);

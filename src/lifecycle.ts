@@ -37,6 +37,8 @@ export const lifecycle: {
   tcpNoDelay: boolean;
   /** libmilter's largest command, as last set by setmaxdatasize (libmilter's default 65535). */
   maxDataSize: number;
+  /** How long a callback's Promise may stay pending, in ms (`null`: no bound); set by main. */
+  callbackTimeoutMs: number | null;
 } = {
   phase: "idle",
   conn: null,
@@ -46,4 +48,5 @@ export const lifecycle: {
   socketMode: 0o660,
   tcpNoDelay: true,
   maxDataSize: 65535,
+  callbackTimeoutMs: 8_000,
 };

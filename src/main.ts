@@ -11,9 +11,9 @@ import { connectTarget, parseSocketSpec, type SocketSpec, timerDelay } from "./c
 import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
 import { blockingThread, runBlocking } from "../ffi/thread.ts";
-import { onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
+import { allSessions, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, milterError, requireInt } from "./error.ts";
-import { isRegistered } from "./filter.ts";
+import { abandonPending, isRegistered } from "./filter.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
@@ -242,6 +242,14 @@ export interface MainOptions {
    * what koffi's relay pool allows: 4,088 descriptors, about 4,060 connections.
    */
   maxConnections?: number;
+  /**
+   * Seconds a callback's Promise may stay pending (default 8: below
+   * Sendmail's 10 s and Postfix's 30 s command timeouts, so that the filter,
+   * not the MTA, decides). Past it the callback answers Tempfail with
+   * `451 4.3.0`, the failure is reported (kind `"timeout"`), and what the
+   * Promise does later reaches nothing. `Infinity` waits without bound.
+   */
+  callbackTimeout?: number;
 }
 
 /** Milliseconds `stop` waits for open connections, `null` for as long as they take. */
@@ -285,8 +293,13 @@ function start(options: MainOptions): Promise<void> {
     fail("main", `drainTimeout must be a number of seconds >= 0, got ${describe(drain)}`);
   }
   if (options.maxConnections !== undefined) requireInt("main", "maxConnections", options.maxConnections, 1);
+  const callbackTimeout = options.callbackTimeout ?? 8;
+  if (typeof callbackTimeout !== "number" || !(callbackTimeout > 0)) {
+    fail("main", `callbackTimeout must be a number of seconds > 0, got ${describe(callbackTimeout)}`);
+  }
   const lib = native("main");
   drainTimeoutMs = timerDelay(drain);
+  lifecycle.callbackTimeoutMs = timerDelay(callbackTimeout);
   // Create the socket now rather than inside smfi_main, so that a unix
   // socket gets its permissions (and an inet one TCP_NODELAY) before
   // libmilter accepts any connection on it.
@@ -319,6 +332,7 @@ function start(options: MainOptions): Promise<void> {
       lifecycle.phase = "stopped";
       stopRequested?.();
       removeSignals();
+      abandonPending(allSessions());
       releaseAll();
       restoreFileLimit(lib, limit);
       removeUnixSocket(lifecycle.socket, lifecycle.socketFile);
@@ -451,6 +465,7 @@ export function stop(): void {
     onSessionEnd(null);
     stopRequested = null;
     if (lifecycle.phase !== "draining") return;
+    abandonPending(allSessions()); // past the drain: pending callbacks answer Tempfail now
     stopIssued = true;
     stopReturned = runBlocking(lib, "smfi_stop").then(() => {}, () => {});
     wakeListener();

@@ -16,17 +16,18 @@ export interface ErrorInfo {
   /** The registered filter's name. */
   readonly filter: string;
   /**
-   * The connection's context. It is usable inside the reporter (e.g.
-   * `getsymval(ctx, "i")`) when the failure is reported while libmilter
-   * still waits for the callback's answer, which is every report but one: a
-   * Promise returned by a callback (answered Tempfail at once, as a
-   * `bad-return`) that rejects later is reported again after the connection
-   * has moved on, and there every function given this context raises
-   * `MilterError`.
+   * The connection's context, usable inside the reporter (e.g.
+   * `getsymval(ctx, "i")`): every failure is reported before its answer
+   * goes to libmilter, while the connection still waits for it.
    */
   readonly ctx: Ctx;
-  /** `"exception"` when the callback threw, `"bad-return"` when it returned something that is not a valid answer. */
-  readonly kind: "exception" | "bad-return";
+  /**
+   * `"exception"` when the callback threw or its Promise rejected,
+   * `"bad-return"` when it answered something that is not a valid answer,
+   * `"timeout"` when its Promise was still pending at `callbackTimeout` (or
+   * when libmilter stopped).
+   */
+  readonly kind: "exception" | "bad-return" | "timeout";
 }
 
 /** A function that receives callback failures. */
