@@ -3,7 +3,11 @@
  * the filter's resident memory sampled every 10% of the run. Bounded: it
  * ends after the given number of connections.
  *
- *   npx tsx scripts/soak.ts [connections=100000] [messages per connection=3] [parallel clients=64] [runtime=node]
+ *   npx tsx scripts/soak.ts [connections=100000] [messages per connection=3] [parallel clients=64] [runtime=node] [async ms]
+ *
+ * With `async ms`, the filter's envrcpt awaits a timer of that many ms and
+ * its eom awaits before stamping (async callbacks); the samples then also
+ * show the most Promises pending at once.
  *
  * Prints one JSON line per sample and a verdict: resident memory at the end
  * within 10% of what it was after the first 10% of connections.
@@ -17,12 +21,13 @@ import { MilterClient } from "../src/testing/mod.ts";
 
 const [connections, messages, parallel] = [100_000, 3, 64].map((d, i) => Number(process.argv[2 + i] ?? d));
 const runtime = (process.argv[5] ?? "node") as Runtime;
+const asyncMs = process.argv[6];
 
 /** The filter process's resident set, in MiB. */
 const rss = (pid: number): number =>
   Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 
-const filter = await startFilter({ runtime, fixture: "stamp.ts" });
+const filter = await startFilter({ runtime, fixture: "stamp.ts", env: asyncMs ? { ASYNC_MS: asyncMs } : {} });
 const pid = filter.child.pid!;
 const started = Date.now();
 let done = 0, failures = 0;

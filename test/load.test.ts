@@ -79,6 +79,17 @@ test("4,000 simultaneous connections with messages flowing; past the ceiling the
   expect(filter.child.exitCode).toBeNull();
 });
 
+test("4,000 simultaneous connections with async callbacks, hundreds of Promises pending at once", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts", env: { ASYNC_MS: "50" } });
+  expect(await flood(filter, 4000, true)).toEqual({ "continue+stamped": 4000 });
+  const { max, messages, maxPending } = await stats(filter);
+  expect(max).toBe(4000); // all open at once
+  expect(messages).toBe(4000);
+  // Each envrcpt waits 50 ms: with 4,000 messages sent at once, many wait together.
+  expect(maxPending).toBeGreaterThanOrEqual(100);
+  expect(filter.child.exitCode).toBeNull();
+});
+
 test("past koffi's pool, connections wait instead of crashing the process", async () => {
   // A program that set a small pool itself keeps it; the binding then keeps connections below it.
   const filter = await startFilter({ fixture: "stamp.ts", env: { KOFFI_MAX_ASYNC: "64" } });
