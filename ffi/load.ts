@@ -8,7 +8,7 @@
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import type { Libc } from "./libc.ts";
-import { openShim, type Shim } from "./shim.ts";
+import { functionAddress, openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
 import {
   CALLBACK_PROTOTYPES,
   type CallbackHandler,
@@ -89,6 +89,17 @@ export interface Later {
   reply(token: number, code: number): boolean;
   /** How many calls wait for an answer now. */
   waiting(): number;
+  /**
+   * Has the shim do libmilter's writes to the MTA (addheader, replacebody,
+   * …) on each connection's own thread, posted with {@linkcode Later.post}.
+   * When one fails, the shim sets the reply `451 4.3.0 <failureText>`,
+   * answers Tempfail, and calls `onFailure` (on the JS thread, while
+   * libmilter's thread still waits) with the connection's context and the
+   * write. Once per process.
+   */
+  bindWrites(failureText: string, onFailure: (ctx: Pointer, write: ShimWrite["kind"]) => void): void;
+  /** Hands `write` to the thread of the call `token` names; `false` when that call takes no more writes. */
+  post(token: number, write: ShimWrite): boolean;
 }
 
 /** Called for an optional function this build lacks, in place of it; throws. */
@@ -259,6 +270,26 @@ function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>,
   };
 }
 
+/** {@linkcode Libmilter.later} through `shim`, for the library loaded from `path`. */
+function later(shim: Shim, path: string): Later {
+  const kinds = Object.fromEntries(Object.entries(WRITE_KINDS).map(([name, kind]) => [kind, name])) as Record<
+    number,
+    ShimWrite["kind"]
+  >;
+  return {
+    pending: shim.pendingCode,
+    reply: shim.reply,
+    waiting: shim.pending,
+    post: shim.post,
+    bindWrites: (failureText, onFailure) =>
+      shim.bindWrites(
+        WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),
+        failureText,
+        (ctx, kind) => onFailure(ctx, kinds[kind]),
+      ),
+  };
+}
+
 /** {@linkcode Libmilter.registerCallbacks}: through the shim's wrappers where there is a shim. */
 function registerAll(
   handlers: CallbackHandlers,
@@ -311,7 +342,7 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
     registerCallback: (symbol, handler) =>
       koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
-    later: shim === null ? null : { pending: shim.pendingCode, reply: shim.reply, waiting: shim.pending },
+    later: shim === null ? null : later(shim, path),
     laterUnavailable: shim === null ? shimReason : null,
     onWorker: (symbol) =>
       new Promise<number>((resolve, reject) =>

@@ -24,7 +24,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 2;
+export const SHIM_ABI = 3;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -83,6 +83,67 @@ export interface Shim {
   reply(token: number, code: number): boolean;
   /** How many wrapped calls wait for a {@linkcode reply} right now (`milter_shim_pending`). */
   pending(): number;
+  /**
+   * Gives the shim libmilter's write functions (`milter_shim_bind_writes`),
+   * in {@linkcode WRITE_FUNCTIONS} order, each an address or `null`; the
+   * text of the `451 4.3.0` reply set when a write fails; and `onFailure`,
+   * called (relayed to the JS thread) with the connection's `SMFICTX` and
+   * the write's kind after a write failed, before its callback answers
+   * Tempfail. Once per process, before any {@linkcode post}.
+   *
+   * @throws {Error} when the shim refuses them.
+   */
+  bindWrites(
+    functions: readonly (bigint | null)[],
+    failureText: string,
+    onFailure: (ctx: bigint, kind: number) => void,
+  ): void;
+  /**
+   * Hands a write to the thread of the wrapped call `token` names
+   * (`milter_shim_post`), which does it, in order, before the call answers.
+   * `kind` is a {@linkcode WRITE_KINDS} value. Everything is copied.
+   *
+   * @returns `true` when posted; `false` when the call takes no more writes (answered, over) or memory ran out.
+   */
+  post(token: number, write: ShimWrite): boolean;
+}
+
+/** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
+export const WRITE_FUNCTIONS: readonly string[] = [
+  "smfi_addheader",
+  "smfi_chgheader",
+  "smfi_insheader",
+  "smfi_chgfrom",
+  "smfi_addrcpt",
+  "smfi_addrcpt_par",
+  "smfi_delrcpt",
+  "smfi_replacebody",
+  "smfi_quarantine",
+  "smfi_progress",
+  "smfi_setreply",
+];
+
+/** The kind of each write the shim can do for a connection (OP_* in milter_shim.c). */
+export const WRITE_KINDS = {
+  addheader: 1,
+  chgheader: 2,
+  insheader: 3,
+  chgfrom: 4,
+  addrcpt: 5,
+  addrcpt_par: 6,
+  delrcpt: 7,
+  replacebody: 8,
+  quarantine: 9,
+  progress: 10,
+} as const;
+
+/** One write for the connection's own thread: its kind, header index, string arguments and body bytes. */
+export interface ShimWrite {
+  readonly kind: keyof typeof WRITE_KINDS;
+  readonly index?: number;
+  readonly a?: string | null;
+  readonly b?: string | null;
+  readonly bytes?: Uint8Array | null;
 }
 
 /** Why no shim could be loaded, for a message; the caller falls back to running without it. */
@@ -254,6 +315,17 @@ function load(): Shim | ShimUnavailable {
   let wrap: (js: (bigint | null)[], out: (bigint | null)[]) => number;
   let reply: (token: number, code: number) => number;
   let pending: () => number;
+  let bindWrites: (fns: (bigint | null)[], text: string, failed: unknown) => number;
+  let post: (
+    token: number,
+    kind: number,
+    index: number,
+    a: string | null,
+    b: string | null,
+    bytes: Uint8Array | null,
+    len: number,
+  ) => number;
+  let failedType: TypeObject;
   try {
     // Anonymous, so that two copies of this module (source and dist) in one
     // process do not declare the same type name twice.
@@ -264,6 +336,11 @@ function load(): Shim | ShimUnavailable {
     wrap = lib.func("int milter_shim_wrap(void **js, _Out_ void **out)");
     reply = lib.func("int milter_shim_reply(int64_t token, int code)");
     pending = lib.func("int milter_shim_pending(void)");
+    failedType = koffi.pointer(koffi.proto("void (void *ctx, int kind)"));
+    bindWrites = lib.func("milter_shim_bind_writes", "int", ["void **", "const char *", failedType]);
+    post = lib.func(
+      "int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b, const uint8_t *bytes, int len)",
+    );
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
@@ -288,6 +365,27 @@ function load(): Shim | ShimUnavailable {
     },
     pending(): number {
       return pending();
+    },
+    bindWrites(functions, failureText, onFailure): void {
+      // Kept for the life of the process: the shim calls it from libmilter's threads.
+      const failed = koffi.register((ctx: bigint, kind: number) => onFailure(ctx, kind), failedType);
+      if (bindWrites([...functions], failureText, failed) !== 0) {
+        koffi.unregister(failed);
+        throw new Error("milter_shim_bind_writes: the shim refused libmilter's write functions");
+      }
+    },
+    post(token, write): boolean {
+      if (!Number.isSafeInteger(token)) return false;
+      const bytes = write.bytes ?? null;
+      return post(
+        token,
+        WRITE_KINDS[write.kind],
+        write.index ?? 0,
+        write.a ?? null,
+        write.b ?? null,
+        bytes,
+        bytes?.length ?? 0,
+      ) === 0;
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       // A timer holds the event loop open until done runs: nothing else

@@ -13,6 +13,8 @@ import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
 import type { Libmilter } from "../ffi/load.ts";
+import type { ShimWrite } from "../ffi/shim.ts";
+import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
@@ -101,16 +103,41 @@ class Op {
     return session;
   }
 
-  /** A modification at end of message: the session, with the reason libmilter may refuse it. */
+  /**
+   * A modification at end of message: the session, checked to have declared
+   * `flag`, with the reason libmilter may still refuse it.
+   */
   inEom(ctx: unknown, flag: Flag): [Session, () => string] {
     const session = this.inCallback(ctx, ["eom"]);
-    const why = (): string =>
-      (session.actions & FLAG_BITS[flag]) === 0
-        ? `the filter did not declare Flag.${flag} (in Filter.flags or from negotiate)`
-        : `libmilter refused (the MTA may not offer Flag.${flag}, or the connection failed)`;
+    if ((session.actions & FLAG_BITS[flag]) === 0) {
+      this.fail(`the filter did not declare Flag.${flag} (in Filter.flags or from negotiate)`);
+    }
+    const why = (): string => `libmilter refused (the MTA may not offer Flag.${flag}, or the connection failed)`;
     return [session, why];
   }
+
+  /**
+   * Sends a write to the MTA. Where the shim takes writes, the connection's
+   * own thread (parked in libmilter's callback) does it, in order, before the
+   * callback answers, so that an MTA that stopped reading stalls only its own
+   * connection; a write libmilter refuses then turns the answer into Tempfail
+   * 451 4.3.0, reported. Otherwise it is done here, on the JS thread.
+   */
+  write(session: Session, write: ShimWrite, direct: () => number, why?: () => string): void {
+    const lib = native(this.name);
+    const optional = OPTIONAL_WRITES[write.kind];
+    const later = optional && !lib.has(optional) ? null : lib.later; // a missing function raises its own error
+    if (later === null || session.token < 0) return this.check(direct(), why);
+    if (!later.post(session.token, write)) this.fail("the callback has already answered; nothing was sent");
+  }
 }
+
+/** The writes whose libmilter function a build may lack. */
+const OPTIONAL_WRITES: Partial<Record<ShimWrite["kind"], OptionalSymbol>> = {
+  insheader: "smfi_insheader",
+  chgfrom: "smfi_chgfrom",
+  addrcpt_par: "smfi_addrcpt_par",
+};
 
 /** The bytes libmilter sends for a header modification, and what it refuses above. */
 function headerTooLarge(name: string, value: string | null, indexed: boolean): string | null {
@@ -232,7 +259,14 @@ export function addheader(ctx: Ctx, name: string, value: string): void {
   const [session, why] = op.inEom(ctx, "ADDHDRS");
   op.headerName(name);
   op.headerValue(value);
-  op.check(op.libmilter.smfi_addheader(session.ptr, name, value), () => headerTooLarge(name, value, false) ?? why());
+  const tooLarge = headerTooLarge(name, value, false);
+  if (tooLarge) op.fail(tooLarge);
+  op.write(
+    session,
+    { kind: "addheader", a: name, b: value },
+    () => op.libmilter.smfi_addheader(session.ptr, name, value),
+    why,
+  );
 }
 
 /**
@@ -249,7 +283,14 @@ export function chgheader(ctx: Ctx, name: string, index: number, value: string |
   op.headerName(name);
   op.int("the index", index, 0);
   const v = value === null || value === undefined ? null : op.headerValue(value);
-  op.check(op.libmilter.smfi_chgheader(session.ptr, name, index, v), () => headerTooLarge(name, v, true) ?? why());
+  const tooLarge = headerTooLarge(name, v, true);
+  if (tooLarge) op.fail(tooLarge);
+  op.write(
+    session,
+    { kind: "chgheader", a: name, index, b: v },
+    () => op.libmilter.smfi_chgheader(session.ptr, name, index, v),
+    why,
+  );
 }
 
 /**
@@ -266,9 +307,13 @@ export function insheader(ctx: Ctx, index: number, name: string, value: string):
   op.int("the index", index, 0);
   op.headerName(name);
   op.headerValue(value);
-  op.check(
-    op.libmilter.smfi_insheader(session.ptr, index, name, value),
-    () => headerTooLarge(name, value, true) ?? why(),
+  const tooLarge = headerTooLarge(name, value, true);
+  if (tooLarge) op.fail(tooLarge);
+  op.write(
+    session,
+    { kind: "insheader", index, a: name, b: value },
+    () => op.libmilter.smfi_insheader(session.ptr, index, name, value),
+    why,
   );
 }
 
@@ -283,7 +328,8 @@ export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
   const op = CHGFROM;
   const [session, why] = op.inEom(ctx, "CHGFROM");
   op.string("the sender", from);
-  op.check(op.libmilter.smfi_chgfrom(session.ptr, from, op.optionalString("args", args)), why);
+  const a = op.optionalString("args", args);
+  op.write(session, { kind: "chgfrom", a: from, b: a }, () => op.libmilter.smfi_chgfrom(session.ptr, from, a), why);
 }
 
 /**
@@ -295,7 +341,8 @@ export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
 export function addrcpt(ctx: Ctx, rcpt: string): void {
   const op = ADDRCPT;
   const [session, why] = op.inEom(ctx, "ADDRCPT");
-  op.check(op.libmilter.smfi_addrcpt(session.ptr, op.string("the recipient", rcpt)), why);
+  op.string("the recipient", rcpt);
+  op.write(session, { kind: "addrcpt", a: rcpt }, () => op.libmilter.smfi_addrcpt(session.ptr, rcpt), why);
 }
 
 /**
@@ -308,7 +355,13 @@ export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void 
   const op = ADDRCPT_PAR;
   const [session, why] = op.inEom(ctx, "ADDRCPT_PAR");
   op.string("the recipient", rcpt);
-  op.check(op.libmilter.smfi_addrcpt_par(session.ptr, rcpt, op.optionalString("args", args)), why);
+  const a = op.optionalString("args", args);
+  op.write(
+    session,
+    { kind: "addrcpt_par", a: rcpt, b: a },
+    () => op.libmilter.smfi_addrcpt_par(session.ptr, rcpt, a),
+    why,
+  );
 }
 
 /**
@@ -320,7 +373,8 @@ export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void 
 export function delrcpt(ctx: Ctx, rcpt: string): void {
   const op = DELRCPT;
   const [session, why] = op.inEom(ctx, "DELRCPT");
-  op.check(op.libmilter.smfi_delrcpt(session.ptr, op.string("the recipient", rcpt)), why);
+  op.string("the recipient", rcpt);
+  op.write(session, { kind: "delrcpt", a: rcpt }, () => op.libmilter.smfi_delrcpt(session.ptr, rcpt), why);
 }
 
 /**
@@ -339,7 +393,12 @@ export function replacebody(ctx: Ctx, body: Uint8Array | string): void {
     ? body
     : op.fail(`the body must be a Uint8Array or a string, got ${describe(body)}`);
   if (bytes.length > 0x7fffffff) op.fail("the body is larger than 2 GiB");
-  op.check(op.libmilter.smfi_replacebody(session.ptr, bytes, bytes.length), why);
+  op.write(
+    session,
+    { kind: "replacebody", bytes },
+    () => op.libmilter.smfi_replacebody(session.ptr, bytes, bytes.length),
+    why,
+  );
 }
 
 /**
@@ -350,7 +409,7 @@ export function replacebody(ctx: Ctx, body: Uint8Array | string): void {
  */
 export function progress(ctx: Ctx): void {
   const session = PROGRESS.inCallback(ctx, ["eom"]);
-  PROGRESS.check(PROGRESS.libmilter.smfi_progress(session.ptr));
+  PROGRESS.write(session, { kind: "progress" }, () => PROGRESS.libmilter.smfi_progress(session.ptr));
 }
 
 /**
@@ -364,7 +423,7 @@ export function quarantine(ctx: Ctx, reason: string): void {
   const [session, why] = op.inEom(ctx, "QUARANTINE");
   op.string("the reason", reason);
   if (reason === "") op.fail("the reason must not be empty");
-  op.check(op.libmilter.smfi_quarantine(session.ptr, reason), why);
+  op.write(session, { kind: "quarantine", a: reason }, () => op.libmilter.smfi_quarantine(session.ptr, reason), why);
 }
 
 /**

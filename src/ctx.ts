@@ -81,6 +81,8 @@ export interface Session {
   failed: "connection" | "message" | null;
   /** While the running callback's Promise is pending: answers it with Tempfail at once (when libmilter stops). */
   pending: (() => void) | null;
+  /** The shim's token of the running callback, for writes done by its own thread; -1 when there is none. */
+  token: number;
 }
 
 const sessions = new Map<Pointer, Session>();
@@ -103,12 +105,18 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
       noReply: 0,
       failed: null,
       pending: null,
+      token: -1,
     };
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
   session.callback = callback;
   return session;
+}
+
+/** The open session of the connection at `ptr`, if any. */
+export function sessionAt(ptr: Pointer): Session | undefined {
+  return sessions.get(ptr);
 }
 
 /** Whether the connection at `ptr` has an open session (one of its callbacks has run). */
@@ -120,6 +128,7 @@ export function isOpen(ptr: Pointer): boolean {
 export function leave(session: Session): void {
   session.callback = null;
   session.raw = [];
+  session.token = -1;
 }
 
 /** Ends a session: its Ctx becomes unusable and its private data is dropped. */

@@ -31,8 +31,18 @@ import {
 } from "../ffi/memory.ts";
 import type { CallbackHandler, CallbackHandlers, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
 import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import { CALLBACK_NAMES, type CallbackName, type Ctx, enter, isOpen, leave, release, type Session } from "./ctx.ts";
-import { describe, fail, isThenable } from "./error.ts";
+import {
+  CALLBACK_NAMES,
+  type CallbackName,
+  type Ctx,
+  enter,
+  isOpen,
+  leave,
+  release,
+  type Session,
+  sessionAt,
+} from "./ctx.ts";
+import { describe, fail, isThenable, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";
@@ -295,6 +305,31 @@ export function register(filter: Filter): void {
     );
   }
   registration = r;
+  lib.later?.bindWrites(failureReply(r.name), writeFailed);
+}
+
+/**
+ * Reports a modification that libmilter could not send to the MTA (its
+ * connection failed or timed out), done by the connection's own thread after
+ * the callback had handed it over; the shim has already set 451 4.3.0 and
+ * answers Tempfail. libmilter's thread still waits inside eom meanwhile, so
+ * the reporter may use the Ctx.
+ */
+function writeFailed(ptr: Pointer, write: string): void {
+  const session = sessionAt(ptr);
+  if (!session || !registration) return;
+  session.callback = "eom";
+  try {
+    report(
+      milterError(
+        write,
+        "libmilter could not send it to the MTA (the connection failed or timed out); the message was answered Tempfail",
+      ),
+      { callback: "eom", filter: registration.name, ctx: session.ctx, kind: "exception" },
+    );
+  } finally {
+    session.callback = null;
+  }
 }
 
 /**
@@ -433,6 +468,7 @@ function dispatch(
   const r = registration!;
   const opening = !isOpen(ptr);
   const session = enter(ptr, callback, r.flags);
+  session.token = token;
   let answer: number;
   try {
     // A connection that starts while main is stopping is refused at its

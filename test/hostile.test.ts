@@ -108,7 +108,7 @@ describe("the scripted filter", () => {
     expect(result.modifications).toEqual([]);
     client.quit();
     const ctx = await filter.ctxOf("headers.example");
-    const eom = filter.eventsOf(ctx).find((e) => e.cb === "eom")!;
+    const eom = await filter.waitFor((e) => e.cb === "eom" && e.ctx === ctx);
     expect(eom.actions[0]).toMatchObject({ ok: false, name: "MilterError" });
     expect(eom.actions[0].message).toContain(why);
     filter.events.length = 0;

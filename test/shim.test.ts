@@ -188,7 +188,7 @@ describe("on this machine", () => {
     const env = { SHIM_MODE: "open", SHIM_SOCKET: socketPath() };
     const other = join(ROOT, "ffi/shim/prebuilt", shimTarget()!, "libmilter_shim.so");
     const good = await runChild(cmd, args, { ...env, MILTER_SHIM_PATH: other }, 30_000);
-    expect(eventOf(good, "shim")).toMatchObject({ path: other, abi: 2 });
+    expect(eventOf(good, "shim")).toMatchObject({ path: other, abi: SHIM_ABI });
     const absent = await runChild(cmd, args, { ...env, MILTER_SHIM_PATH: join(scratch, "absent.so") }, 30_000);
     expect(eventOf(absent, "unavailable")?.reason).toMatch(
       /cannot load the milter shim .*absent\.so.*check MILTER_SHIM_PATH/,
@@ -261,7 +261,7 @@ describe("on arm64, under qemu", () => {
       const result = await runArm64(ctx, { SHIM_MODE: "stop", SHIM_SOCKET: socketPath() }, 60_000);
       expect(result.timedOut, result.stderr).toBe(false);
       expect(eventOf(result, "shim")).toMatchObject({
-        abi: 2,
+        abi: SHIM_ABI,
         target: "linux-arm64-gnu",
         path: join(ROOT, "ffi/shim/prebuilt/linux-arm64-gnu/libmilter_shim.so"),
       });

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define MILTER_SHIM_EXPORT __attribute__((visibility("default")))
 
@@ -37,7 +38,7 @@
  * 1: milter_shim_abi, milter_shim_start_main.
  * 2: adds milter_shim_wrap, milter_shim_reply, milter_shim_pending.
  */
-#define MILTER_SHIM_ABI 2
+#define MILTER_SHIM_ABI 3
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -81,6 +82,8 @@ SHIM_PIN(pthread_mutex_unlock);
 SHIM_PIN(sigfillset);
 SHIM_PIN(malloc);
 SHIM_PIN(free);
+SHIM_PIN(strlen);
+SHIM_PIN(memcpy);
 SHIM_PIN_COND(pthread_cond_init);
 SHIM_PIN_COND(pthread_cond_wait);
 SHIM_PIN_COND(pthread_cond_signal);
@@ -240,13 +243,26 @@ enum slot_state {
 	SLOT_ANSWERED,	/* a reply delivered code; the wrapper returns it */
 };
 
+/* A write to the MTA handed over by JS (milter_shim_post), done by the slot's own thread. */
+struct op {
+	struct op *next;
+	int kind;	 /* an OP_* */
+	int index;	 /* chgheader's and insheader's header index */
+	int len;	 /* replacebody's length */
+	char *a, *b;	 /* the string arguments, copied (b may be NULL) */
+	unsigned char *bytes; /* replacebody's bytes, copied */
+};
+
 struct slot {
-	pthread_cond_t answered; /* signalled when a reply moves SLOT_WAITING to SLOT_ANSWERED */
+	pthread_cond_t answered; /* signalled when a reply moves SLOT_WAITING to SLOT_ANSWERED, or a write is posted */
 	uint64_t generation;	 /* of the current (or last) call; 0 before the first */
 	struct slot *next_free;	 /* the free list's link, while SLOT_FREE */
 	uint32_t index;
 	int state;
 	int code; /* the reply, once SLOT_ANSWERED */
+	void *ctx;		  /* the wrapper call's SMFICTX */
+	struct op *head, *tail;	  /* writes posted and not done yet, in order */
+	int failed;		  /* OP_* of the first write libmilter refused, 0 if none */
 };
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -276,6 +292,9 @@ static struct slot *slot_take(void)
 					block[i].index = index + i;
 					block[i].state = SLOT_FREE;
 					block[i].code = 0;
+					block[i].ctx = NULL;
+					block[i].head = block[i].tail = NULL;
+					block[i].failed = 0;
 					pthread_cond_init(&block[i].answered, NULL);
 				}
 				pool_blocks[index / SHIM_BLOCK_SLOTS] = block;
@@ -300,28 +319,124 @@ static int64_t slot_token(const struct slot *slot)
 	return (int64_t)(slot->generation << SHIM_INDEX_BITS | slot->index);
 }
 
+/* ---- writes done by the connection's own thread ---------------------------
+ *
+ * Why: libmilter's functions that write to the MTA (smfi_addheader,
+ * smfi_replacebody, ...) block until the MTA has read what they send, for up
+ * to libmilter's I/O timeout. Called on the JS thread, one MTA connection
+ * that stopped reading would stall every connection. So JS hands each write
+ * to the shim (milter_shim_post), and the thread libmilter called the
+ * callback on, parked in its wrapper, does it: a stalled MTA stalls only its
+ * own connection. Writes run in the order posted, before the wrapper returns
+ * the callback's answer. When libmilter refuses one (the connection failed
+ * or timed out), the later ones are skipped, the reply is set to the
+ * failure text with 451 4.3.0, the answer becomes SMFIS_TEMPFAIL (never an
+ * accept), and JS is told through the on_failure function.
+ */
+
+enum {
+	OP_addheader = 1,
+	OP_chgheader,
+	OP_insheader,
+	OP_chgfrom,
+	OP_addrcpt,
+	OP_addrcpt_par,
+	OP_delrcpt,
+	OP_replacebody,
+	OP_quarantine,
+	OP_progress,
+	OP_setreply, /* not postable: used for the failure reply */
+	SHIM_OPS = OP_setreply /* 11: the functions milter_shim_bind_writes takes */
+};
+
+/* libmilter's functions for each OP_*, set by milter_shim_bind_writes(); index OP_* - 1. */
+static void *write_fns[SHIM_OPS];
+static char *failure_text;
+static void (*on_failure)(void *ctx, int kind);
+
+/* Does one write on the calling thread; returns libmilter's result (0 = MI_SUCCESS). */
+static int op_run(void *ctx, const struct op *op)
+{
+	void *fn = write_fns[op->kind - 1];
+	if (fn == NULL)
+		return -1;
+	switch (op->kind) {
+	case OP_addheader:
+		return ((int (*)(void *, char *, char *))fn)(ctx, op->a, op->b);
+	case OP_chgheader:
+		return ((int (*)(void *, char *, int, char *))fn)(ctx, op->a, op->index, op->b);
+	case OP_insheader:
+		return ((int (*)(void *, int, char *, char *))fn)(ctx, op->index, op->a, op->b);
+	case OP_chgfrom:
+	case OP_addrcpt_par:
+		return ((int (*)(void *, char *, char *))fn)(ctx, op->a, op->b);
+	case OP_addrcpt:
+	case OP_delrcpt:
+	case OP_quarantine:
+		return ((int (*)(void *, char *))fn)(ctx, op->a);
+	case OP_replacebody:
+		return ((int (*)(void *, unsigned char *, int))fn)(ctx, op->bytes, op->len);
+	case OP_progress:
+		return ((int (*)(void *))fn)(ctx);
+	default:
+		return -1;
+	}
+}
+
 /*
- * Ends a wrapper call: rc is what the JS handler returned. When that is
- * PENDING, waits for the reply unless it came already (while the handler
- * still ran), and answers with its code. Gives the slot back either way.
+ * Ends a wrapper call: rc is what the JS handler returned. Does the writes
+ * posted meanwhile; when rc is PENDING, waits for the reply (unless it came
+ * already, while the handler still ran), doing each write posted in the
+ * meantime, and answers with the reply's code. Gives the slot back.
  */
 static int slot_finish(struct slot *slot, int rc)
 {
 	pthread_mutex_lock(&pool_lock);
-	if (rc == MILTER_SHIM_PENDING) {
+	for (;;) {
+		struct op *op = slot->head;
+		if (op != NULL) {
+			slot->head = op->next;
+			if (slot->head == NULL)
+				slot->tail = NULL;
+			int skip = slot->failed != 0, kind = op->kind;
+			pthread_mutex_unlock(&pool_lock);
+			int failed = !skip && op_run(slot->ctx, op) != 0;
+			free(op);
+			pthread_mutex_lock(&pool_lock);
+			if (failed)
+				slot->failed = kind;
+			continue;
+		}
+		if (rc != MILTER_SHIM_PENDING)
+			break;
+		if (slot->state == SLOT_ANSWERED) {
+			rc = slot->code;
+			break;
+		}
 		if (slot->state == SLOT_CALLING) {
 			slot->state = SLOT_WAITING;
 			pool_waiting++;
-			while (slot->state == SLOT_WAITING)
-				pthread_cond_wait(&slot->answered, &pool_lock);
 		}
-		rc = slot->code;
+		pthread_cond_wait(&slot->answered, &pool_lock);
 	}
+	int failed = slot->failed;
+	void *ctx = slot->ctx;
 	/* A reply that came while the handler ran, and the handler then answered at once: the handler wins. */
 	slot->state = SLOT_FREE;
+	slot->failed = 0;
+	slot->ctx = NULL;
 	slot->next_free = pool_free;
 	pool_free = slot;
 	pthread_mutex_unlock(&pool_lock);
+	if (failed) {
+		int (*setreply)(void *, char *, char *, char *) =
+			(int (*)(void *, char *, char *, char *))write_fns[OP_setreply - 1];
+		if (setreply != NULL && failure_text != NULL)
+			setreply(ctx, "451", "4.3.0", failure_text);
+		if (on_failure != NULL)
+			on_failure(ctx, failed);
+		rc = SHIM_SMFIS_TEMPFAIL;
+	}
 	return rc;
 }
 
@@ -365,6 +480,7 @@ static void *js_handlers[SHIM_CALLBACKS];
 		if (slot == NULL)                                                 \
 			return SHIM_SMFIS_TEMPFAIL;                               \
 		int64_t token = slot_token(slot);                                 \
+		slot->ctx = ctx;                                                  \
 		return slot_finish(slot, js args);                                \
 	}
 
@@ -470,4 +586,90 @@ MILTER_SHIM_EXPORT int milter_shim_pending(void)
 	int n = pool_waiting;
 	pthread_mutex_unlock(&pool_lock);
 	return n;
+}
+
+/**
+ * Gives the shim libmilter's write functions, in OP_* order: smfi_addheader,
+ * smfi_chgheader, smfi_insheader, smfi_chgfrom, smfi_addrcpt,
+ * smfi_addrcpt_par, smfi_delrcpt, smfi_replacebody, smfi_quarantine,
+ * smfi_progress, smfi_setreply (NULL for one the library lacks: a write of
+ * that kind then fails); the text of the 451 4.3.0 reply set when a write
+ * fails (copied); and on_failure(ctx, kind), called on libmilter's thread
+ * after a write failed, before the wrapper answers SMFIS_TEMPFAIL (may be
+ * NULL). Call once, before any write is posted. Returns 0, -1 when fns is
+ * NULL or the text cannot be copied.
+ */
+MILTER_SHIM_EXPORT int milter_shim_bind_writes(void *const fns[SHIM_OPS], const char *text,
+					       void (*failed)(void *ctx, int kind))
+{
+	if (fns == NULL)
+		return -1;
+	char *copy = NULL;
+	if (text != NULL) {
+		size_t n = strlen(text) + 1;
+		copy = malloc(n);
+		if (copy == NULL)
+			return -1;
+		memcpy(copy, text, n);
+	}
+	for (int i = 0; i < SHIM_OPS; i++)
+		write_fns[i] = fns[i];
+	failure_text = copy;
+	on_failure = failed;
+	return 0;
+}
+
+/**
+ * Hands a write to the thread of the wrapper call that `token` names, which
+ * does it (in the order posted) while it waits, or before it returns:
+ * kind is an OP_* from OP_addheader to OP_progress; index is the header
+ * index of chgheader and insheader; a and b the string arguments (b may be
+ * NULL); bytes and len replacebody's body. Everything is copied. Called on
+ * the JS thread while the handler runs or its answer is pending.
+ *
+ * Returns 0 when posted; -1 when the token names no call that can still
+ * take writes (answered, over, never issued), or for a bad kind; -2 when
+ * memory runs out.
+ */
+MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b,
+					const unsigned char *bytes, int len)
+{
+	if (kind < OP_addheader || kind > OP_progress || len < 0)
+		return -1;
+	if (token < ((int64_t)1 << SHIM_INDEX_BITS) || (uint64_t)token >> SHIM_INDEX_BITS > SHIM_MAX_GENERATION)
+		return -1;
+	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
+	size_t lbytes = bytes != NULL ? (size_t)len : 0;
+	struct op *op = malloc(sizeof *op + la + lb + lbytes);
+	if (op == NULL)
+		return -2;
+	char *tail = (char *)(op + 1);
+	op->next = NULL;
+	op->kind = kind;
+	op->index = index;
+	op->len = len;
+	op->a = a != NULL ? memcpy(tail, a, la) : NULL;
+	op->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
+	op->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
+	uint32_t index_ = (uint32_t)(token & ((1 << SHIM_INDEX_BITS) - 1));
+	uint64_t generation = (uint64_t)token >> SHIM_INDEX_BITS;
+	int rc = -1;
+	pthread_mutex_lock(&pool_lock);
+	if (index_ < pool_size) {
+		struct slot *slot = &pool_blocks[index_ / SHIM_BLOCK_SLOTS][index_ % SHIM_BLOCK_SLOTS];
+		if (slot->generation == generation && (slot->state == SLOT_CALLING || slot->state == SLOT_WAITING)) {
+			if (slot->tail != NULL)
+				slot->tail->next = op;
+			else
+				slot->head = op;
+			slot->tail = op;
+			if (slot->state == SLOT_WAITING)
+				pthread_cond_signal(&slot->answered);
+			rc = 0;
+		}
+	}
+	pthread_mutex_unlock(&pool_lock);
+	if (rc != 0)
+		free(op);
+	return rc;
 }
