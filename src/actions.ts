@@ -5,6 +5,13 @@
  * usable now and that the call is allowed in the running callback, so misuse
  * is a clear {@linkcode MilterError} rather than a crash or a silent no-op.
  *
+ * The modifications of end of message write to the MTA. Where the native
+ * shim is available they are handed to the connection's own libmilter
+ * thread, which sends them in order before the callback's answer: an MTA
+ * that stops reading stalls only its own connection. A write that libmilter
+ * then cannot complete answers the message Tempfail (451 4.3.0) and is
+ * reported; the function itself returned already.
+ *
  * @module
  */
 
