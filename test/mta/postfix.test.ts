@@ -40,11 +40,23 @@ const header = (d: Delivered, name: string): string[] =>
   d.headers.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
 const bySubject = (subject: string) => (d: Delivered): boolean => header(d, "Subject").some((s) => s.includes(subject));
 
-describe.each<SocketKind>(["unix", "inet"])("Postfix with the filter on a %s socket", (socket) => {
+describe.each<{ socket: SocketKind; async: boolean }>([
+  { socket: "unix", async: false },
+  { socket: "inet", async: false },
+  { socket: "unix", async: true },
+])("Postfix with the filter on a $socket socket (async callbacks: $async)", ({ socket, async }) => {
   let filter: FilterProcess;
   let postfix: PrivatePostfix;
   beforeAll(async () => {
-    filter = await startFilter({ socket, env: { FLAGS: ALL_FLAGS, RULES: JSON.stringify(RULES), SOCKET_MODE: "666" } });
+    filter = await startFilter({
+      socket,
+      env: {
+        FLAGS: ALL_FLAGS,
+        RULES: JSON.stringify(RULES),
+        SOCKET_MODE: "666",
+        ...(async ? { ASYNC_ALL: "1" } : {}),
+      },
+    });
     postfix = await PrivatePostfix.start(postfixMilterSpec(filter.spec));
   });
 
