@@ -541,6 +541,24 @@ MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *ou
 	return 0;
 }
 
+/*
+ * The slot of the call `token` names, if that call can still take a reply or
+ * a write (SLOT_CALLING or SLOT_WAITING, same generation); NULL otherwise.
+ * Call with pool_lock held.
+ */
+static struct slot *slot_of_token(int64_t token)
+{
+	if (token < ((int64_t)1 << SHIM_INDEX_BITS) || (uint64_t)token >> SHIM_INDEX_BITS > SHIM_MAX_GENERATION)
+		return NULL;
+	uint32_t index = (uint32_t)(token & ((1 << SHIM_INDEX_BITS) - 1));
+	if (index >= pool_size)
+		return NULL;
+	struct slot *slot = &pool_blocks[index / SHIM_BLOCK_SLOTS][index % SHIM_BLOCK_SLOTS];
+	if (slot->generation != (uint64_t)token >> SHIM_INDEX_BITS)
+		return NULL;
+	return slot->state == SLOT_CALLING || slot->state == SLOT_WAITING ? slot : NULL;
+}
+
 /**
  * Answers the wrapper call that `token` names with `code` (what libmilter
  * gets from the callback). Called on the JS thread, at any time after the
@@ -554,23 +572,17 @@ MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *ou
  */
 MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
 {
-	if (token < ((int64_t)1 << SHIM_INDEX_BITS) || (uint64_t)token >> SHIM_INDEX_BITS > SHIM_MAX_GENERATION)
-		return -1;
-	uint32_t index = (uint32_t)(token & ((1 << SHIM_INDEX_BITS) - 1));
-	uint64_t generation = (uint64_t)token >> SHIM_INDEX_BITS;
 	int rc = -1;
 	pthread_mutex_lock(&pool_lock);
-	if (index < pool_size) {
-		struct slot *slot = &pool_blocks[index / SHIM_BLOCK_SLOTS][index % SHIM_BLOCK_SLOTS];
-		if (slot->generation == generation && (slot->state == SLOT_CALLING || slot->state == SLOT_WAITING)) {
-			if (slot->state == SLOT_WAITING) {
-				pool_waiting--;
-				pthread_cond_signal(&slot->answered);
-			}
-			slot->state = SLOT_ANSWERED;
-			slot->code = code;
-			rc = 0;
+	struct slot *slot = slot_of_token(token);
+	if (slot != NULL) {
+		if (slot->state == SLOT_WAITING) {
+			pool_waiting--;
+			pthread_cond_signal(&slot->answered);
 		}
+		slot->state = SLOT_ANSWERED;
+		slot->code = code;
+		rc = 0;
 	}
 	pthread_mutex_unlock(&pool_lock);
 	return rc;
@@ -636,8 +648,6 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 {
 	if (kind < OP_addheader || kind > OP_progress || len < 0)
 		return -1;
-	if (token < ((int64_t)1 << SHIM_INDEX_BITS) || (uint64_t)token >> SHIM_INDEX_BITS > SHIM_MAX_GENERATION)
-		return -1;
 	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
 	size_t lbytes = bytes != NULL ? (size_t)len : 0;
 	struct op *op = malloc(sizeof *op + la + lb + lbytes);
@@ -651,22 +661,18 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 	op->a = a != NULL ? memcpy(tail, a, la) : NULL;
 	op->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
 	op->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
-	uint32_t index_ = (uint32_t)(token & ((1 << SHIM_INDEX_BITS) - 1));
-	uint64_t generation = (uint64_t)token >> SHIM_INDEX_BITS;
 	int rc = -1;
 	pthread_mutex_lock(&pool_lock);
-	if (index_ < pool_size) {
-		struct slot *slot = &pool_blocks[index_ / SHIM_BLOCK_SLOTS][index_ % SHIM_BLOCK_SLOTS];
-		if (slot->generation == generation && (slot->state == SLOT_CALLING || slot->state == SLOT_WAITING)) {
-			if (slot->tail != NULL)
-				slot->tail->next = op;
-			else
-				slot->head = op;
-			slot->tail = op;
-			if (slot->state == SLOT_WAITING)
-				pthread_cond_signal(&slot->answered);
-			rc = 0;
-		}
+	struct slot *slot = slot_of_token(token);
+	if (slot != NULL) {
+		if (slot->tail != NULL)
+			slot->tail->next = op;
+		else
+			slot->head = op;
+		slot->tail = op;
+		if (slot->state == SLOT_WAITING)
+			pthread_cond_signal(&slot->answered);
+		rc = 0;
 	}
 	pthread_mutex_unlock(&pool_lock);
 	if (rc != 0)
