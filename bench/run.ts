@@ -10,8 +10,23 @@
  * "C, one callback thread" hands every callback to a single thread and waits,
  * as koffi does for the JS thread: the cost of that design, without JS.
  *
+ * `--async` runs the matrix of async callbacks instead (unix, 1 KiB): at
+ * concurrency 8 and 64, the filter with every callback async ("node async",
+ * each callback awaits once, eom adds its header after the await) beside the
+ * synchronous one; and at concurrency 64 the I/O-bound cell, where envrcpt
+ * waits 50 ms: C and pymilter sleep on libmilter's thread, this project
+ * awaits a timer. `--before <git rev>` adds "node @<rev>", the synchronous
+ * filter of an earlier commit (e.g. the last one before the shim's callback
+ * wrappers), run under Node from a copy of that commit's tree. Under Node,
+ * tsx runs the TypeScript with esbuild's keepNames, which names every closure
+ * as it is created (an `Object.defineProperty` each); "node (compiled)" runs
+ * the same filter compiled by tsc with the package's own build settings, as
+ * the published package runs.
+ *
  *   npm run bench                      # the whole matrix (about 7 minutes)
  *   npm run bench -- --quick           # unix, 1 KiB, concurrency 8 and 64 (about 2 minutes)
+ *   npm run bench -- --async           # async callbacks, every runtime (about 4 minutes)
+ *   npm run bench -- --async --quick   # the same with C and Node only (about 1.5 minutes)
  *   npm run bench -- --seconds 3 --rounds 3 --json out.json
  *
  * Needs gcc, libmilter-dev and python3-milter (Debian:
@@ -19,13 +34,13 @@
  */
 
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { freePort, waitListening } from "../test/helpers/filter.ts";
-import { command, ROOT, type Runtime, RUNTIMES, runtimeVersion } from "../test/helpers/runtimes.ts";
+import { command, ROOT, type Runtime, runtimeVersion } from "../test/helpers/runtimes.ts";
 
 const { values: opts } = parseArgs({
   options: {
@@ -35,16 +50,30 @@ const { values: opts } = parseArgs({
     rounds: { type: "string", default: "1" },
     "target-rounds": { type: "string", default: "3" },
     contenders: { type: "string" },
+    async: { type: "boolean", default: false },
+    before: { type: "string" },
     json: { type: "string" },
   },
 });
 
 type Socket = "unix" | "inet";
-type Contender = "null responder" | "C" | "C, TCP_NODELAY" | "C, one callback thread" | "pymilter" | Runtime;
+type Contender =
+  | "null responder"
+  | "C"
+  | "C, TCP_NODELAY"
+  | "C, one callback thread"
+  | "pymilter"
+  | Runtime
+  | `${Runtime} async`
+  | "node (compiled)"
+  | "node async (compiled)"
+  | `node @${string}`;
 interface Cell {
   socket: Socket;
   concurrency: number;
   body: number;
+  /** Milliseconds envrcpt waits (I/O stand-in): C and pymilter sleep, this project awaits a timer. */
+  rcptWait: number;
 }
 interface Sample {
   rate: number;
@@ -66,13 +95,38 @@ const ALL: Contender[] = [
   "deno",
   "bun",
 ];
+const BEFORE: Contender | null = opts.before ? `node @${opts.before}` : null;
+const ASYNC: Contender[] = opts.quick ? ["C", "node", "node async"] : [
+  "C",
+  "pymilter",
+  "node",
+  "node async",
+  "node (compiled)",
+  "node async (compiled)",
+  "deno",
+  "deno async",
+  "bun",
+  "bun async",
+];
 /** Contenders that only differ from another over TCP. */
 const TCP_ONLY: ReadonlySet<Contender> = new Set(["C, TCP_NODELAY"]);
-const contenders = opts.contenders ? opts.contenders.split(",") as Contender[] : ALL;
+/** Contenders whose filter can wait in envrcpt (`rcpt-wait=<ms>`). */
+const waits = (who: Contender): boolean => who === "C" || who === "pymilter" || ourFilter(who) !== null;
+/** This project's filter: on which runtime, whether async, whether compiled by tsc; `null` for the others. */
+function ourFilter(who: Contender): { runtime: Runtime; async: boolean; compiled: boolean } | null {
+  const match = /^(node|deno|bun)( async)?( \(compiled\))?$/.exec(who);
+  return match ? { runtime: match[1] as Runtime, async: !!match[2], compiled: !!match[3] } : null;
+}
+const contenders: Contender[] = [
+  ...(opts.contenders ? opts.contenders.split(",") as Contender[] : opts.async ? ASYNC : ALL),
+  ...(BEFORE ? [BEFORE] : []),
+];
 const SECONDS = Number(opts.seconds), WARMUP = Number(opts.warmup);
-const SOCKETS: Socket[] = opts.quick ? ["unix"] : ["unix", "inet"];
-const CONCURRENCY = opts.quick ? [8, 64] : [1, 8, 64, 512];
-const BODIES = opts.quick ? [1024] : [1024, 100 * 1024];
+const SOCKETS: Socket[] = opts.quick || opts.async ? ["unix"] : ["unix", "inet"];
+const CONCURRENCY = opts.quick || opts.async ? [8, 64] : [1, 8, 64, 512];
+const BODIES = opts.quick || opts.async ? [1024] : [1024, 100 * 1024];
+/** The I/O-bound cell of `--async`: envrcpt waits this long, at concurrency 64. */
+const RCPT_WAIT_MS = 50;
 /** The cells of the issue's targets, repeated `--target-rounds` times. */
 const isTarget = (c: Cell): boolean => c.socket === "unix" && c.body === 1024 && [8, 64].includes(c.concurrency);
 
@@ -96,6 +150,7 @@ function compile(): void {
   cc("nullmilter", "load/nullmilter.c");
   cc("filter-c", "filters/filter.c", "-lmilter");
   cc("filter-handoff", "filters/filter-handoff.c", "-lmilter");
+  if (!contenders.includes("pymilter")) return;
   try {
     execFileSync("/usr/bin/python3", ["-c", "import Milter"], { stdio: "ignore" });
   } catch {
@@ -103,21 +158,64 @@ function compile(): void {
   }
 }
 
-function filterCommand(who: Contender, spec: string): [string, string[]] {
+/**
+ * A copy of the tree at `--before <rev>` (`git archive`, no checkout), with
+ * this tree's node_modules; its own prebuilt shim comes with it.
+ */
+function beforeTree(): string {
+  const dir = join(build, "before");
+  mkdirSync(dir);
+  execFileSync("sh", ["-c", 'git -C "$1" archive --format=tar "$2" | tar -x -C "$3"', "sh", ROOT, opts.before!, dir]);
+  symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"));
+  return dir;
+}
+
+/**
+ * The benchmark filter and the package compiled by tsc with the package's
+ * build settings (tsconfig.build.json) into `<build>/js`, with the prebuilt
+ * shims beside `ffi/shim.js` as in the published package.
+ */
+function compiledTree(): string {
+  const out = join(build, "js");
+  const config = join(build, "tsconfig.json");
+  writeFileSync(
+    config,
+    JSON.stringify({
+      extends: join(ROOT, "tsconfig.build.json"),
+      compilerOptions: { outDir: out, rootDir: ROOT, declaration: false },
+      include: [join(ROOT, "bench/filters/filter.ts")],
+      exclude: [],
+    }),
+  );
+  if (!existsSync(join(build, "node_modules"))) symlinkSync(join(ROOT, "node_modules"), join(build, "node_modules"));
+  execFileSync(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", config], { stdio: "inherit" });
+  cpSync(join(ROOT, "ffi/shim/prebuilt"), join(out, "ffi/shim/prebuilt"), { recursive: true });
+  return out;
+}
+
+function filterCommand(who: Contender, spec: string, cell: Cell): [string, string[]] {
+  const wait = cell.rcptWait > 0 ? [`rcpt-wait=${cell.rcptWait}`] : [];
   switch (who) {
     case "null responder":
       return [join(build, "nullmilter"), [spec]];
     case "C":
-      return [join(build, "filter-c"), [spec]];
+      return [join(build, "filter-c"), [spec, ...wait]];
     case "C, TCP_NODELAY":
-      return [join(build, "filter-c"), [spec, "nodelay"]];
+      return [join(build, "filter-c"), [spec, "nodelay", ...wait]];
     case "C, one callback thread":
       return [join(build, "filter-handoff"), [spec]];
     case "pymilter":
-      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec]];
+      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, ...wait]];
     default: {
-      const [cmd, args] = command(who, join(ROOT, "bench/filters/filter.ts"));
-      return [cmd, [...args, spec]];
+      if (who === BEFORE) {
+        const [cmd, args] = command("node", join(beforeDir!, "bench/filters/filter.ts"));
+        return [cmd, [...args, spec]];
+      }
+      const { runtime, async, compiled } = ourFilter(who)!;
+      const options = [spec, ...(async ? ["async"] : []), ...wait];
+      if (compiled) return [process.execPath, [join(compiledDir!, "bench/filters/filter.js"), ...options]];
+      const [cmd, args] = command(runtime, join(ROOT, "bench/filters/filter.ts"));
+      return [cmd, [...args, ...options]];
     }
   }
 }
@@ -136,7 +234,7 @@ function peakRssMiB(pid: number): number {
 async function measure(who: Contender, cell: Cell): Promise<Sample> {
   const dir = mkdtempSync(join(build, "run-"));
   const spec = cell.socket === "unix" ? `unix:${join(dir, "milter.sock")}` : `inet:${await freePort()}@127.0.0.1`;
-  const [cmd, args] = filterCommand(who, spec);
+  const [cmd, args] = filterCommand(who, spec, cell);
   const child = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr!.setEncoding("utf8").on("data", (t: string) => (stderr += t));
@@ -172,27 +270,40 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
 }
 
 const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)];
-const key = (c: Cell): string => `${c.socket} c=${c.concurrency} ${c.body / 1024} KiB`;
+const key = (c: Cell): string =>
+  `${c.socket} c=${c.concurrency} ${c.body / 1024} KiB${c.rcptWait > 0 ? `, envrcpt waits ${c.rcptWait} ms` : ""}`;
 
 compile();
+const beforeDir = BEFORE ? beforeTree() : null;
+const compiledDir = contenders.some((who) => ourFilter(who)?.compiled) ? compiledTree() : null;
 const versions: Record<string, string> = {};
 for (const who of contenders) {
-  if (who === "node" || who === "deno" || who === "bun") versions[who] = runtimeVersion(who);
+  const runtime = ourFilter(who)?.runtime;
+  if (runtime) versions[runtime] = runtimeVersion(runtime);
 }
-const cells: Cell[] = SOCKETS.flatMap((socket) =>
-  BODIES.flatMap((body) => CONCURRENCY.map((concurrency) => ({ socket, concurrency, body })))
-);
+const cells: Cell[] = [
+  ...SOCKETS.flatMap((socket) =>
+    BODIES.flatMap((body) => CONCURRENCY.map((concurrency) => ({ socket, concurrency, body, rcptWait: 0 })))
+  ),
+  ...(opts.async ? [{ socket: "unix" as const, concurrency: 64, body: 1024, rcptWait: RCPT_WAIT_MS }] : []),
+];
 const samples = new Map<string, Map<Contender, Sample[]>>();
 const started = Date.now();
 for (const cell of cells) {
   const rounds = isTarget(cell) ? Math.max(Number(opts.rounds), Number(opts["target-rounds"])) : Number(opts.rounds);
-  const here = contenders.filter((who) => cell.socket === "inet" || !TCP_ONLY.has(who));
+  const here = contenders.filter((who) =>
+    (cell.socket === "inet" || !TCP_ONLY.has(who)) && (cell.rcptWait === 0 || waits(who))
+  );
   const bag = new Map<Contender, Sample[]>(here.map((c) => [c, []]));
   samples.set(key(cell), bag);
   for (let r = 0; r < rounds; r++) {
     for (const who of here) bag.get(who)!.push(await measure(who, cell));
   }
-  const line = here.map((who) => `${who} ${median(bag.get(who)!.map((s) => s.rate)).toFixed(0)}/s`).join(", ");
+  const rates = (who: Contender): number[] => bag.get(who)!.map((s) => s.rate);
+  const line = here.map((who) =>
+    `${who} ${median(rates(who)).toFixed(0)}/s` +
+    (rounds > 1 ? ` (${Math.min(...rates(who)).toFixed(0)}–${Math.max(...rates(who)).toFixed(0)})` : "")
+  ).join(", ");
   console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${key(cell)}: ${line}`);
 }
 
@@ -217,28 +328,37 @@ lines.push(
     `${opts.rounds}. Runtimes: ${
       Object.entries(versions).map(([k, v]) => v.startsWith(k) ? v : `${k} ${v}`).join(", ")
     }. ` +
-    "÷ C is against C with TCP_NODELAY over inet (stock C and pymilter stall ~40 ms per message there).",
+    "÷ C is against C with TCP_NODELAY over inet (stock C and pymilter stall ~40 ms per message there)." +
+    (opts.async ? " ÷ sync is an async contender against the synchronous filter on the same runtime." : "") +
+    (BEFORE ? ` ÷ @${opts.before} is the synchronous Node filter against the one of ${opts.before}.` : ""),
   "",
-  "| cell | contender | messages/s | p50 ms | p99 ms | peak RSS MiB | filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |",
-  "| ---- | --------- | ---------: | -----: | -----: | -----------: | -----------------: | ------------------: | --: | ---------: |",
+  "| cell | contender | messages/s | p50 ms | p99 ms | peak RSS MiB | filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |" +
+    (opts.async ? " ÷ sync |" : "") + (BEFORE ? ` ÷ @${opts.before} |` : ""),
+  "| ---- | --------- | ---------: | -----: | -----: | -----------: | -----------------: | ------------------: | --: | ---------: |" +
+    (opts.async ? " -----: |" : "") + (BEFORE ? " ---: |" : ""),
 );
-const json: Record<string, Record<string, Sample>> = {};
+const json: Record<string, Record<string, Sample & { rates: number[] }>> = {};
 for (const [cell, bag] of samples) {
   json[cell] = {};
   // Over TCP the C baseline is the one without the Nagle stall, as this project is.
   const baseline = bag.get("C, TCP_NODELAY") ?? bag.get("C");
   const c = baseline ? summary(baseline) : null;
   const py = bag.has("pymilter") ? summary(bag.get("pymilter")!) : null;
+  const before = BEFORE && bag.has(BEFORE) ? summary(bag.get(BEFORE)!) : null;
   for (const [who, list] of bag) {
     const s = summary(list);
-    json[cell][who] = s;
-    const ratio = (base: Sample | null): string =>
-      base && RUNTIMES.includes(who as Runtime) ? `${(s.rate / base.rate).toFixed(2)}×` : "";
+    json[cell][who] = { ...s, rates: list.map((x) => Math.round(x.rate)) };
+    const ours = ourFilter(who) !== null || who === BEFORE;
+    const ratio = (base: Sample | null, applies = ours): string =>
+      base && applies ? `${(s.rate / base.rate).toFixed(2)}×` : "";
+    const syncOf = who.replace(" async", "") as Contender;
+    const sync = syncOf !== who && bag.has(syncOf) ? summary(bag.get(syncOf)!) : null;
     lines.push(
       `| ${cell} | ${who} | ${s.rate.toFixed(0)} | ${s.p50.toFixed(2)} | ${s.p99.toFixed(2)} | ${
         s.rssMiB.toFixed(1)
       } | ` +
-        `${s.cpuCores.toFixed(2)} | ${s.loadgenCores.toFixed(2)} | ${ratio(c)} | ${ratio(py)} |`,
+        `${s.cpuCores.toFixed(2)} | ${s.loadgenCores.toFixed(2)} | ${ratio(c)} | ${ratio(py)} |` +
+        (opts.async ? ` ${ratio(sync)} |` : "") + (BEFORE ? ` ${ratio(before, who === "node")} |` : ""),
     );
   }
 }

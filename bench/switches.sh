@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Context switches, futex calls and polls per message, system-wide, for the C
-# filter and this project's filter under Node, at one concurrency over a unix
-# socket: where the relay's cost shows. Needs perf (Debian: linux-perf), gcc,
-# libmilter-dev. Bounded: about 20 s.
+# filter and this project's filter under Node (synchronous, then with every
+# callback async), at one concurrency over a unix socket: where the relay's
+# cost shows. Needs perf (Debian: linux-perf), gcc, libmilter-dev. Bounded:
+# about 30 s.
 #
 #   bench/switches.sh [concurrency, default 8]
 set -euo pipefail
@@ -13,9 +14,13 @@ trap 'kill -9 $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 gcc -O2 -o "$dir/loadgen" bench/load/loadgen.c -lpthread
 gcc -O2 -o "$dir/filter-c" bench/filters/filter.c -lmilter
 events=context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_poll,syscalls:sys_enter_clone3,syscalls:sys_enter_mmap
-for who in C node; do
+for who in C node node-async; do
   sock="$dir/$who.sock"
-  if [ "$who" = C ]; then "$dir/filter-c" "unix:$sock" & else node --import tsx bench/filters/filter.ts "unix:$sock" & fi
+  case $who in
+    C) "$dir/filter-c" "unix:$sock" & ;;
+    node) node --import tsx bench/filters/filter.ts "unix:$sock" & ;;
+    node-async) node --import tsx bench/filters/filter.ts "unix:$sock" async & ;;
+  esac
   pid=$!
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
   sleep 0.5

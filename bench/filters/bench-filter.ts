@@ -2,6 +2,11 @@
  * The benchmark filter, as data: every callback defined and answering
  * Continue, one header added at end of message. `filter.ts` runs it;
  * `bench/profile.ts` times its trampolines.
+ *
+ * {@linkcode asyncBenchFilter} is the same filter with every callback async:
+ * each awaits once before it answers, and eom adds its header after the
+ * await. {@linkcode withRcptWait} makes envrcpt wait on a timer first, as a
+ * filter waiting for I/O (a DNS or policy lookup) does.
  */
 
 import * as Milter from "../../mod.ts";
@@ -28,3 +33,46 @@ export const benchFilter: Milter.Filter = {
   close: proceed,
   unknown: proceed,
 };
+
+/** An await that settles at once: a cached lookup, say. */
+const settled = (): Promise<void> => Promise.resolve();
+
+const proceedLater = async (): Promise<Milter.Stat> => {
+  await settled();
+  return Milter.Stat.Continue;
+};
+
+/** {@linkcode benchFilter} with every callback async. */
+export const asyncBenchFilter: Milter.Filter = {
+  ...Milter.empty,
+  name: "bench-ts-async",
+  flags: [Milter.Flag.ADDHDRS],
+  connect: proceedLater,
+  helo: proceedLater,
+  envfrom: proceedLater,
+  envrcpt: proceedLater,
+  data: proceedLater,
+  header: proceedLater,
+  eoh: proceedLater,
+  body: proceedLater,
+  eom: async (ctx) => {
+    await settled();
+    Milter.addheader(ctx, "X-Bench", "yes");
+    return Milter.Stat.Continue;
+  },
+  abort: proceedLater,
+  close: proceedLater,
+  unknown: proceedLater,
+};
+
+/** `filter` whose envrcpt first awaits a timer of `ms` milliseconds (I/O stand-in). */
+export function withRcptWait(filter: Milter.Filter, ms: number): Milter.Filter {
+  const envrcpt = filter.envrcpt!;
+  return {
+    ...filter,
+    envrcpt: async (ctx, ...args) => {
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return await envrcpt(ctx, ...args);
+    },
+  };
+}

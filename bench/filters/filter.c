@@ -3,14 +3,16 @@
  * answering CONTINUE, one header added at end of message. With `nodelay`, it
  * also sets TCP_NODELAY on libmilter's listening socket, as the TypeScript
  * binding does by default; stock C filters do not, and stall ~40 ms per
- * message over TCP.
+ * message over TCP. With `rcpt-wait=<ms>`, envrcpt first sleeps that long on
+ * libmilter's thread (usleep), as a filter waiting for I/O does.
  *
- *   filter <unix:/path | inet:port@host> [nodelay]
+ *   filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>]
  */
 #include <libmilter/mfapi.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -28,7 +30,13 @@ static void listener_nodelay(void) {
 static sfsistat on_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr) { return SMFIS_CONTINUE; }
 static sfsistat on_helo(SMFICTX *ctx, char *helo) { return SMFIS_CONTINUE; }
 static sfsistat on_envfrom(SMFICTX *ctx, char **argv) { return SMFIS_CONTINUE; }
-static sfsistat on_envrcpt(SMFICTX *ctx, char **argv) { return SMFIS_CONTINUE; }
+/* Microseconds envrcpt sleeps first (rcpt-wait=<ms>). */
+static useconds_t rcpt_wait;
+
+static sfsistat on_envrcpt(SMFICTX *ctx, char **argv) {
+  if (rcpt_wait > 0) usleep(rcpt_wait);
+  return SMFIS_CONTINUE;
+}
 static sfsistat on_header(SMFICTX *ctx, char *name, char *value) { return SMFIS_CONTINUE; }
 static sfsistat on_eoh(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) { return SMFIS_CONTINUE; }
@@ -46,8 +54,17 @@ static struct smfiDesc filter = {
 };
 
 int main(int argc, char **argv) {
-  if (argc < 2 || argc > 3) {
-    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay]\n");
+  int nodelay = 0;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "nodelay") == 0)
+      nodelay = 1;
+    else if (strncmp(argv[i], "rcpt-wait=", 10) == 0)
+      rcpt_wait = (useconds_t)strtoul(argv[i] + 10, NULL, 10) * 1000;
+    else
+      argc = 0; /* usage */
+  }
+  if (argc < 2) {
+    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>]\n");
     return 2;
   }
   if (smfi_setconn(argv[1]) != MI_SUCCESS || smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(filter) != MI_SUCCESS ||
@@ -55,6 +72,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "filter: cannot set up libmilter on %s\n", argv[1]);
     return 1;
   }
-  if (argc == 3 && strcmp(argv[2], "nodelay") == 0) listener_nodelay();
+  if (nodelay) listener_nodelay();
   return smfi_main() == MI_SUCCESS ? 0 : 1;
 }

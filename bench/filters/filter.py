@@ -1,13 +1,23 @@
 """The benchmark filter with pymilter (Debian's python3-milter): every
 callback defined and answering CONTINUE, one header added at end of message.
+With rcpt-wait=<ms>, envrcpt first sleeps that long (time.sleep, which lets go
+of the GIL), as a filter waiting for I/O does.
 
-    /usr/bin/python3 filter.py <unix:/path | inet:port@host>
+    /usr/bin/python3 filter.py <unix:/path | inet:port@host> [rcpt-wait=<ms>]
 """
 
 import sys
+import time
 
 import Milter
 import milter
+
+
+RCPT_WAIT = 0.0  # seconds
+for option in sys.argv[2:]:
+    if not option.startswith("rcpt-wait="):
+        sys.exit(f"filter.py: unknown option {option}")
+    RCPT_WAIT = int(option[len("rcpt-wait="):]) / 1000
 
 
 class BenchMilter(Milter.Base):
@@ -21,6 +31,8 @@ class BenchMilter(Milter.Base):
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
+        if RCPT_WAIT > 0:
+            time.sleep(RCPT_WAIT)
         return Milter.CONTINUE
 
     def data(self):
