@@ -15,6 +15,7 @@ import {
   type CallbackHandlers,
   type CallbackSymbol,
   type Declared,
+  declaredArity,
   FUNCTION_PROTOTYPES,
   INTERNAL_PROTOTYPES,
   LIBC_PROTOTYPES,
@@ -248,26 +249,36 @@ function bindOptional<T extends Record<string, Declared<unknown>>>(
   return out as { [K in keyof T]: Signatures<T>[K] | null };
 }
 
-/** The arguments of callback `symbol` that arrive as `size_t` or `unsigned long` (numbers or BigInts from koffi). */
-const WIDE_ARGUMENTS: Partial<Record<CallbackSymbol, readonly number[]>> = {
-  xxfi_body: [2],
-  xxfi_negotiate: [1, 2, 3, 4],
-};
-
 /**
- * The function koffi registers for `handler`: its wide integer arguments
- * (and the token) converted to numbers, and with `token` the shim's last
- * argument or `-1` without one.
+ * The function koffi registers for `handler`, called with libmilter's
+ * arguments (and, through the shim, the token): fixed-arity functions, as
+ * this runs for every callback. Through the shim the token arrives as a
+ * Number (tokens stay below 2^53) and most handlers are registered as they
+ * are; without it `-1` is passed for the token. body's `size_t` and
+ * negotiate's `unsigned long`s are made Numbers whatever koffi gives.
  */
 function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>, tokened: boolean): unknown {
-  const wide = WIDE_ARGUMENTS[symbol] ?? [];
-  const h = handler as (...args: unknown[]) => number;
-  return (...args: unknown[]): number => {
-    for (const i of wide) args[i] = Number(args[i]);
-    if (tokened) args[args.length - 1] = Number(args[args.length - 1]);
-    else args.push(-1);
-    return h(...args);
-  };
+  // deno-lint-ignore no-explicit-any
+  const h = handler as (...args: any[]) => number;
+  if (symbol === "xxfi_body") {
+    return tokened
+      ? (c: Pointer, p: Pointer | null, len: number | bigint, t: number) => h(c, p, Number(len), t)
+      : (c: Pointer, p: Pointer | null, len: number | bigint) => h(c, p, Number(len), -1);
+  }
+  if (symbol === "xxfi_negotiate") {
+    type W = number | bigint;
+    return (c: Pointer, f0: W, f1: W, f2: W, f3: W, p0: Pointer, p1: Pointer, p2: Pointer, p3: Pointer, t?: number) =>
+      h(c, Number(f0), Number(f1), Number(f2), Number(f3), p0, p1, p2, p3, tokened ? t : -1);
+  }
+  if (tokened) return h;
+  switch (declaredArity(CALLBACK_PROTOTYPES[symbol].c)) {
+    case 1:
+      return (a: unknown) => h(a, -1);
+    case 2:
+      return (a: unknown, b: unknown) => h(a, b, -1);
+    default:
+      return (a: unknown, b: unknown, c: unknown) => h(a, b, c, -1);
+  }
 }
 
 /** {@linkcode Libmilter.later} through `shim`, for the library loaded from `path`. */

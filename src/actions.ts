@@ -58,6 +58,12 @@ class Op {
     return value;
   }
 
+  /** `value` as a string argument that libmilter requires non-empty. */
+  nonEmpty(what: string, value: unknown): string {
+    if (this.string(what, value) === "") this.fail(`${what} must not be empty`);
+    return value as string;
+  }
+
   /** `value` as an optional string argument: `null` for null or undefined. */
   optionalString(what: string, value: unknown): string | null {
     return value === null || value === undefined ? null : this.string(what, value);
@@ -334,7 +340,7 @@ export function insheader(ctx: Ctx, index: number, name: string, value: string):
 export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
   const op = CHGFROM;
   const [session, why] = op.inEom(ctx, "CHGFROM");
-  op.string("the sender", from);
+  op.nonEmpty("the sender", from);
   const a = op.optionalString("args", args);
   op.write(session, { kind: "chgfrom", a: from, b: a }, () => op.libmilter.smfi_chgfrom(session.ptr, from, a), why);
 }
@@ -348,7 +354,7 @@ export function chgfrom(ctx: Ctx, from: string, args?: string | null): void {
 export function addrcpt(ctx: Ctx, rcpt: string): void {
   const op = ADDRCPT;
   const [session, why] = op.inEom(ctx, "ADDRCPT");
-  op.string("the recipient", rcpt);
+  op.nonEmpty("the recipient", rcpt);
   op.write(session, { kind: "addrcpt", a: rcpt }, () => op.libmilter.smfi_addrcpt(session.ptr, rcpt), why);
 }
 
@@ -361,7 +367,7 @@ export function addrcpt(ctx: Ctx, rcpt: string): void {
 export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void {
   const op = ADDRCPT_PAR;
   const [session, why] = op.inEom(ctx, "ADDRCPT_PAR");
-  op.string("the recipient", rcpt);
+  op.nonEmpty("the recipient", rcpt);
   const a = op.optionalString("args", args);
   op.write(
     session,
@@ -380,7 +386,7 @@ export function addrcpt_par(ctx: Ctx, rcpt: string, args?: string | null): void 
 export function delrcpt(ctx: Ctx, rcpt: string): void {
   const op = DELRCPT;
   const [session, why] = op.inEom(ctx, "DELRCPT");
-  op.string("the recipient", rcpt);
+  op.nonEmpty("the recipient", rcpt);
   op.write(session, { kind: "delrcpt", a: rcpt }, () => op.libmilter.smfi_delrcpt(session.ptr, rcpt), why);
 }
 

@@ -323,7 +323,8 @@ function writeFailed(ptr: Pointer, write: string): void {
     report(
       milterError(
         write,
-        "libmilter could not send it to the MTA (the connection failed or timed out); the message was answered Tempfail",
+        "libmilter refused it or could not send it to the MTA (the connection failed or timed out); " +
+          "the message was answered Tempfail",
       ),
       { callback: "eom", filter: registration.name, ctx: session.ctx, kind: "exception" },
     );
@@ -591,8 +592,8 @@ function callStage(callback: CallbackName, ptr: Pointer, token: number, decode: 
     const { args, raw = [] } = decode();
     session.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
-    const settle = (value: unknown): number => statCode(callback, value, silent(session, callback));
-    return isThenable(result) ? { promise: result, settle } : settle(result);
+    if (!isThenable(result)) return statCode(callback, result, silent(session, callback));
+    return { promise: result, settle: (value) => statCode(callback, value, silent(session, callback)) };
   });
 }
 

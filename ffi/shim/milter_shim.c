@@ -573,18 +573,27 @@ static struct slot *slot_of_token(int64_t token)
 MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
 {
 	int rc = -1;
+	struct slot *wake = NULL;
 	pthread_mutex_lock(&pool_lock);
 	struct slot *slot = slot_of_token(token);
 	if (slot != NULL) {
 		if (slot->state == SLOT_WAITING) {
 			pool_waiting--;
-			pthread_cond_signal(&slot->answered);
+			wake = slot;
 		}
 		slot->state = SLOT_ANSWERED;
 		slot->code = code;
 		rc = 0;
 	}
 	pthread_mutex_unlock(&pool_lock);
+	/*
+	 * Signalled after unlocking, so that the woken thread need not wait for
+	 * the lock again. Should the slot have been given back and taken by
+	 * another call meanwhile, that call's waiter merely wakes and waits again:
+	 * every wait re-checks its state.
+	 */
+	if (wake != NULL)
+		pthread_cond_signal(&wake->answered);
 	return rc;
 }
 
