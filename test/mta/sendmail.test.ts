@@ -331,30 +331,33 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async"]>([
     expect(at("eom").i).toBe(id);
   });
 
-  test.runIf(mode === "async")("each callback answered only after its await", async () => {
-    const [client] = await SmtpClient.open(sendmail.smtpPort);
-    try {
-      await client.command("EHLO client.test.example");
-      await client.command("MAIL FROM:<alice@example.org>");
-      let started = performance.now();
-      expect((await client.command("RCPT TO:<bob@example.net>")).code).toBe(250);
-      expect(performance.now() - started).toBeGreaterThanOrEqual(ASYNC_MS);
-      const { subject, content } = message();
-      started = performance.now();
-      const [, end] = await client.data(content);
-      const elapsed = performance.now() - started;
-      expect(end?.code).toBe(250);
-      // DATA, each header, end of headers, the body and end of message: one await each, one after the other.
-      const eom = await filter.waitFor((e) =>
-        e.cb === "eom" && filter.callbacks("header").some((h) => h.ctx === e.ctx && h.args[1] === subject)
-      );
-      const stages = filter.eventsOf(eom.ctx).filter((e) => ["data", "header", "eoh", "body", "eom"].includes(e.cb));
-      expect(stages.map((e) => e.cb)).toEqual(["data", "header", "header", "header", "eoh", "body", "eom"]);
-      expect(elapsed).toBeGreaterThanOrEqual(stages.length * ASYNC_MS);
-    } finally {
-      await client.quit();
-    }
-  });
+  // Only the async variant has this test (defined, not skipped, in the others).
+  if (mode === "async") {
+    test("each callback answered only after its await", async () => {
+      const [client] = await SmtpClient.open(sendmail.smtpPort);
+      try {
+        await client.command("EHLO client.test.example");
+        await client.command("MAIL FROM:<alice@example.org>");
+        let started = performance.now();
+        expect((await client.command("RCPT TO:<bob@example.net>")).code).toBe(250);
+        expect(performance.now() - started).toBeGreaterThanOrEqual(ASYNC_MS);
+        const { subject, content } = message();
+        started = performance.now();
+        const [, end] = await client.data(content);
+        const elapsed = performance.now() - started;
+        expect(end?.code).toBe(250);
+        // DATA, each header, end of headers, the body and end of message: one await each, one after the other.
+        const eom = await filter.waitFor((e) =>
+          e.cb === "eom" && filter.callbacks("header").some((h) => h.ctx === e.ctx && h.args[1] === subject)
+        );
+        const stages = filter.eventsOf(eom.ctx).filter((e) => ["data", "header", "eoh", "body", "eom"].includes(e.cb));
+        expect(stages.map((e) => e.cb)).toEqual(["data", "header", "header", "header", "eoh", "body", "eom"]);
+        expect(elapsed).toBeGreaterThanOrEqual(stages.length * ASYNC_MS);
+      } finally {
+        await client.quit();
+      }
+    });
+  }
 });
 
 describe.runIf(TREE)("Sendmail and the README", () => {
