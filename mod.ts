@@ -20,9 +20,11 @@
  * ```
  *
  * libmilter runs the protocol on its own threads; every callback runs on
- * the JS thread while libmilter's thread for that connection waits, so a
- * callback must answer synchronously and quickly: any synchronous work in a
- * callback delays every connection. The system libmilter is loaded on first
+ * the JS thread while libmilter's thread for that connection waits for its
+ * answer: a `Stat` at once, or a Promise of one (an `async` callback awaiting
+ * a DNS, database or HTTP lookup), which holds only its own connection.
+ * Synchronous work in a callback delays every connection: await I/O, never
+ * block on it. The system libmilter is loaded on first
  * use (`LIBMILTER_PATH` overrides the search). Under Deno, run with
  * `--allow-ffi --allow-env` (plus `--allow-read --allow-write` for unix sockets).
  *
