@@ -6,15 +6,12 @@
  * lines.
  */
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
 import { afterAll, expect, test } from "vitest";
-import { freePort, waitListening } from "../helpers/filter.ts";
-import { ROOT } from "../helpers/runtimes.ts";
 import { PrivatePostfix, stopAllPostfix } from "./postfix.ts";
+import { readmeBlock, startQuickStart } from "./readme.ts";
 import { send } from "./smtp.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "milter-readme-"));
@@ -22,15 +19,6 @@ afterAll(async () => {
   await stopAllPostfix();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** The first fenced block of `language` after the heading `## <title>` in the README. */
-function readmeBlock(title: string, language: string): string {
-  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-  const section = readme.slice(readme.indexOf(`\n## ${title}\n`));
-  const match = section.match(new RegExp("```" + language + "\\n([\\s\\S]*?)```"));
-  if (!match) throw new Error(`no ${language} block under "## ${title}" in README.md`);
-  return match[1];
-}
 
 /** `key = value` lines of a main.cf block. */
 function mainCf(block: string): Record<string, string> {
@@ -40,21 +28,12 @@ function mainCf(block: string): Record<string, string> {
 }
 
 test("the quick-start filter, run as the README says, behind Postfix with the README's lines", async () => {
-  const port = await freePort();
   const code = readmeBlock("Quick start", "ts");
   expect(code).toContain('Milter.setconn("inet:8890@127.0.0.1")');
   expect(readmeBlock("Quick start", "sh")).toContain("npx tsx milter.mts");
-  const file = join(dir, "milter.mts");
-  writeFileSync(
-    file,
-    code.replace('"@milterjs/milter"', JSON.stringify(pathToFileURL(join(ROOT, "mod.ts")).href))
-      .replace("inet:8890@127.0.0.1", `inet:${port}@127.0.0.1`),
-  );
-  const filter = spawn(process.execPath, ["--import", "tsx", file], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-  let stderr = "";
-  filter.stderr!.on("data", (t) => (stderr += t));
+  const filter = await startQuickStart(dir);
+  const port = filter.port;
   try {
-    await waitListening(`inet:${port}@127.0.0.1`, () => filter.exitCode !== null ? stderr : null);
     const settings = mainCf(readmeBlock("Use with Postfix", ""));
     expect(settings.smtpd_milters).toBe("inet:127.0.0.1:8890");
     const postfix = await PrivatePostfix.start(settings.smtpd_milters.replace("8890", String(port)), {
@@ -75,6 +54,6 @@ test("the quick-start filter, run as the README says, behind Postfix with the RE
     const stamp = delivered.headers.find(([n]) => n === "X-Stamped")?.[1];
     expect(stamp).toMatch(/^yes, queue id [0-9A-Z]+$/); // Postfix sends the queue id macro i by default
   } finally {
-    filter.kill("SIGTERM");
+    filter.stop();
   }
 }, 120_000);

@@ -9,22 +9,12 @@
  * fails the file; elsewhere the file is skipped, saying why.
  */
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import {
-  type FilterProcess,
-  freePort,
-  killAll,
-  type SocketKind,
-  startFilter,
-  waitListening,
-} from "../helpers/filter.ts";
-import { ROOT } from "../helpers/runtimes.ts";
+import { type FilterProcess, killAll, type SocketKind, startFilter } from "../helpers/filter.ts";
 import {
   type Delivered,
   PrivateSendmail,
@@ -33,6 +23,7 @@ import {
   stopAllSendmail,
   withSocket,
 } from "./sendmail.ts";
+import { readmeBlock, startQuickStart } from "./readme.ts";
 import { send, SmtpClient, type Transaction } from "./smtp.ts";
 
 const IN_CI = process.env.CI === "true";
@@ -48,15 +39,6 @@ afterAll(async () => {
   await stopAllSendmail();
   await killAll();
 });
-
-/** The first fenced block of `language` after the heading `## <title>` in the README. */
-function readmeBlock(title: string, language: string): string {
-  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-  const section = readme.slice(readme.indexOf(`\n## ${title}\n`));
-  const match = section.match(new RegExp("```" + language + "\\n([\\s\\S]*?)```"));
-  if (!match) throw new Error(`no ${language} block under "## ${title}" in README.md`);
-  return match[1];
-}
 
 /** The README's `INPUT_MAIL_FILTER` line, as written. */
 const README_LINE = readmeBlock("Use with Sendmail", "").split("\n").find((l) => l.startsWith("INPUT_MAIL_FILTER("))!;
@@ -434,19 +416,9 @@ describe.runIf(TREE)("Sendmail and the README", () => {
 
   test("the quick-start filter, run as the README says, behind the README's line: stamped with the queue id", async () => {
     const dir = mkdtempSync(join(tmpdir(), "milter-readme-sendmail-"));
-    const port = await freePort();
-    const file = join(dir, "milter.mts");
-    writeFileSync(
-      file,
-      readmeBlock("Quick start", "ts")
-        .replace('"@milterjs/milter"', JSON.stringify(pathToFileURL(join(ROOT, "mod.ts")).href))
-        .replace("inet:8890@127.0.0.1", `inet:${port}@127.0.0.1`),
-    );
-    const filter = spawn(process.execPath, ["--import", "tsx", file], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let stderr = "";
-    filter.stderr!.on("data", (t) => (stderr += t));
+    const filter = await startQuickStart(dir);
+    const port = filter.port;
     try {
-      await waitListening(`inet:${port}@127.0.0.1`, () => filter.exitCode !== null ? stderr : null);
       const sendmail = await PrivateSendmail.start(TREE, README_LINE.replace("inet:8890@", `inet:${port}@`));
       const tx = await send(sendmail.smtpPort, {
         from: "alice@example.org",
@@ -463,7 +435,7 @@ describe.runIf(TREE)("Sendmail and the README", () => {
       expect(header(d, "X-Stamped")).toEqual([`yes, queue id ${id}`]); // Sendmail sends i with the envelope sender
       await sendmail.stop();
     } finally {
-      filter.kill("SIGTERM");
+      filter.stop();
       rmSync(dir, { recursive: true, force: true });
     }
   });
