@@ -8,6 +8,7 @@
 
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import type { Libc } from "./libc.ts";
+import { type BlockingCalls, blockingCalls } from "./thread.ts";
 import { functionAddress, openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
 import {
   CALLBACK_PROTOTYPES,
@@ -71,11 +72,8 @@ export interface Libmilter {
   readonly later: Later | null;
   /** Why {@linkcode Libmilter.later} is `null`: the platform, and the command that builds the shim. */
   readonly laterUnavailable: string | null;
-  /**
-   * `fn()` for a blocking `int fn(void)` on koffi's worker thread (a thread
-   * of the runtime's pool); see `ffi/thread.ts` for the thread of its own.
-   */
-  onWorker(symbol: "smfi_main" | "smfi_stop"): Promise<number>;
+  /** libmilter's blocking functions (`smfi_main`, `smfi_stop`), run off the JS thread; see `ffi/thread.ts`. */
+  readonly blocking: BlockingCalls;
 }
 
 /**
@@ -331,6 +329,11 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
   const libc = bindOptional(lib, LIBC_PROTOTYPES);
   pin(libc, path);
   const required = bind(lib, FUNCTION_PROTOTYPES);
+  /** A blocking `int fn(void)` on koffi's worker thread, a thread of the runtime's pool. */
+  const onWorker = (symbol: "smfi_main" | "smfi_stop"): Promise<number> =>
+    new Promise<number>((resolve, reject) =>
+      (required[symbol] as unknown as Bound).async((error: unknown, rc: number) => error ? reject(error) : resolve(rc))
+    );
   const optional = bindOptional(lib, OPTIONAL_PROTOTYPES);
   const internal = bindOptional(lib, INTERNAL_PROTOTYPES);
   const fn = { ...required } as Record<string, unknown>;
@@ -355,12 +358,7 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
     later: shim === null ? null : later(shim, path),
     laterUnavailable: shim === null ? shimReason : null,
-    onWorker: (symbol) =>
-      new Promise<number>((resolve, reject) =>
-        (required[symbol] as unknown as Bound).async((error: unknown, rc: number) =>
-          error ? reject(error) : resolve(rc)
-        )
-      ),
+    blocking: blockingCalls(path, opened, onWorker),
   };
 }
 

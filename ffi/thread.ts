@@ -9,8 +9,7 @@
  * @module
  */
 
-import type { Libmilter } from "./load.ts";
-import { functionAddress, openShim } from "./shim.ts";
+import { functionAddress, type Shim } from "./shim.ts";
 
 /** libmilter's functions `int fn(void)` that block. */
 export type BlockingSymbol = "smfi_main" | "smfi_stop";
@@ -20,31 +19,42 @@ export type BlockingThread =
   | { readonly kind: "shim"; readonly path: string }
   | { readonly kind: "worker"; readonly reason: string };
 
-/** Where blocking calls run in this process: on the shim's thread, or on koffi's worker and why. */
-export function blockingThread(lib: Libmilter): BlockingThread {
-  const shim = openShim();
-  if (!("startMain" in shim)) return { kind: "worker", reason: shim.reason };
-  if (functionAddress(lib.path, "smfi_main") === null) {
-    return { kind: "worker", reason: `the address of smfi_main in ${lib.path} is out of reach (no dlsym)` };
-  }
-  return { kind: "shim", path: shim.path };
+/** Runs libmilter's blocking functions off the JS thread. */
+export interface BlockingCalls {
+  /** Where they run in this process: on the shim's thread, or on koffi's worker and why. */
+  readonly thread: BlockingThread;
+  /**
+   * Calls `symbol()` off the JS thread and settles with its return value.
+   * The process stays alive until it has returned.
+   *
+   * @throws {Error} (as a rejection) when no thread could be started for it.
+   */
+  run(symbol: BlockingSymbol): Promise<number>;
 }
 
 /**
- * Calls `symbol()` off the JS thread and settles with its return value. The
- * process stays alive until it has returned.
- *
- * @throws {Error} (as a rejection) when no thread could be started for it.
+ * The blocking calls of the library loaded from `path`: through `shim`
+ * where there is one and the library's functions can be reached, otherwise
+ * through `onWorker` (koffi's `.async`). Decided once, when the library loads.
  */
-export function runBlocking(lib: Libmilter, symbol: BlockingSymbol): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    const shim = openShim();
-    const address = "startMain" in shim ? functionAddress(lib.path, symbol) : null;
-    try {
-      if ("startMain" in shim && address !== null) shim.startMain(address, resolve);
-      else lib.onWorker(symbol).then(resolve, reject);
-    } catch (error) {
-      reject(error);
-    }
-  });
+export function blockingCalls(
+  path: string,
+  shim: Shim | { readonly reason: string },
+  onWorker: (symbol: BlockingSymbol) => Promise<number>,
+): BlockingCalls {
+  const addresses = "reason" in shim
+    ? null
+    : { smfi_main: functionAddress(path, "smfi_main"), smfi_stop: functionAddress(path, "smfi_stop") };
+  if ("reason" in shim || addresses === null || addresses.smfi_main === null || addresses.smfi_stop === null) {
+    const reason = "reason" in shim
+      ? shim.reason
+      : `the addresses of smfi_main and smfi_stop in ${path} are out of reach (no dlsym)`;
+    return { thread: { kind: "worker", reason }, run: onWorker };
+  }
+  const { smfi_main, smfi_stop } = addresses;
+  return {
+    thread: { kind: "shim", path: shim.path },
+    run: (symbol) =>
+      new Promise<number>((resolve) => shim.startMain(symbol === "smfi_main" ? smfi_main : smfi_stop, resolve)),
+  };
 }

@@ -10,7 +10,6 @@ import { MI_SUCCESS } from "../ffi/constants.ts";
 import { connectTarget, parseSocketSpec, type SocketSpec, timerDelay } from "./convert.ts";
 import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
-import { blockingThread, runBlocking } from "../ffi/thread.ts";
 import { allSessions, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, milterError, requireInt } from "./error.ts";
 import { abandonPending, isRegistered } from "./filter.ts";
@@ -357,7 +356,7 @@ function start(options: MainOptions): Promise<void> {
     };
     // On a thread of its own where the platform has the shim: a runtime
     // joins its worker pool at exit, and would wait there for smfi_main.
-    runBlocking(lib, "smfi_main").then(
+    lib.blocking.run("smfi_main").then(
       (rc) => done(null, rc),
       (error) => done(error, -1), // no thread could be started: undo everything main set up
     );
@@ -366,7 +365,7 @@ function start(options: MainOptions): Promise<void> {
 
 /** Says once, on stderr, when libmilter's main loop must run on the runtime's worker pool. */
 function warnWithoutShim(lib: Libmilter): void {
-  const thread = blockingThread(lib);
+  const thread = lib.blocking.thread;
   if (thread.kind === "worker") {
     writeStderr(
       `milter: ${thread.reason}.\nmilter: libmilter's main loop runs on the runtime's worker pool instead; ` +
@@ -467,7 +466,7 @@ export function stop(): void {
     if (lifecycle.phase !== "draining") return;
     abandonPending(allSessions()); // past the drain: pending callbacks answer Tempfail now
     stopIssued = true;
-    stopReturned = runBlocking(lib, "smfi_stop").then(() => {}, () => {});
+    stopReturned = lib.blocking.run("smfi_stop").then(() => {}, () => {});
     wakeListener();
   }
   stopRequested = finish;
