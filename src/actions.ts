@@ -102,6 +102,22 @@ class Op {
     return text;
   }
 
+  /**
+   * Checks that a header modification fits in one libmilter command: name,
+   * value, their NULs and (`indexed`) the header index, at most the size set
+   * by setmaxdatasize (libmilter's default 65535).
+   */
+  headerFits(name: string, value: string | null, indexed: boolean): void {
+    const encoder = new TextEncoder();
+    const size = encoder.encode(name).length + encoder.encode(value ?? "").length + 2 + (indexed ? 4 : 0);
+    if (size > lifecycle.maxDataSize) {
+      this.fail(
+        `the header is ${size} bytes, more than libmilter sends in one command ` +
+          `(${lifecycle.maxDataSize}; raise it with setmaxdatasize, within what the MTA accepts)`,
+      );
+    }
+  }
+
   /** The session of `ctx`, checked to be usable now. */
   session(ctx: unknown): Session {
     return active(this.name, ctx);
@@ -151,15 +167,6 @@ const OPTIONAL_WRITES: Partial<Record<ShimWrite["kind"], OptionalSymbol>> = {
   chgfrom: "smfi_chgfrom",
   addrcpt_par: "smfi_addrcpt_par",
 };
-
-/** The bytes libmilter sends for a header modification, and what it refuses above. */
-function headerTooLarge(name: string, value: string | null, indexed: boolean): string | null {
-  const encoder = new TextEncoder();
-  const size = encoder.encode(name).length + encoder.encode(value ?? "").length + 2 + (indexed ? 4 : 0);
-  if (size <= lifecycle.maxDataSize) return null;
-  return `the header is ${size} bytes, more than libmilter sends in one command ` +
-    `(${lifecycle.maxDataSize}; raise it with setmaxdatasize, within what the MTA accepts)`;
-}
 
 const GETSYMVAL: Op = new Op("getsymval");
 const GETPRIV: Op = new Op("getpriv");
@@ -272,8 +279,7 @@ export function addheader(ctx: Ctx, name: string, value: string): void {
   const [session, why] = op.inEom(ctx, "ADDHDRS");
   op.headerName(name);
   op.headerValue(value);
-  const tooLarge = headerTooLarge(name, value, false);
-  if (tooLarge) op.fail(tooLarge);
+  op.headerFits(name, value, false);
   op.write(
     session,
     { kind: "addheader", a: name, b: value },
@@ -296,8 +302,7 @@ export function chgheader(ctx: Ctx, name: string, index: number, value: string |
   op.headerName(name);
   op.int("the index", index, 0);
   const v = value === null || value === undefined ? null : op.headerValue(value);
-  const tooLarge = headerTooLarge(name, v, true);
-  if (tooLarge) op.fail(tooLarge);
+  op.headerFits(name, v, true);
   op.write(
     session,
     { kind: "chgheader", a: name, index, b: v },
@@ -320,8 +325,7 @@ export function insheader(ctx: Ctx, index: number, name: string, value: string):
   op.int("the index", index, 0);
   op.headerName(name);
   op.headerValue(value);
-  const tooLarge = headerTooLarge(name, value, true);
-  if (tooLarge) op.fail(tooLarge);
+  op.headerFits(name, value, true);
   op.write(
     session,
     { kind: "insheader", index, a: name, b: value },
