@@ -37,6 +37,7 @@ export type { SockAddr } from "./src/convert.ts";
 export { Ctx } from "./src/ctx.ts";
 export { type Answer, empty, type Filter, register, version_code } from "./src/filter.ts";
 export {
+  DEFAULT_PIPELINE_MACROS,
   main,
   type MainOptions,
   opensocket,

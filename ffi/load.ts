@@ -99,6 +99,23 @@ export interface Later {
   bindWrites(failureText: string, onFailure: (ctx: Pointer, write: ShimWrite["kind"]) => void): void;
   /** Hands `write` to the thread of the call `token` names; `false` when that call takes no more writes. */
   post(token: number, write: ShimWrite): boolean;
+  /**
+   * Has the shim answer the no-reply stages it is told to pipeline at once
+   * and queue their calls: `bell` runs on the JS thread whenever calls wait
+   * for {@linkcode Later.take}; each queued call keeps the values `macros`
+   * had for it ({@linkcode Later.symval}). Once per process, before main.
+   */
+  bindPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): void;
+  /** The value of `macros[index]` (of bindPipeline) captured for a queued call. */
+  symval: Shim["symval"];
+  /** Pipelines these callbacks of the connection at `ctx` (from its negotiate handler); `false` when it cannot. */
+  pipeline: Shim["pipeline"];
+  /** The oldest queued call, or `null`. */
+  take: Shim["take"];
+  /** Ends a queued call once its callback is through. */
+  done: Shim["done"];
+  /** What the pipeline holds. */
+  pipelineStats: Shim["pipelineStats"];
 }
 
 /** Called for an optional function this build lacks, in place of it; throws. */
@@ -290,6 +307,13 @@ function later(shim: Shim, path: string): Later {
     reply: shim.reply,
     waiting: shim.pending,
     post: shim.post,
+    bindPipeline: (bell, boundBytes, macros) =>
+      shim.bindPipeline(bell, boundBytes, functionAddress(path, "smfi_getsymval"), macros),
+    symval: shim.symval,
+    pipeline: shim.pipeline,
+    take: shim.take,
+    done: shim.done,
+    pipelineStats: shim.pipelineStats,
     bindWrites: (failureText, onFailure) =>
       shim.bindWrites(
         WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),

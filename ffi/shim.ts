@@ -12,7 +12,10 @@
  * - {@linkcode Shim.wrap} puts the shim's wrappers between libmilter and the
  *   JS callbacks, so that a callback can answer later: it returns
  *   {@linkcode Shim.pendingCode} and answers with {@linkcode Shim.reply}
- *   while libmilter's thread waits in the shim.
+ *   while libmilter's thread waits in the shim;
+ * - {@linkcode Shim.bindPipeline} lets those wrappers answer the no-reply
+ *   stages header, eoh and body at once and queue the calls for JS, which
+ *   takes them with {@linkcode Shim.take}.
  *
  * Nothing here runs at import time: {@linkcode openShim} loads on first call.
  *
@@ -24,7 +27,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 3;
+export const SHIM_ABI = 4;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -106,6 +109,81 @@ export interface Shim {
    * @returns `true` when posted; `false` when the call takes no more writes (answered, over) or memory ran out.
    */
   post(token: number, write: ShimWrite): boolean;
+  /**
+   * Turns pipelining on (`milter_shim_bind_pipeline`): `bell` is relayed to
+   * the JS thread whenever queued calls wait for {@linkcode take}, and again
+   * after it returns while some still do; one connection's calls queued or
+   * running stay within `boundBytes`; the `macros` are captured for each
+   * queued call with `getsymval` (the address of `smfi_getsymval`), for
+   * {@linkcode symval}. Once per process, before `smfi_main`.
+   *
+   * @throws {Error} when the shim refuses (a second call) or cannot start its thread.
+   */
+  bindPipeline(bell: () => void, boundBytes: number, getsymval: bigint | null, macros: readonly string[]): void;
+  /** The value `macros[index]` of {@linkcode bindPipeline} had for a queued call (`milter_shim_symval`), `null` if unsent. */
+  symval(call: QueuedCall, index: number): string | null;
+  /**
+   * Pipelines `callbacks` of the connection at `ctx` from now on
+   * (`milter_shim_pipeline`), none for an empty list. Called from that
+   * connection's negotiate handler.
+   *
+   * @returns `false` when pipelining is off or memory ran out (nothing is pipelined then).
+   */
+  pipeline(ctx: bigint, callbacks: readonly PipelinedSymbol[]): boolean;
+  /** The next queued call, oldest first (`milter_shim_take`), or `null`; end it with {@linkcode done}. */
+  take(): QueuedCall | null;
+  /** Ends a call {@linkcode take} gave, once (`milter_shim_done`): its memory is freed. */
+  done(call: QueuedCall): void;
+  /** The pipeline's figures (`milter_shim_pipeline_stat`). */
+  pipelineStats(): PipelineStats;
+}
+
+/** The callbacks the shim can pipeline. */
+export type PipelinedSymbol = "xxfi_header" | "xxfi_eoh" | "xxfi_body";
+
+/**
+ * A call the shim answered at once and queued (`struct milter_shim_call`):
+ * the connection, the callback, and copies of its arguments, valid until
+ * {@linkcode Shim.done}.
+ */
+export interface QueuedCall {
+  /** The address of the shim's record, for {@linkcode Shim.done}. */
+  readonly address: bigint;
+  /** The connection's `SMFICTX`. */
+  readonly ctx: bigint;
+  readonly symbol: PipelinedSymbol;
+  /** header: its name and value; `null` otherwise. */
+  readonly a: bigint | null;
+  readonly b: bigint | null;
+  /** body: the chunk and its length; `null` and 0 otherwise. */
+  readonly bytes: bigint | null;
+  readonly len: number;
+}
+
+/** How much the pipeline holds, and has held. */
+export interface PipelineStats {
+  /** Bytes of calls queued or running now, all connections together. */
+  readonly bytes: number;
+  /** The most bytes one connection ever had queued or running. */
+  readonly peakBytes: number;
+  /** How many times a connection's thread waited for room in its queue (backpressure). */
+  readonly waits: number;
+  /** Connections with pipelining state now (negotiated, not closed). */
+  readonly connections: number;
+}
+
+/** Each pipelined callback's index in `struct smfiDesc` (CB_* in milter_shim.c). */
+const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = { xxfi_header: 4, xxfi_eoh: 5, xxfi_body: 6 };
+const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = { 4: "xxfi_header", 5: "xxfi_eoh", 6: "xxfi_body" };
+
+/** The ABI fields of `struct milter_shim_call`, as koffi decodes them. */
+interface CallFields {
+  ctx: bigint;
+  callback: number;
+  a: bigint | null;
+  b: bigint | null;
+  bytes: bigint | null;
+  len: number | bigint;
 }
 
 /** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
@@ -326,6 +404,14 @@ function load(): Shim | ShimUnavailable {
     len: number,
   ) => number;
   let failedType: TypeObject;
+  let bellType: TypeObject;
+  let callType: TypeObject;
+  let bindPipeline: (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number) => number;
+  let symval: (call: bigint, index: number) => string | null;
+  let pipeline: (ctx: bigint, mask: number) => number;
+  let take: () => bigint | null;
+  let done: (call: bigint) => void;
+  let stat: (which: number) => number | bigint;
   try {
     // Anonymous, so that two copies of this module (source and dist) in one
     // process do not declare the same type name twice.
@@ -341,6 +427,28 @@ function load(): Shim | ShimUnavailable {
     post = lib.func(
       "int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b, const uint8_t *bytes, int len)",
     );
+    bellType = koffi.pointer(koffi.proto("void (void)"));
+    bindPipeline = lib.func("milter_shim_bind_pipeline", "int", [
+      bellType,
+      "size_t",
+      "void *",
+      "const char **",
+      "int",
+    ]);
+    symval = lib.func("const char *milter_shim_symval(void *call, int index)");
+    pipeline = lib.func("int milter_shim_pipeline(void *ctx, unsigned int mask)");
+    take = lib.func("void *milter_shim_take(void)");
+    done = lib.func("void milter_shim_done(void *call)");
+    stat = lib.func("int64_t milter_shim_pipeline_stat(int which)");
+    callType = koffi.struct({
+      ctx: "void *",
+      callback: "int",
+      reserved: "int",
+      a: "void *",
+      b: "void *",
+      bytes: "void *",
+      len: "size_t",
+    });
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
@@ -386,6 +494,43 @@ function load(): Shim | ShimUnavailable {
         bytes,
         bytes?.length ?? 0,
       ) === 0;
+    },
+    bindPipeline(bell, boundBytes, getsymval, macros): void {
+      // Kept for the life of the process: the pump thread rings it until exit.
+      const registered = koffi.register(bell, bellType);
+      const rc = bindPipeline(registered, boundBytes, getsymval, [...macros], macros.length);
+      if (rc !== 0) {
+        koffi.unregister(registered);
+        throw new Error(`milter_shim_bind_pipeline: error ${errnoName(rc)}`);
+      }
+    },
+    pipeline(ctx, callbacks): boolean {
+      const mask = callbacks.reduce((bits, symbol) => bits | 1 << PIPELINED_INDEX[symbol], 0);
+      return pipeline(ctx, mask) === 0;
+    },
+    take(): QueuedCall | null {
+      const address = take();
+      if (address === null || address === 0n) return null;
+      const fields = koffi.decode(address, callType) as CallFields;
+      return {
+        address,
+        ctx: fields.ctx,
+        symbol: PIPELINED_SYMBOL[fields.callback],
+        a: fields.a,
+        b: fields.b,
+        bytes: fields.bytes,
+        len: Number(fields.len),
+      };
+    },
+    done(call): void {
+      done(call.address);
+    },
+    symval(call, index): string | null {
+      return symval(call.address, index);
+    },
+    pipelineStats(): PipelineStats {
+      const [bytes, peakBytes, waits, connections] = [0, 1, 2, 3].map((which) => Number(stat(which)));
+      return { bytes, peakBytes, waits, connections };
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       // A timer holds the event loop open until done runs: nothing else
@@ -453,6 +598,6 @@ function messageOf(error: unknown): string {
 
 /** `11 (EAGAIN)` for Linux's error numbers that pthread_create returns. */
 function errnoName(code: number): string {
-  const names: Record<number, string> = { 1: "EPERM", 11: "EAGAIN", 12: "ENOMEM", 22: "EINVAL" };
+  const names: Record<number, string> = { 1: "EPERM", 11: "EAGAIN", 12: "ENOMEM", 16: "EBUSY", 22: "EINVAL" };
   return names[code] ? `${code} (${names[code]})` : String(code);
 }

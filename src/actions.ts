@@ -20,11 +20,11 @@ import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
 import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
 import type { Libmilter } from "../ffi/load.ts";
-import type { ShimWrite } from "../ffi/shim.ts";
+import type { QueuedCall, ShimWrite } from "../ffi/shim.ts";
 import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import { replyCodeProblem, replyLinesProblem } from "./convert.ts";
+import { macroKey, replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
 import type { Ctx } from "./ctx.ts";
 
@@ -123,6 +123,21 @@ class Op {
     return active(this.name, ctx);
   }
 
+  /**
+   * `session`, checked not to be running a pipelined callback, where
+   * libmilter's thread has moved on to the connection's next commands; `why`
+   * says what to do instead.
+   */
+  notPipelined(session: Session, why: string): Session {
+    if (session.queued !== null) {
+      this.fail(
+        `the ${session.callback} callback is pipelined (its stage was negotiated as no reply, so libmilter ` +
+          `does not wait for it): ${why}`,
+      );
+    }
+    return session;
+  }
+
   /** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
   inCallback(ctx: unknown, allowed: readonly CallbackName[]): Session {
     const session = this.session(ctx);
@@ -186,6 +201,10 @@ const QUARANTINE: Op = new Op("quarantine");
 const SETSYMLIST: Op = new Op("setsymlist");
 const RAWARGS: Op = new Op("rawargs");
 
+/** Why setreply and setmlreply refuse a pipelined callback. */
+const NO_REPLY_FOLLOWS = "no reply follows its stage; a failure there is answered 451 4.3.0 at the next stage " +
+  "that replies, which may set a reply of its own";
+
 /** Where an SMTP reply can follow: every callback but negotiate. */
 const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !== "negotiate");
 
@@ -200,7 +219,25 @@ const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !==
 export function getsymval(ctx: Ctx, name: string): string | null {
   const session = GETSYMVAL.session(ctx);
   GETSYMVAL.string("the macro name", name);
+  if (session.queued !== null) return captured(session, session.queued, name);
   return GETSYMVAL.libmilter.smfi_getsymval(session.ptr, name);
+}
+
+/**
+ * getsymval in a pipelined callback: the value the shim captured when the
+ * call was queued, for the macros of `main({ pipelineMacros })`; libmilter
+ * itself may be storing the next stage's macros meanwhile.
+ */
+function captured(session: Session, call: QueuedCall, name: string): string | null {
+  const index = lifecycle.pipelineMacros.get(macroKey(name));
+  if (index === undefined) {
+    GETSYMVAL.notPipelined(
+      session,
+      `only the macros of main's pipelineMacros are kept for it, and ${JSON.stringify(name)} is not among them; ` +
+        "add it there, or read it in a stage that replies and keep it with setpriv",
+    );
+  }
+  return native(GETSYMVAL.name).later!.symval(call, index!);
 }
 
 /**
@@ -235,7 +272,7 @@ export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
  */
 export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message?: string | null): void {
   const op = SETREPLY;
-  const session = op.inCallback(ctx, REPLY_STAGES);
+  const session = op.notPipelined(op.inCallback(ctx, REPLY_STAGES), NO_REPLY_FOLLOWS);
   op.string("rcode", rcode);
   const x = op.optionalString("xcode", xcode);
   const text = op.optionalString("message", message);
@@ -253,7 +290,7 @@ export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message
  */
 export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undefined, lines: string[]): void {
   const op = SETMLREPLY;
-  const session = op.inCallback(ctx, REPLY_STAGES);
+  const session = op.notPipelined(op.inCallback(ctx, REPLY_STAGES), NO_REPLY_FOLLOWS);
   op.string("rcode", rcode);
   const x = op.optionalString("xcode", xcode);
   if (!Array.isArray(lines)) op.fail(`lines must be an array of strings, got ${describe(lines)}`);

@@ -213,3 +213,11 @@ export function timerDelay(seconds: number): number | null {
   if (seconds === Infinity) return null;
   return Math.min(Math.ceil(seconds * 1000), MAX_TIMER_MS);
 }
+
+/**
+ * A macro name as libmilter matches it: `{name}` and `name` are the same
+ * macro (smfi_getsymval tries both spellings).
+ */
+export function macroKey(name: string): string {
+  return name.length > 2 && name.startsWith("{") && name.endsWith("}") ? name.slice(1, -1) : name;
+}

@@ -12,6 +12,7 @@
  */
 
 import type { Pointer } from "../ffi/memory.ts";
+import type { QueuedCall } from "../ffi/shim.ts";
 import { describe, fail } from "./error.ts";
 
 /** The callbacks of a filter, in `struct smfiDesc` order. */
@@ -83,6 +84,19 @@ export interface Session {
   pending: (() => void) | null;
   /** The shim's token of the running callback, for writes done by its own thread; -1 when there is none. */
   token: number;
+  /**
+   * The running callback's queued call when it is pipelined: the shim
+   * answered libmilter at once and libmilter's thread has moved on, so
+   * nothing may reach libmilter for this connection (macros come from what
+   * the shim captured for the call); `null` otherwise.
+   */
+  queued: QueuedCall | null;
+  /**
+   * While one of the connection's pipelined calls runs (or its Promise is
+   * pending): the calls queued after it, run in order once it is through;
+   * `null` while none runs.
+   */
+  backlog: QueuedCall[] | null;
 }
 
 const sessions = new Map<Pointer, Session>();
@@ -106,6 +120,8 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
       failed: null,
       pending: null,
       token: -1,
+      queued: null,
+      backlog: null,
     };
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
@@ -129,6 +145,7 @@ export function leave(session: Session): void {
   session.callback = null;
   session.raw = [];
   session.token = -1;
+  session.queued = null;
 }
 
 /** Ends a session: its Ctx becomes unusable and its private data is dropped. */

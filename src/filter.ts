@@ -29,8 +29,10 @@ import {
   readUShort,
   writeULong,
 } from "../ffi/memory.ts";
+import type { Later } from "../ffi/load.ts";
+import type { PipelinedSymbol, PipelineStats, QueuedCall } from "../ffi/shim.ts";
 import type { CallbackHandler, CallbackHandlers, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
-import { decodeSockAddr, escapeReplyText, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
+import { decodeSockAddr, escapeReplyText, macroKey, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import {
   CALLBACK_NAMES,
   type CallbackName,
@@ -465,11 +467,13 @@ function dispatch(
   ptr: Pointer,
   token: number,
   body: (session: Session, r: Registration) => number | Deferred,
+  queued: QueuedCall | null = null,
 ): number {
   const r = registration!;
   const opening = !isOpen(ptr);
   const session = enter(ptr, callback, r.flags);
   session.token = token;
+  session.queued = queued;
   let answer: number;
   try {
     // A connection that starts while main is stopping is refused at its
@@ -477,7 +481,7 @@ function dispatch(
     if (opening && lifecycle.phase !== "running" && callback !== "close") answer = SMFIS_TEMPFAIL;
     else {
       const result = owed(session, callback, r.name) ?? body(session, r);
-      if (typeof result !== "number") return answerLater(session, callback, token, result);
+      if (typeof result !== "number") return answerLater(session, callback, token, result, queued);
       answer = result;
     }
   } catch (error) {
@@ -508,12 +512,20 @@ function end(session: Session, callback: CallbackName): void {
  * or `callbackTimeout` passes, whichever comes first; then the answer is
  * computed while the Ctx is still usable, and given to the shim. What comes
  * after that changes nothing. Without the shim a Promise cannot be waited
- * for: the callback fails, naming the platform.
+ * for: the callback fails, naming the platform. A pipelined call (`queued`)
+ * has no thread waiting: its settlement lets the connection's next queued
+ * call run instead.
  */
-function answerLater(session: Session, callback: CallbackName, token: number, deferred: Deferred): number {
+function answerLater(
+  session: Session,
+  callback: CallbackName,
+  token: number,
+  deferred: Deferred,
+  queued: QueuedCall | null,
+): number {
   const lib = native("main");
   const later = lib.later;
-  if (later === null || token < 0) {
+  if (later === null || (token < 0 && queued === null)) {
     deferred.promise.then(undefined, () => {}); // abandoned: its rejection must not go unhandled
     const why = lib.laterUnavailable ?? "this callback was registered without the native shim";
     const code = failure(
@@ -537,7 +549,8 @@ function answerLater(session: Session, callback: CallbackName, token: number, de
       code = failure(session, callback, error);
     }
     end(session, callback);
-    later.reply(token, code);
+    if (queued === null) later.reply(token, code);
+    else queueDone(later, session, queued);
   };
   const timeoutMs = lifecycle.callbackTimeoutMs;
   const timer = timeoutMs === null ? undefined : setTimeout(() =>
@@ -568,6 +581,130 @@ export function abandonPending(sessions: Iterable<Session>): void {
   for (const session of [...sessions]) session.pending?.();
 }
 
+/**
+ * @internal What the pipeline holds and has held, `null` when it is off:
+ * for tests and monitoring.
+ */
+export function pipelineStats(): PipelineStats | null {
+  return lifecycle.pipelining ? native("main").later?.pipelineStats() ?? null : null;
+}
+
+/** The callbacks the shim can pipeline. */
+const PIPELINED: Readonly<Record<PipelinedSymbol, CallbackName>> = {
+  xxfi_header: "header",
+  xxfi_eoh: "eoh",
+  xxfi_body: "body",
+};
+
+/** How many queued calls one ring of the bell runs before other JS work gets its turn (the shim rings again). */
+const RING_BATCH = 256;
+
+/** The token of a call no libmilter thread waits for. */
+const NO_TOKEN = -1;
+
+/**
+ * Turns pipelining on for the process, before main starts libmilter: at a
+ * stage negotiated as no reply (header, eoh, body), the shim answers
+ * libmilter at once, and the filter's callback runs when the JS thread gets
+ * to it, in order with the connection's other callbacks. Off without the
+ * shim, or when `bytes` (the bound per connection) is 0. The `macros` are
+ * captured for each pipelined call, for getsymval.
+ *
+ * @returns whether pipelining is on.
+ * @throws {Error} when the shim cannot start its thread.
+ */
+export function startPipeline(bytes: number, macros: readonly string[]): boolean {
+  const later = native("main").later;
+  if (later === null || bytes === 0) return false;
+  later.bindPipeline(() => ring(later), bytes, macros);
+  lifecycle.pipelineMacros = new Map(macros.map((name, index) => [macroKey(name), index]));
+  lifecycle.pipelining = true;
+  return true;
+}
+
+/**
+ * Tells the shim which stages of this connection to pipeline: those it
+ * negotiated as no reply that the filter has a callback for, among header,
+ * eoh and body. Every negotiate says it, so that a context address a later
+ * connection reuses never inherits an earlier connection's choice. Should
+ * the shim refuse (memory), the stages run while libmilter waits, as
+ * without pipelining.
+ */
+function pipelineStages(session: Session, r: Registration): void {
+  if (!lifecycle.pipelining) return;
+  const symbols = (Object.keys(PIPELINED) as PipelinedSymbol[]).filter((symbol) => {
+    const callback = PIPELINED[symbol];
+    return r.callbacks[callback] !== undefined && silent(session, callback);
+  });
+  native("negotiate").later?.pipeline(session.ptr, symbols);
+}
+
+/**
+ * The bell the shim rings while calls are queued: runs them, oldest first,
+ * at most {@linkcode RING_BATCH} at a time. A connection whose earlier call
+ * is still running (its Promise pending) keeps the new one in its backlog.
+ */
+function ring(later: Later): void {
+  try {
+    for (let n = 0; n < RING_BATCH; n++) {
+      const call = later.take();
+      if (call === null) return;
+      const session = sessionAt(call.ctx);
+      if (session === undefined) later.done(call); // main has ended and released every session
+      else if (session.backlog !== null) session.backlog.push(call);
+      else {
+        session.backlog = [];
+        runQueue(later, session, call);
+      }
+    }
+  } catch (error) {
+    reportInternal("the pipeline's bell", error);
+  }
+}
+
+/**
+ * Runs a connection's queued calls from `call` on, in order, until one
+ * answers with a Promise (its settlement goes on from there, see
+ * {@linkcode queueDone}) or none is left. Each call is given back to the
+ * shim once through, which lets the connection's next replying stage go on.
+ */
+function runQueue(later: Later, session: Session, call: QueuedCall | undefined): void {
+  while (call !== undefined) {
+    if (runQueued(session, call) === later.pending) return;
+    later.done(call);
+    call = session.backlog?.shift();
+  }
+  session.backlog = null;
+}
+
+/** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
+function queueDone(later: Later, session: Session, call: QueuedCall): void {
+  later.done(call);
+  runQueue(later, session, session.backlog?.shift());
+}
+
+/**
+ * Runs one queued call through its stage's callback. A failure of the
+ * binding itself is reported and answered at the next replying stage, as a
+ * failed callback is: a pipelined message is never let through unfiltered.
+ */
+function runQueued(session: Session, call: QueuedCall): number {
+  try {
+    return QUEUED[call.symbol](call);
+  } catch (error) {
+    reportInternal(call.symbol, error);
+    if (session.failed === null) session.failed = "message";
+    return SMFIS_NOREPLY;
+  }
+}
+
+/** How each pipelined callback runs from the shim's copy of its arguments. */
+const QUEUED: { readonly [K in PipelinedSymbol]: (call: QueuedCall) => number } = {
+  xxfi_header: (call) => callStage("header", call.ctx, NO_TOKEN, () => strings(call.a, call.b), call),
+  xxfi_eoh: (call) => callStage("eoh", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
+  xxfi_body: (call) => callStage("body", call.ctx, NO_TOKEN, () => chunk(call.bytes, call.len), call),
+};
+
 /** A callback's decoded arguments, and the C strings among them for `rawargs`. */
 interface Decoded {
   readonly args: unknown[];
@@ -584,8 +721,17 @@ function withoutCallback(callback: CallbackName): number {
   throw new Error(`milter binding: libmilter called ${callback}, which the filter does not have`);
 }
 
-/** Calls a filter callback that answers a `Stat` (or a Promise of one), with the arguments `decode` reads. */
-function callStage(callback: CallbackName, ptr: Pointer, token: number, decode: () => Decoded): number {
+/**
+ * Calls a filter callback that answers a `Stat` (or a Promise of one), with
+ * the arguments `decode` reads; `queued` when the shim pipelined the call.
+ */
+function callStage(
+  callback: CallbackName,
+  ptr: Pointer,
+  token: number,
+  decode: () => Decoded,
+  queued: QueuedCall | null = null,
+): number {
   return dispatch(callback, ptr, token, (session, r) => {
     const fn = r.callbacks[callback];
     if (!fn) return withoutCallback(callback);
@@ -594,7 +740,7 @@ function callStage(callback: CallbackName, ptr: Pointer, token: number, decode: 
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
     if (!isThenable(result)) return statCode(callback, result, silent(session, callback));
     return { promise: result, settle: (value) => statCode(callback, value, silent(session, callback)) };
-  });
+  }, queued);
 }
 
 /** C string arguments: the decoded strings, and their non-NULL pointers for `rawargs`. */
@@ -606,6 +752,12 @@ function strings(...pointers: (Pointer | null)[]): Decoded {
 function argv(pointer: Pointer | null): Decoded {
   const pointers = readPointers(pointer);
   return { args: splitArgv(pointers.map((p) => readCString(p)!)), raw: pointers };
+}
+
+/** body: a copy of the chunk, and its length. */
+function chunk(bytes: Pointer | null, len: number): Decoded {
+  const copy = readBytes(bytes, len);
+  return { args: [copy, copy.length] };
 }
 
 function readSockAddr(ptr: Pointer | null): SockAddr | null {
@@ -630,6 +782,7 @@ function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Sessi
   session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
   // With All, libmilter ignores the returned steps: no stage is no-reply.
   session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
+  pipelineStages(session, r);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   writeULong(pf[1], (stepMask | r.absentSteps) >>> 0);
   writeULong(pf[2], 0);
@@ -655,9 +808,9 @@ function guarded<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K
 }
 
 /** Reports a failure of the binding itself, outside any callback's context; never throws. */
-function reportInternal(symbol: CallbackSymbol, error: unknown): void {
+function reportInternal(where: string, error: unknown): void {
   try {
-    writeStderr(`milter: the binding failed in ${symbol} and answered Tempfail: ${describe(error)}`);
+    writeStderr(`milter: the binding failed in ${where} and answered Tempfail: ${describe(error)}`);
   } catch {
     // stderr is gone
   }
@@ -677,11 +830,7 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
   xxfi_envrcpt: (ptr, pointer, token) => callStage("envrcpt", ptr, token, () => argv(pointer)),
   xxfi_header: (ptr, name, value, token) => callStage("header", ptr, token, () => strings(name, value)),
   xxfi_eoh: (ptr, token) => callStage("eoh", ptr, token, () => ({ args: [] })),
-  xxfi_body: (ptr, chunk, len, token) =>
-    callStage("body", ptr, token, () => {
-      const bytes = readBytes(chunk, len);
-      return { args: [bytes, bytes.length] };
-    }),
+  xxfi_body: (ptr, bytes, len, token) => callStage("body", ptr, token, () => chunk(bytes, len)),
   xxfi_eom: (ptr, token) => callStage("eom", ptr, token, () => ({ args: [] })),
   xxfi_abort: (ptr, token) => callStage("abort", ptr, token, () => ({ args: [] })),
   xxfi_close: (ptr, token) => callStage("close", ptr, token, () => ({ args: [] })),

@@ -39,6 +39,14 @@ export const lifecycle: {
   maxDataSize: number;
   /** How long a callback's Promise may stay pending, in ms (`null`: no bound); set by main. */
   callbackTimeoutMs: number | null;
+  /**
+   * Whether the shim answers the no-reply stages header, eoh and body at
+   * once and queues them for JS (set by main when the shim is there and
+   * `pipelineBytes` is not 0).
+   */
+  pipelining: boolean;
+  /** The macros captured for pipelined calls, by name without braces: their index for the shim. */
+  pipelineMacros: ReadonlyMap<string, number>;
 } = {
   phase: "idle",
   conn: null,
@@ -49,4 +57,6 @@ export const lifecycle: {
   tcpNoDelay: true,
   maxDataSize: 65535,
   callbackTimeoutMs: 8_000,
+  pipelining: false,
+  pipelineMacros: new Map(),
 };

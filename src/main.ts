@@ -12,7 +12,7 @@ import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
 import { allSessions, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, milterError, requireInt } from "./error.ts";
-import { abandonPending, isRegistered } from "./filter.ts";
+import { abandonPending, isRegistered, startPipeline } from "./filter.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
@@ -249,7 +249,70 @@ export interface MainOptions {
    * Promise does later reaches nothing. `Infinity` waits without bound.
    */
   callbackTimeout?: number;
+  /**
+   * Bytes of pipelined calls one connection may have queued (default
+   * 262,144). At a stage a connection negotiated as no reply (`NR_HDR`,
+   * `NR_EOH`, `NR_BODY`) that the filter has a callback for, the native shim
+   * answers libmilter at once and queues the call: the callback runs later,
+   * in order with the connection's other callbacks, and the next stage that
+   * replies waits for it. When a connection's queue is full, libmilter stops
+   * reading from that MTA connection until the callbacks catch up. `0` turns
+   * pipelining off: every callback then runs while libmilter waits.
+   * Without the shim there is no pipelining.
+   */
+  pipelineBytes?: number;
+  /**
+   * The macros a pipelined callback can read with `getsymval`: captured for
+   * each pipelined call when the shim queues it, as they were at its stage
+   * (libmilter's own copy may already hold the next stage's by the time the
+   * callback runs). `{name}` and `name` are the same macro. Default: every
+   * macro Postfix and Sendmail send by default, with `{client_addr}` and
+   * `{client_name}` ({@linkcode DEFAULT_PIPELINE_MACROS}). getsymval of any
+   * other in a pipelined callback throws MilterError. At most 256; `[]`
+   * captures nothing.
+   */
+  pipelineMacros?: string[];
 }
+
+/**
+ * The macros kept for pipelined callbacks unless main is told otherwise:
+ * those Postfix (`milter_*_macros`) and Sendmail (`confMILTER_MACROS_*`) send
+ * by default, and the client's address and name.
+ */
+export const DEFAULT_PIPELINE_MACROS: readonly string[] = Object.freeze([
+  "i",
+  "j",
+  "_",
+  "v",
+  "{daemon_name}",
+  "{daemon_addr}",
+  "{if_name}",
+  "{if_addr}",
+  "{client_addr}",
+  "{client_name}",
+  "{tls_version}",
+  "{cipher}",
+  "{cipher_bits}",
+  "{cert_subject}",
+  "{cert_issuer}",
+  "{auth_type}",
+  "{auth_authen}",
+  "{auth_author}",
+  "{auth_ssf}",
+  "{mail_addr}",
+  "{mail_host}",
+  "{mail_mailer}",
+  "{rcpt_addr}",
+  "{rcpt_host}",
+  "{rcpt_mailer}",
+  "{msg_id}",
+]);
+
+/** The most macros {@linkcode MainOptions.pipelineMacros} may name: the shim captures them on libmilter's stack. */
+const MAX_PIPELINE_MACROS = 256;
+
+/** The default of {@linkcode MainOptions.pipelineBytes}: four body chunks of 64 KiB. */
+const PIPELINE_BYTES = 256 * 1024;
 
 /** Milliseconds `stop` waits for open connections, `null` for as long as they take. */
 let drainTimeoutMs: number | null = 30_000;
@@ -296,6 +359,22 @@ function start(options: MainOptions): Promise<void> {
   if (typeof callbackTimeout !== "number" || !(callbackTimeout > 0)) {
     fail("main", `callbackTimeout must be a number of seconds > 0, got ${describe(callbackTimeout)}`);
   }
+  const pipelineBytes = options.pipelineBytes ?? PIPELINE_BYTES;
+  if (!Number.isSafeInteger(pipelineBytes) || pipelineBytes < 0) {
+    fail("main", `pipelineBytes must be an integer number of bytes >= 0, got ${describe(pipelineBytes)}`);
+  }
+  const pipelineMacros = options.pipelineMacros ?? DEFAULT_PIPELINE_MACROS;
+  if (!Array.isArray(pipelineMacros) || pipelineMacros.length > MAX_PIPELINE_MACROS) {
+    fail(
+      "main",
+      `pipelineMacros must be an array of at most ${MAX_PIPELINE_MACROS} macro names, got ${describe(pipelineMacros)}`,
+    );
+  }
+  for (const name of pipelineMacros) {
+    if (typeof name !== "string" || name === "" || name.includes("\0")) {
+      fail("main", `pipelineMacros must hold non-empty macro names without NUL, got ${describe(name)}`);
+    }
+  }
   const lib = native("main");
   drainTimeoutMs = timerDelay(drain);
   lifecycle.callbackTimeoutMs = timerDelay(callbackTimeout);
@@ -317,6 +396,11 @@ function start(options: MainOptions): Promise<void> {
       );
     }
     if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
+    try {
+      startPipeline(pipelineBytes, pipelineMacros);
+    } catch (error) {
+      fail("main", `cannot start the pipeline's thread: ${describe(error)}`, { cause: error });
+    }
   } catch (error) {
     removeSignals();
     restoreFileLimit(lib, limit);

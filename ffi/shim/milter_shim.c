@@ -37,8 +37,11 @@
  * The ABI version of this file's exports; see milter_shim_abi().
  * 1: milter_shim_abi, milter_shim_start_main.
  * 2: adds milter_shim_wrap, milter_shim_reply, milter_shim_pending.
+ * 3: adds milter_shim_bind_writes, milter_shim_post.
+ * 4: adds milter_shim_bind_pipeline, milter_shim_pipeline, milter_shim_take,
+ *    milter_shim_done, milter_shim_symval, milter_shim_pipeline_stat.
  */
-#define MILTER_SHIM_ABI 3
+#define MILTER_SHIM_ABI 4
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -81,17 +84,20 @@ SHIM_PIN(pthread_mutex_lock);
 SHIM_PIN(pthread_mutex_unlock);
 SHIM_PIN(sigfillset);
 SHIM_PIN(malloc);
+SHIM_PIN(calloc);
 SHIM_PIN(free);
 SHIM_PIN(strlen);
 SHIM_PIN(memcpy);
 SHIM_PIN_COND(pthread_cond_init);
 SHIM_PIN_COND(pthread_cond_wait);
 SHIM_PIN_COND(pthread_cond_signal);
+SHIM_PIN_COND(pthread_cond_broadcast);
+SHIM_PIN_COND(pthread_cond_destroy);
 #endif
 
 /**
  * The ABI version of this object, which ffi/shim.ts checks before calling
- * anything else. Returns 2.
+ * anything else. Returns MILTER_SHIM_ABI.
  */
 MILTER_SHIM_EXPORT int milter_shim_abi(void) { return MILTER_SHIM_ABI; }
 
@@ -141,23 +147,17 @@ static void *shim_main_thread(void *arg)
  * pthread_create (or of the allocation or attribute setup: ENOMEM, EINVAL),
  * in which case neither function is called.
  */
-MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)(int rc))
+/*
+ * Starts fn(arg) on a detached thread with every signal blocked and a stack
+ * of at least SHIM_MIN_STACK. Returns 0, or the error number of the thread
+ * or attribute setup (fn is then never called).
+ */
+static int start_detached(void *(*fn)(void *), void *arg)
 {
-	if (main_fn == NULL)
-		return EINVAL;
-
-	struct shim_main *job = malloc(sizeof *job);
-	if (job == NULL)
-		return ENOMEM;
-	job->main_fn = main_fn;
-	job->done = done;
-
 	pthread_attr_t attr;
 	int err = pthread_attr_init(&attr);
-	if (err != 0) {
-		free(job);
+	if (err != 0)
 		return err;
-	}
 	err = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	size_t stack = 0;
 	if (err == 0 && pthread_attr_getstacksize(&attr, &stack) == 0 && stack < SHIM_MIN_STACK)
@@ -177,10 +177,34 @@ MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)
 	}
 	if (err == 0) {
 		pthread_t thread;
-		err = pthread_create(&thread, &attr, shim_main_thread, job);
+		err = pthread_create(&thread, &attr, fn, arg);
 		pthread_sigmask(SIG_SETMASK, &saved, NULL);
 	}
 	pthread_attr_destroy(&attr);
+	return err;
+}
+
+/**
+ * Starts a detached thread, with all signals blocked, that calls
+ * `rc = main_fn()` and then `done(rc)` (done may be NULL). main_fn is meant
+ * to be libmilter's smfi_main; done is typically a koffi-registered callback,
+ * which koffi relays to the JavaScript thread.
+ *
+ * Returns 0 when the thread started, otherwise the error number of
+ * pthread_create (or of the allocation or attribute setup: ENOMEM, EINVAL),
+ * in which case neither function is called.
+ */
+MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)(int rc))
+{
+	if (main_fn == NULL)
+		return EINVAL;
+
+	struct shim_main *job = malloc(sizeof *job);
+	if (job == NULL)
+		return ENOMEM;
+	job->main_fn = main_fn;
+	job->done = done;
+	int err = start_detached(shim_main_thread, job);
 	if (err != 0)
 		free(job);
 	return err;
@@ -225,6 +249,8 @@ MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)
 
 /** libmilter's sfsistat SMFIS_TEMPFAIL: the answer when no slot can be had. */
 #define SHIM_SMFIS_TEMPFAIL 4
+/** libmilter's sfsistat SMFIS_NOREPLY: the answer of a pipelined call. */
+#define SHIM_SMFIS_NOREPLY 7
 
 #define SHIM_INDEX_BITS 16
 #define SHIM_BLOCK_SLOTS 256
@@ -463,6 +489,467 @@ enum {
 	SHIM_CALLBACKS /* 13 */
 };
 
+
+/* ---- Pipelined no-reply stages --------------------------------------------
+ *
+ * Why: when a connection negotiated a stage as no reply (NR_HDR, NR_EOH,
+ * NR_BODY), the MTA does not wait for the filter's answer there, but
+ * libmilter still waits for the callback to return before it reads the next
+ * command: every header would cost a hand-off to the JS thread and back. For
+ * the connections and callbacks JS names (milter_shim_pipeline, from its
+ * negotiate handler), the wrappers of header, eoh and body instead copy their
+ * arguments into a struct milter_shim_call, queue it, and answer
+ * SMFIS_NOREPLY at once: libmilter reads on while JS catches up. A thread of
+ * the shim's own (the pump) calls `bell`, a koffi-registered JS function,
+ * whenever the queue is not empty; JS then takes calls (milter_shim_take),
+ * runs them, and ends each with milter_shim_done, possibly later (an async
+ * callback).
+ *
+ * Order: calls are taken in the order they were queued. Every other wrapper
+ * call of a connection (eom, abort, close, an eoh that replies, ...) first
+ * waits until all its connection's queued calls are done: the next stage
+ * that replies is answered after them, knowing what they did.
+ *
+ * Memory: the bytes of a connection's calls queued or running (arguments
+ * and bookkeeping) stay within `bound` (milter_shim_bind_pipeline): a
+ * wrapper whose call would pass it waits until enough are done
+ * (backpressure: libmilter stops reading that connection, and the MTA's
+ * writes to it block). A call larger than the bound alone is queued once
+ * its connection has nothing else queued.
+ *
+ * State per connection (struct conn) is found by SMFICTX address in a hash
+ * table under pool_lock, created by milter_shim_pipeline() and removed when
+ * the connection's close wrapper returns (libmilter calls close at the end
+ * of every connection). A connection's callbacks never run concurrently, so
+ * only its own thread queues its calls or removes its state.
+ */
+
+/** The callbacks that can be pipelined: 1 << CB_* bits. */
+#define PIPELINABLE (1u << CB_header | 1u << CB_eoh | 1u << CB_body)
+#define CONN_BUCKETS 1024
+
+/**
+ * A queued call as milter_shim_take() hands it to JS. The fields up to len
+ * are part of the ABI (ffi/shim.ts reads them); the rest is the shim's.
+ */
+struct milter_shim_call {
+	void *ctx;		/* the connection's SMFICTX */
+	int callback;		/* CB_header, CB_eoh or CB_body (struct smfiDesc order) */
+	int reserved;
+	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
+	unsigned char *bytes;	/* body: a copy of the chunk; NULL otherwise */
+	size_t len;		/* body: its length; 0 otherwise */
+	/* the shim's own */
+	struct milter_shim_call *next;
+	struct conn *conn;
+	struct snap *snap;	/* the macros captured for it (shared), NULL if none */
+	size_t size;		/* what the call counts against its connection's bound */
+};
+
+/*
+ * Macros captured for pipelined calls: smfi_getsymval() cannot be called
+ * for them later, as libmilter's thread may then be storing the next
+ * stage's macros (it frees the previous ones). So the wrapper that queues a
+ * call captures the values of the names milter_shim_bind_pipeline() was
+ * given, on libmilter's thread, where they are what smfi_getsymval would
+ * return in the callback itself. Consecutive calls of one callback (the
+ * headers of a message, its body chunks) share one capture: the MTA sends no
+ * macros between them. Freed when the last call holding it is done.
+ */
+struct snap {
+	int refs;		/* calls and connections holding it, under pool_lock */
+	int count;
+	char *values[];		/* count values (NULL: not sent), copies */
+};
+
+struct conn {
+	struct conn *next;	/* the hash chain */
+	void *ctx;
+	unsigned mask;		/* 1 << CB_* of the callbacks pipelined */
+	int calls;		/* queued or running */
+	int waiters;		/* wrapper calls waiting for calls to end */
+	size_t bytes;		/* the size of those calls */
+	pthread_cond_t changed;	/* broadcast when one of its calls ends */
+	struct snap *snap;	/* the capture of its latest pipelined calls, NULL after any other callback */
+	int snap_cb;		/* the callback it was captured for */
+};
+
+static struct conn *conns[CONN_BUCKETS];
+static struct milter_shim_call *ready_head, *ready_tail; /* queued, not taken yet */
+static void (*pipe_bell)(void);
+static size_t pipe_bound;
+static char *(*pipe_getsymval)(void *ctx, char *name);
+static char **pipe_names; /* the macros captured for pipelined calls */
+static int pipe_name_count;
+static int pipe_on;	 /* bell and bound set, pump started: read with __atomic_load_n */
+static int pipe_binding; /* milter_shim_bind_pipeline() has begun */
+static pthread_cond_t pump_wake = PTHREAD_COND_INITIALIZER;
+static int64_t stat_bytes, stat_peak, stat_waits, stat_conns;
+
+static struct conn **conn_slot(const void *ctx)
+{
+	uintptr_t p = (uintptr_t)ctx;
+	struct conn **link = &conns[((p >> 4) ^ (p >> 16)) % CONN_BUCKETS];
+	while (*link != NULL && (*link)->ctx != ctx)
+		link = &(*link)->next;
+	return link;
+}
+
+/* The state of the connection at ctx, NULL when it pipelines nothing. Call with pool_lock held. */
+static struct conn *conn_find(const void *ctx)
+{
+	return *conn_slot(ctx);
+}
+
+/* Waits, pool_lock held, on the connection's condition until `more` is false. */
+#define CONN_WAIT_WHILE(conn, more)                                         \
+	while (more) {                                                      \
+		(conn)->waiters++;                                          \
+		pthread_cond_wait(&(conn)->changed, &pool_lock);            \
+		(conn)->waiters--;                                          \
+	}
+
+/* A queued call with copies of the arguments; NULL when memory runs out. */
+static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, const char *b,
+					  const unsigned char *bytes, size_t len)
+{
+	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
+	size_t lbytes = bytes != NULL ? len : 0;
+	size_t size = sizeof(struct milter_shim_call) + la + lb + lbytes;
+	struct milter_shim_call *call = malloc(size);
+	if (call == NULL)
+		return NULL;
+	char *tail = (char *)(call + 1);
+	call->ctx = ctx;
+	call->callback = cb;
+	call->reserved = 0;
+	call->a = a != NULL ? memcpy(tail, a, la) : NULL;
+	call->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
+	call->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
+	call->len = lbytes;
+	call->next = NULL;
+	call->conn = NULL;
+	call->snap = NULL;
+	call->size = size;
+	return call;
+}
+
+/* Captures the values of pipe_names for the connection at ctx; NULL when there are none or memory runs out. */
+static struct snap *snap_take(void *ctx)
+{
+	if (pipe_name_count == 0 || pipe_getsymval == NULL)
+		return NULL;
+	char *found[pipe_name_count];
+	size_t total = 0;
+	for (int i = 0; i < pipe_name_count; i++) {
+		found[i] = pipe_getsymval(ctx, pipe_names[i]);
+		total += found[i] != NULL ? strlen(found[i]) + 1 : 0;
+	}
+	struct snap *snap = malloc(sizeof *snap + (size_t)pipe_name_count * sizeof(char *) + total);
+	if (snap == NULL)
+		return NULL;
+	snap->refs = 1;
+	snap->count = pipe_name_count;
+	char *tail = (char *)&snap->values[pipe_name_count];
+	for (int i = 0; i < pipe_name_count; i++) {
+		if (found[i] == NULL) {
+			snap->values[i] = NULL;
+			continue;
+		}
+		size_t n = strlen(found[i]) + 1;
+		snap->values[i] = memcpy(tail, found[i], n);
+		tail += n;
+	}
+	return snap;
+}
+
+/* Drops one hold on snap (NULL is ignored); returns it when that was the last, for the caller to free unlocked. Call with pool_lock held. */
+static struct snap *snap_drop(struct snap *snap)
+{
+	return snap != NULL && --snap->refs == 0 ? snap : NULL;
+}
+
+/*
+ * Runs first in every wrapper: when the connection pipelines callback cb,
+ * queues a copy of the call (a, b: header name and value; bytes, len: body
+ * chunk) and returns 1, and the wrapper answers SMFIS_NOREPLY. Otherwise
+ * waits until every queued call of the connection is done and returns 0,
+ * and the wrapper calls JS as usual. A call that cannot be copied (memory)
+ * goes to JS the usual way too, after the queue.
+ */
+static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const unsigned char *bytes, size_t len)
+{
+	if (!__atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&pool_lock);
+	struct conn *conn = conn_find(ctx);
+	if (conn == NULL) {
+		pthread_mutex_unlock(&pool_lock);
+		return 0;
+	}
+	struct milter_shim_call *call = NULL;
+	struct snap *fresh = NULL, *stale = NULL;
+	if (conn->mask & 1u << cb) {
+		/*
+		 * Copied and captured unlocked. conn stays, and so do its mask and
+		 * its snap: only this connection's own (this) thread changes them.
+		 */
+		int capture = conn->snap == NULL || conn->snap_cb != cb;
+		pthread_mutex_unlock(&pool_lock);
+		call = call_copy(ctx, cb, a, b, bytes, len);
+		if (call != NULL && capture)
+			fresh = snap_take(ctx);
+		pthread_mutex_lock(&pool_lock);
+		if (call != NULL && capture) {
+			stale = snap_drop(conn->snap);
+			conn->snap = fresh;
+			conn->snap_cb = cb;
+		}
+	}
+	if (call == NULL) {
+		/* Any other callback: macros may come before the next pipelined call. */
+		stale = snap_drop(conn->snap);
+		conn->snap = NULL;
+		CONN_WAIT_WHILE(conn, conn->calls > 0);
+		pthread_mutex_unlock(&pool_lock);
+		free(stale);
+		return 0;
+	}
+	call->snap = conn->snap;
+	if (call->snap != NULL)
+		call->snap->refs++;
+	if (conn->calls > 0 && conn->bytes + call->size > pipe_bound) {
+		stat_waits++;
+		CONN_WAIT_WHILE(conn, conn->calls > 0 && conn->bytes + call->size > pipe_bound);
+	}
+	call->conn = conn;
+	conn->calls++;
+	conn->bytes += call->size;
+	stat_bytes += (int64_t)call->size;
+	if ((int64_t)conn->bytes > stat_peak)
+		stat_peak = (int64_t)conn->bytes;
+	int was_empty = ready_head == NULL;
+	if (ready_tail != NULL)
+		ready_tail->next = call;
+	else
+		ready_head = call;
+	ready_tail = call;
+	pthread_mutex_unlock(&pool_lock);
+	free(stale);
+	if (was_empty)
+		pthread_cond_signal(&pump_wake);
+	return 1;
+}
+
+/* Removes the connection's state after its close wrapper; kept (never freed) should a call still be out. */
+static void pipeline_forget(void *ctx)
+{
+	if (!__atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&pool_lock);
+	struct conn **link = conn_slot(ctx);
+	struct conn *conn = *link;
+	struct snap *stale = NULL;
+	if (conn != NULL && conn->calls == 0 && conn->waiters == 0) {
+		*link = conn->next;
+		stale = snap_drop(conn->snap);
+		stat_conns--;
+	} else {
+		conn = NULL;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	free(stale);
+	if (conn != NULL) {
+		pthread_cond_destroy(&conn->changed);
+		free(conn);
+	}
+}
+
+/* The pump: rings the bell whenever calls are queued, until the process ends. */
+static void *pump_thread(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&pool_lock);
+	for (;;) {
+		while (ready_head == NULL)
+			pthread_cond_wait(&pump_wake, &pool_lock);
+		pthread_mutex_unlock(&pool_lock);
+		/* Relayed to the JS thread; returns once JS has taken what it will take this time. */
+		pipe_bell();
+		pthread_mutex_lock(&pool_lock);
+	}
+	return NULL;
+}
+
+/**
+ * Turns pipelining on for the process: `bell` is called (from a detached
+ * thread of the shim's, with every signal blocked) whenever queued calls
+ * wait to be taken, and again after it returns while any still do; `bound`
+ * is the most bytes of calls one connection may have queued or running;
+ * `getsymval` is libmilter's smfi_getsymval, with which the `count` macro
+ * `names` are captured for each pipelined call (copied; see
+ * milter_shim_symval). Once per process, before smfi_main starts.
+ *
+ * Returns 0; EINVAL for a NULL bell, a zero bound, or names without
+ * getsymval; EBUSY on a second call; ENOMEM; or the error number of
+ * starting the pump thread (pipelining stays off).
+ */
+MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t bound,
+						 char *(*getsymval)(void *ctx, char *name),
+						 const char *const *names, int count)
+{
+	if (bell == NULL || bound == 0 || count < 0 || (count > 0 && (names == NULL || getsymval == NULL)))
+		return EINVAL;
+	for (int i = 0; i < count; i++)
+		if (names[i] == NULL)
+			return EINVAL;
+	char **copies = count > 0 ? calloc((size_t)count, sizeof *copies) : NULL;
+	if (count > 0 && copies == NULL)
+		return ENOMEM;
+	for (int i = 0; i < count; i++) {
+		size_t n = strlen(names[i]) + 1;
+		copies[i] = malloc(n);
+		if (copies[i] == NULL) {
+			while (i-- > 0)
+				free(copies[i]);
+			free(copies);
+			return ENOMEM;
+		}
+		memcpy(copies[i], names[i], n);
+	}
+	pthread_mutex_lock(&pool_lock);
+	int busy = pipe_binding;
+	pipe_binding = 1;
+	if (!busy) {
+		pipe_bell = bell;
+		pipe_bound = bound;
+		pipe_getsymval = getsymval;
+		pipe_names = copies;
+		pipe_name_count = count;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	if (busy) {
+		for (int i = 0; i < count; i++)
+			free(copies[i]);
+		free(copies);
+		return EBUSY;
+	}
+	int err = start_detached(pump_thread, NULL);
+	if (err == 0)
+		__atomic_store_n(&pipe_on, 1, __ATOMIC_RELEASE);
+	return err;
+}
+
+/**
+ * Sets which callbacks of the connection at ctx are pipelined: mask holds
+ * 1 << i for callback i in struct smfiDesc order, among header (4), eoh (5)
+ * and body (6); 0 pipelines none. Called while the connection's negotiate
+ * callback runs, after which libmilter starts sending those stages.
+ *
+ * Returns 0; -1 for a NULL ctx, a bit outside header, eoh and body, or
+ * pipelining off (milter_shim_bind_pipeline not called or failed); -2 when
+ * memory runs out (nothing is pipelined then).
+ */
+MILTER_SHIM_EXPORT int milter_shim_pipeline(void *ctx, unsigned mask)
+{
+	if (ctx == NULL || (mask & ~PIPELINABLE) != 0 || !__atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	struct conn *conn = conn_find(ctx);
+	if (conn != NULL || mask == 0) {
+		if (conn != NULL)
+			conn->mask = mask;
+		pthread_mutex_unlock(&pool_lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	conn = malloc(sizeof *conn);
+	if (conn == NULL)
+		return -2;
+	conn->ctx = ctx;
+	conn->mask = mask;
+	conn->calls = conn->waiters = 0;
+	conn->bytes = 0;
+	conn->snap = NULL;
+	conn->snap_cb = -1;
+	pthread_cond_init(&conn->changed, NULL);
+	pthread_mutex_lock(&pool_lock);
+	struct conn **link = conn_slot(ctx);
+	conn->next = NULL;
+	*link = conn;
+	stat_conns++;
+	pthread_mutex_unlock(&pool_lock);
+	return 0;
+}
+
+/**
+ * The next queued call, in the order queued, or NULL when none is: the JS
+ * thread runs it and then gives it back with milter_shim_done(). Its fields
+ * up to len, and the memory they point to, stay valid until then.
+ */
+MILTER_SHIM_EXPORT struct milter_shim_call *milter_shim_take(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	struct milter_shim_call *call = ready_head;
+	if (call != NULL) {
+		ready_head = call->next;
+		if (ready_head == NULL)
+			ready_tail = NULL;
+	}
+	pthread_mutex_unlock(&pool_lock);
+	return call;
+}
+
+/**
+ * Ends a call that milter_shim_take() gave, once, when its callback is
+ * through: frees it and lets its connection's waiting wrapper (a full queue,
+ * or the next stage that replies) go on. NULL is ignored.
+ */
+MILTER_SHIM_EXPORT void milter_shim_done(struct milter_shim_call *call)
+{
+	if (call == NULL)
+		return;
+	pthread_mutex_lock(&pool_lock);
+	struct conn *conn = call->conn;
+	conn->calls--;
+	conn->bytes -= call->size;
+	stat_bytes -= (int64_t)call->size;
+	struct snap *stale = snap_drop(call->snap);
+	if (conn->waiters > 0)
+		pthread_cond_broadcast(&conn->changed);
+	pthread_mutex_unlock(&pool_lock);
+	free(stale);
+	free(call);
+}
+
+/**
+ * The value macro `index` of milter_shim_bind_pipeline()'s names had for a
+ * call milter_shim_take() gave (what smfi_getsymval returned in its
+ * wrapper), valid until milter_shim_done(); NULL when the MTA had not sent
+ * it, or for an index out of range.
+ */
+MILTER_SHIM_EXPORT const char *milter_shim_symval(const struct milter_shim_call *call, int index)
+{
+	if (call == NULL || call->snap == NULL || index < 0 || index >= call->snap->count)
+		return NULL;
+	return call->snap->values[index];
+}
+
+/**
+ * A figure of the pipeline, for tests and monitoring: 0, the bytes of calls
+ * queued or running now (all connections); 1, the most bytes one connection
+ * ever had queued or running; 2, how many times a wrapper waited for its
+ * connection's queue to have room; 3, how many connections have pipelining
+ * state now. -1 for any other `which`.
+ */
+MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
+{
+	pthread_mutex_lock(&pool_lock);
+	int64_t v = which == 0 ? stat_bytes : which == 1 ? stat_peak : which == 2 ? stat_waits : which == 3 ? stat_conns : -1;
+	pthread_mutex_unlock(&pool_lock);
+	return v;
+}
+
 /*
  * The JS handlers. Written once, by milter_shim_wrap(), before it hands out
  * any wrapper; a thread that calls a wrapper got its address after that
@@ -471,34 +958,45 @@ enum {
  */
 static void *js_handlers[SHIM_CALLBACKS];
 
-#define SHIM_WRAPPER(name, args, ...)                                            \
+#define SHIM_WRAPPER(name, queued, args, ...)                                    \
 	typedef int js_##name##_fn(__VA_ARGS__, int64_t token);                   \
 	static int wrap_##name(__VA_ARGS__)                                       \
 	{                                                                         \
+		if (pipeline_gate queued)                                         \
+			return SHIM_SMFIS_NOREPLY;                                \
 		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
 		struct slot *slot = slot_take();                                  \
 		if (slot == NULL)                                                 \
 			return SHIM_SMFIS_TEMPFAIL;                               \
 		int64_t token = slot_token(slot);                                 \
 		slot->ctx = ctx;                                                  \
-		return slot_finish(slot, js args);                                \
+		int rc = slot_finish(slot, js args);                              \
+		if (CB_##name == CB_close)                                        \
+			pipeline_forget(ctx);                                     \
+		return rc;                                                        \
 	}
 
-SHIM_WRAPPER(connect, (ctx, hostname, hostaddr, token), void *ctx, char *hostname, void *hostaddr)
-SHIM_WRAPPER(helo, (ctx, helohost, token), void *ctx, char *helohost)
-SHIM_WRAPPER(envfrom, (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(envrcpt, (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(header, (ctx, headerf, headerv, token), void *ctx, char *headerf, char *headerv)
-SHIM_WRAPPER(eoh, (ctx, token), void *ctx)
-SHIM_WRAPPER(body, (ctx, bodyp, len, token), void *ctx, unsigned char *bodyp, size_t len)
-SHIM_WRAPPER(eom, (ctx, token), void *ctx)
-SHIM_WRAPPER(abort, (ctx, token), void *ctx)
-SHIM_WRAPPER(close, (ctx, token), void *ctx)
-SHIM_WRAPPER(unknown, (ctx, arg, token), void *ctx, const char *arg)
-SHIM_WRAPPER(data, (ctx, token), void *ctx)
-SHIM_WRAPPER(negotiate, (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx, unsigned long f0,
-	     unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0, unsigned long *pf1,
-	     unsigned long *pf2, unsigned long *pf3)
+/* The pipeline_gate arguments of a callback that has no arguments to copy. */
+#define NOTHING(cb) (ctx, cb, NULL, NULL, NULL, 0)
+
+SHIM_WRAPPER(connect, NOTHING(CB_connect), (ctx, hostname, hostaddr, token), void *ctx, char *hostname,
+	     void *hostaddr)
+SHIM_WRAPPER(helo, NOTHING(CB_helo), (ctx, helohost, token), void *ctx, char *helohost)
+SHIM_WRAPPER(envfrom, NOTHING(CB_envfrom), (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(envrcpt, NOTHING(CB_envrcpt), (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(header, (ctx, CB_header, headerf, headerv, NULL, 0), (ctx, headerf, headerv, token), void *ctx,
+	     char *headerf, char *headerv)
+SHIM_WRAPPER(eoh, NOTHING(CB_eoh), (ctx, token), void *ctx)
+SHIM_WRAPPER(body, (ctx, CB_body, NULL, NULL, bodyp, len), (ctx, bodyp, len, token), void *ctx,
+	     unsigned char *bodyp, size_t len)
+SHIM_WRAPPER(eom, NOTHING(CB_eom), (ctx, token), void *ctx)
+SHIM_WRAPPER(abort, NOTHING(CB_abort), (ctx, token), void *ctx)
+SHIM_WRAPPER(close, NOTHING(CB_close), (ctx, token), void *ctx)
+SHIM_WRAPPER(unknown, NOTHING(CB_unknown), (ctx, arg, token), void *ctx, const char *arg)
+SHIM_WRAPPER(data, NOTHING(CB_data), (ctx, token), void *ctx)
+SHIM_WRAPPER(negotiate, NOTHING(CB_negotiate), (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx,
+	     unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0,
+	     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
 
 /**
  * Wraps the JS handlers: js[i] is the handler for callback i (in struct
