@@ -6,6 +6,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { type FilterProcess, killAll, type SocketKind, startFilter } from "../helpers/filter.ts";
+import type { Runtime } from "../helpers/runtimes.ts";
 import { type Delivered, postfixMilterSpec, PrivatePostfix, stopAllPostfix } from "./postfix.ts";
 import { send } from "./smtp.ts";
 
@@ -40,21 +41,37 @@ const header = (d: Delivered, name: string): string[] =>
   d.headers.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
 const bySubject = (subject: string) => (d: Delivered): boolean => header(d, "Subject").some((s) => s.includes(subject));
 
-describe.each<{ socket: SocketKind; async: boolean }>([
+/**
+ * What a pipelining filter negotiates: every action, and no reply to the
+ * headers, end of headers and body (Postfix offers them all), which the
+ * binding then pipelines.
+ */
+const PIPELINING = JSON.stringify({ result: ["Continue", ALL_FLAGS.split(","), ["NR_HDR", "NR_EOH", "NR_BODY"]] });
+
+describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
   { socket: "unix", async: false },
   { socket: "inet", async: false },
   { socket: "unix", async: true },
-])("Postfix with the filter on a $socket socket (async callbacks: $async)", ({ socket, async }) => {
+  { socket: "unix", async: false, pipelined: "node" },
+  { socket: "unix", async: false, pipelined: "deno" },
+  { socket: "unix", async: false, pipelined: "bun" },
+])("Postfix with the filter on a $socket socket (async callbacks: $async, pipelined on: $pipelined)", ({
+  socket,
+  async,
+  pipelined,
+}) => {
   let filter: FilterProcess;
   let postfix: PrivatePostfix;
   beforeAll(async () => {
     filter = await startFilter({
       socket,
+      runtime: pipelined ?? "node",
       env: {
         FLAGS: ALL_FLAGS,
         RULES: JSON.stringify(RULES),
         SOCKET_MODE: "666",
         ...(async ? { ASYNC_ALL: "1" } : {}),
+        ...(pipelined ? { NEGOTIATE: PIPELINING } : {}),
       },
     });
     postfix = await PrivatePostfix.start(postfixMilterSpec(filter.spec));
@@ -242,6 +259,11 @@ describe.each<{ socket: SocketKind; async: boolean }>([
     expect(at("envfrom")).toMatchObject({ "{mail_addr}": "alice@example.org" });
     expect(at("envrcpt")).toMatchObject({ "{rcpt_addr}": "bob@example.net" });
     expect(at("eom").i).toMatch(/^[0-9A-F]{6,}$/);
+    // A header callback sees the queue id Postfix sent with DATA, pipelined or not.
+    expect(at("header").i).toBe(at("eom").i);
+    const stats = events.find((e) => e.cb === "eom")!.pipeline;
+    if (pipelined) expect(stats.peakBytes).toBeGreaterThan(0); // the headers went through the shim's queue
+    else expect(stats === null || stats.peakBytes === 0).toBe(true);
   });
 });
 

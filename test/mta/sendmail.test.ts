@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import type { Runtime } from "../helpers/runtimes.ts";
 import { type FilterProcess, killAll, type SocketKind, startFilter } from "../helpers/filter.ts";
 import {
   type Delivered,
@@ -100,17 +101,32 @@ const bySubject = (subject: string) => (d: Delivered): boolean => header(d, "Sub
 const queueId = (tx: Transaction): string =>
   /^250 2\.0\.0 (\w+) Message accepted for delivery$/.exec(tx.end!.lines[0])![1];
 
-describe.runIf(TREE).each<[SocketKind, "sync" | "async"]>([
-  ["unix", "sync"],
-  ["inet", "sync"],
-  ["unix", "async"],
-  ["inet", "async"],
-])("Sendmail with the filter on a %s socket, callbacks answering %s", (socket, mode) => {
+/**
+ * What a pipelining filter negotiates: every action, and no reply to the
+ * headers, end of headers and body (Sendmail offers them), which the binding
+ * then pipelines.
+ */
+const PIPELINING = JSON.stringify({ result: ["Continue", ALL_FLAGS.split(","), ["NR_HDR", "NR_EOH", "NR_BODY"]] });
+
+describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>([
+  ["unix", "sync", "node"],
+  ["inet", "sync", "node"],
+  ["unix", "async", "node"],
+  ["inet", "async", "node"],
+  ["unix", "pipelined", "node"],
+  ["unix", "pipelined", "deno"],
+  ["unix", "pipelined", "bun"],
+])("Sendmail with the filter on a %s socket, callbacks answering %s, on %s", (socket, mode, runtime) => {
   let filter: FilterProcess;
   let sendmail: PrivateSendmail;
   beforeAll(async () => {
     const rules = mode === "async" ? awaitingRules() : RULES;
-    filter = await startFilter({ socket, env: { FLAGS: ALL_FLAGS, RULES: JSON.stringify(rules) } });
+    const env = { FLAGS: ALL_FLAGS, RULES: JSON.stringify(rules) };
+    filter = await startFilter({
+      socket,
+      runtime,
+      env: mode === "pipelined" ? { ...env, NEGOTIATE: PIPELINING } : env,
+    });
     sendmail = await PrivateSendmail.start(TREE, withSocket(README_LINE, filter.spec));
   });
 
@@ -311,6 +327,11 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async"]>([
     expect(at("envfrom")).toMatchObject({ i: id, "{mail_addr}": "alice@example.org" });
     expect(at("envrcpt")).toMatchObject({ "{rcpt_addr}": "bob@example.net" });
     expect(at("eom").i).toBe(id);
+    // A header callback sees the queue id of MAIL FROM, pipelined or not.
+    expect(at("header").i).toBe(id);
+    const stats = events.find((e) => e.cb === "eom")!.pipeline;
+    if (mode === "pipelined") expect(stats.peakBytes).toBeGreaterThan(0); // the headers went through the shim's queue
+    else expect(stats === null || stats.peakBytes === 0).toBe(true);
   });
 
   // Only the async variant has this test (defined, not skipped, in the others).
