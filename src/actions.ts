@@ -212,9 +212,13 @@ const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !==
  * The value of the macro `name` (`"i"`, `"{client_addr}"`; braces are
  * optional for long names), or `null` when the MTA did not send it for this
  * stage or an earlier one. Which macros exist depends on the MTA and its
- * configuration. Wraps `smfi_getsymval`.
+ * configuration. In a pipelined callback (a header, eoh or body stage
+ * negotiated as no reply), the value the macro had at that stage, as the
+ * shim captured it, for the macros of `main({ pipelineMacros })`. Wraps
+ * `smfi_getsymval`.
  *
- * @throws {MilterError} outside a callback of the context's connection.
+ * @throws {MilterError} outside a callback of the context's connection, or
+ *   in a pipelined callback for a macro not among `pipelineMacros`.
  */
 export function getsymval(ctx: Ctx, name: string): string | null {
   const session = GETSYMVAL.session(ctx);
@@ -268,7 +272,8 @@ export function setpriv<T>(ctx: Ctx, data: T | null | undefined): void {
  * optional text. A reply whose class does not match the answer is ignored by
  * libmilter. Wraps `smfi_setreply`.
  *
- * @throws {MilterError} outside a callback, or when the codes or text are invalid.
+ * @throws {MilterError} outside a callback, in a pipelined one (no reply
+ *   follows its stage), or when the codes or text are invalid.
  */
 export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message?: string | null): void {
   const op = SETREPLY;
@@ -286,7 +291,8 @@ export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message
  * each at most 980 bytes without CR or LF. Wraps the variadic
  * `smfi_setmlreply`, always NULL-terminated.
  *
- * @throws {MilterError} outside a callback, or when the codes or lines are invalid (never truncated).
+ * @throws {MilterError} outside a callback, in a pipelined one (no reply
+ *   follows its stage), or when the codes or lines are invalid (never truncated).
  */
 export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undefined, lines: string[]): void {
   const op = SETMLREPLY;

@@ -84,6 +84,12 @@ export type Answer<T> = T | PromiseLike<T>;
  * the connection waits for its answer: returned at once, or as a Promise
  * (`async` callbacks), which holds only its own connection until it settles.
  *
+ * At a header, eoh or body stage that a connection negotiated as no reply
+ * (`NR_HDR`, `NR_EOH`, `NR_BODY`), the callback is pipelined: libmilter is
+ * answered at once and the callback runs soon after, in order with the
+ * connection's other callbacks; the next stage that replies waits for it
+ * (see `MainOptions.pipelineBytes`).
+ *
  * The filter may be a plain object or an instance of a class: each callback
  * is read once by {@linkcode register} with ordinary property access (own,
  * inherited or non-enumerable alike) and called with the filter as `this`.
@@ -670,7 +676,8 @@ function ring(later: Later): void {
  */
 function runQueue(later: Later, session: Session, call: QueuedCall | undefined): void {
   while (call !== undefined) {
-    if (runQueued(session, call) === later.pending) return;
+    // After main ended (every session released), queued calls are only given back.
+    if (!session.closed && runQueued(session, call) === later.pending) return;
     later.done(call);
     call = session.backlog?.shift();
   }

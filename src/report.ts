@@ -18,7 +18,8 @@ export interface ErrorInfo {
   /**
    * The connection's context, usable inside the reporter (e.g.
    * `getsymval(ctx, "i")`): every failure is reported before its answer
-   * goes to libmilter, while the connection still waits for it.
+   * goes to libmilter, while the connection still waits for it (for a
+   * pipelined callback, getsymval gives the macros captured for it).
    */
   readonly ctx: Ctx;
   /**
