@@ -110,9 +110,9 @@ export interface Later {
   symval: Shim["symval"];
   /** Pipelines these callbacks of the connection at `ctx` (from its negotiate handler); `false` when it cannot. */
   pipeline: Shim["pipeline"];
-  /** The oldest queued call, or `null`. */
+  /** The queued calls, oldest first (a batch of them). */
   take: Shim["take"];
-  /** Ends a queued call once its callback is through. */
+  /** Ends queued calls once their callbacks are through. */
   done: Shim["done"];
   /** What the pipeline holds. */
   pipelineStats: Shim["pipelineStats"];

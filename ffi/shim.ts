@@ -130,10 +130,13 @@ export interface Shim {
    * @returns `false` when pipelining is off or memory ran out (nothing is pipelined then).
    */
   pipeline(ctx: bigint, callbacks: readonly PipelinedSymbol[]): boolean;
-  /** The next queued call, oldest first (`milter_shim_take`), or `null`; end it with {@linkcode done}. */
-  take(): QueuedCall | null;
-  /** Ends a call {@linkcode take} gave, once (`milter_shim_done`): its memory is freed. */
-  done(call: QueuedCall): void;
+  /**
+   * The queued calls, oldest first, at most {@linkcode TAKE_BATCH}
+   * (`milter_shim_take_batch`); end each with {@linkcode done}.
+   */
+  take(): QueuedCall[];
+  /** Ends calls {@linkcode take} gave, each once (`milter_shim_done_batch`): their memory is freed. */
+  done(calls: readonly QueuedCall[]): void;
   /** The pipeline's figures (`milter_shim_pipeline_stat`). */
   pipelineStats(): PipelineStats;
 }
@@ -172,19 +175,15 @@ export interface PipelineStats {
   readonly connections: number;
 }
 
+/** The most calls one {@linkcode Shim.take} returns. */
+export const TAKE_BATCH = 256;
+
+/** The words `milter_shim_take_batch` writes per call (SHIM_CALL_WORDS). */
+const CALL_WORDS = 7;
+
 /** Each pipelined callback's index in `struct smfiDesc` (CB_* in milter_shim.c). */
 const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = { xxfi_header: 4, xxfi_eoh: 5, xxfi_body: 6 };
 const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = { 4: "xxfi_header", 5: "xxfi_eoh", 6: "xxfi_body" };
-
-/** The ABI fields of `struct milter_shim_call`, as koffi decodes them. */
-interface CallFields {
-  ctx: bigint;
-  callback: number;
-  a: bigint | null;
-  b: bigint | null;
-  bytes: bigint | null;
-  len: number | bigint;
-}
 
 /** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
 export const WRITE_FUNCTIONS: readonly string[] = [
@@ -405,12 +404,11 @@ function load(): Shim | ShimUnavailable {
   ) => number;
   let failedType: TypeObject;
   let bellType: TypeObject;
-  let callType: TypeObject;
   let bindPipeline: (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number) => number;
   let symval: (call: bigint, index: number) => string | null;
   let pipeline: (ctx: bigint, mask: number) => number;
-  let take: () => bigint | null;
-  let done: (call: bigint) => void;
+  let take: (out: BigUint64Array, max: number) => number;
+  let done: (calls: BigUint64Array, n: number) => void;
   let stat: (which: number) => number | bigint;
   try {
     // Anonymous, so that two copies of this module (source and dist) in one
@@ -437,21 +435,15 @@ function load(): Shim | ShimUnavailable {
     ]);
     symval = lib.func("const char *milter_shim_symval(void *call, int index)");
     pipeline = lib.func("int milter_shim_pipeline(void *ctx, unsigned int mask)");
-    take = lib.func("void *milter_shim_take(void)");
-    done = lib.func("void milter_shim_done(void *call)");
+    take = lib.func("int milter_shim_take_batch(uint64_t *out, int max)");
+    done = lib.func("void milter_shim_done_batch(const uint64_t *calls, int n)");
     stat = lib.func("int64_t milter_shim_pipeline_stat(int which)");
-    callType = koffi.struct({
-      ctx: "void *",
-      callback: "int",
-      reserved: "int",
-      a: "void *",
-      b: "void *",
-      bytes: "void *",
-      len: "size_t",
-    });
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
+  // Reused by every take and done: only the JS thread calls them, one at a time.
+  const words = new BigUint64Array(TAKE_BATCH * CALL_WORDS);
+  const addresses = new BigUint64Array(TAKE_BATCH);
   return {
     path,
     abi,
@@ -508,22 +500,28 @@ function load(): Shim | ShimUnavailable {
       const mask = callbacks.reduce((bits, symbol) => bits | 1 << PIPELINED_INDEX[symbol], 0);
       return pipeline(ctx, mask) === 0;
     },
-    take(): QueuedCall | null {
-      const address = take();
-      if (address === null || address === 0n) return null;
-      const fields = koffi.decode(address, callType) as CallFields;
-      return {
-        address,
-        ctx: fields.ctx,
-        symbol: PIPELINED_SYMBOL[fields.callback],
-        a: fields.a,
-        b: fields.b,
-        bytes: fields.bytes,
-        len: Number(fields.len),
-      };
+    take(): QueuedCall[] {
+      const n = take(words, TAKE_BATCH);
+      const calls: QueuedCall[] = new Array(n);
+      for (let i = 0, w = 0; i < n; i++, w += CALL_WORDS) {
+        calls[i] = {
+          address: words[w],
+          ctx: words[w + 1],
+          symbol: PIPELINED_SYMBOL[Number(words[w + 2])],
+          a: words[w + 3] || null,
+          b: words[w + 4] || null,
+          bytes: words[w + 5] || null,
+          len: Number(words[w + 6]),
+        };
+      }
+      return calls;
     },
-    done(call): void {
-      done(call.address);
+    done(calls): void {
+      for (let from = 0; from < calls.length; from += TAKE_BATCH) {
+        const n = Math.min(TAKE_BATCH, calls.length - from);
+        for (let i = 0; i < n; i++) addresses[i] = calls[from + i].address;
+        done(addresses, n);
+      }
     },
     symval(call, index): string | null {
       return symval(call.address, index);

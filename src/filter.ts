@@ -646,39 +646,43 @@ function pipelineStages(session: Session, r: Registration): void {
 }
 
 /**
- * The bell the shim rings while calls are queued: runs them, oldest first,
- * at most {@linkcode RING_BATCH} at a time. A connection whose earlier call
- * is still running (its Promise pending) keeps the new one in its backlog.
+ * The bell the shim rings while calls are queued: takes a batch of them and
+ * runs them, oldest first. A connection whose earlier call is still running
+ * (its Promise pending) keeps the new one in its backlog. The calls that
+ * are through go back to the shim together, at the end.
  */
 function ring(later: Later): void {
+  const finished: QueuedCall[] = [];
   try {
-    for (let n = 0; n < RING_BATCH; n++) {
-      const call = later.take();
-      if (call === null) return;
+    for (const call of later.take()) {
       const session = sessionAt(call.ctx);
-      if (session === undefined) later.done(call); // main has ended and released every session
+      if (session === undefined) finished.push(call); // main has ended and released every session
       else if (session.backlog !== null) session.backlog.push(call);
       else {
         session.backlog = [];
-        runQueue(later, session, call);
+        runQueue(session, call, finished);
       }
     }
   } catch (error) {
     reportInternal("the pipeline's bell", error);
+  } finally {
+    later.done(finished);
   }
 }
 
 /**
  * Runs a connection's queued calls from `call` on, in order, until one
  * answers with a Promise (its settlement goes on from there, see
- * {@linkcode queueDone}) or none is left. Each call is given back to the
- * shim once through, which lets the connection's next replying stage go on.
+ * {@linkcode queueDone}) or none is left. Each call through is added to
+ * `finished`, for the caller to give back to the shim, which lets the
+ * connection's next replying stage go on.
  */
-function runQueue(later: Later, session: Session, call: QueuedCall | undefined): void {
+function runQueue(session: Session, call: QueuedCall | undefined, finished: QueuedCall[]): void {
+  const pending = native("main").later?.pending;
   while (call !== undefined) {
     // After main ended (every session released), queued calls are only given back.
-    if (!session.closed && runQueued(session, call) === later.pending) return;
-    later.done(call);
+    if (!session.closed && runQueued(session, call) === pending) return;
+    finished.push(call);
     call = session.backlog?.shift();
   }
   session.backlog = null;
@@ -686,8 +690,12 @@ function runQueue(later: Later, session: Session, call: QueuedCall | undefined):
 
 /** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
 function queueDone(later: Later, session: Session, call: QueuedCall): void {
-  later.done(call);
-  runQueue(later, session, session.backlog?.shift());
+  const finished = [call];
+  try {
+    runQueue(session, session.backlog?.shift(), finished);
+  } finally {
+    later.done(finished);
+  }
 }
 
 /**

@@ -39,7 +39,8 @@
  * 2: adds milter_shim_wrap, milter_shim_reply, milter_shim_pending.
  * 3: adds milter_shim_bind_writes, milter_shim_post.
  * 4: adds milter_shim_bind_pipeline, milter_shim_pipeline, milter_shim_take,
- *    milter_shim_done, milter_shim_symval, milter_shim_pipeline_stat.
+ *    milter_shim_done, milter_shim_take_batch, milter_shim_done_batch,
+ *    milter_shim_symval, milter_shim_pipeline_stat.
  */
 #define MILTER_SHIM_ABI 4
 
@@ -900,6 +901,68 @@ MILTER_SHIM_EXPORT struct milter_shim_call *milter_shim_take(void)
 	return call;
 }
 
+/** How many uint64_t milter_shim_take_batch() writes per call. */
+#define SHIM_CALL_WORDS 7
+
+/**
+ * Takes up to `max` queued calls at once, oldest first, under one lock:
+ * writes SHIM_CALL_WORDS (7) words per call into `out`: the call's address
+ * (for milter_shim_done_batch and milter_shim_symval), then its ctx,
+ * callback, a, b, bytes and len fields. Returns how many calls it took.
+ */
+MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
+{
+	if (out == NULL || max <= 0)
+		return 0;
+	int n = 0;
+	pthread_mutex_lock(&pool_lock);
+	while (n < max && ready_head != NULL) {
+		struct milter_shim_call *call = ready_head;
+		ready_head = call->next;
+		uint64_t *w = out + (size_t)n * SHIM_CALL_WORDS;
+		w[0] = (uint64_t)(uintptr_t)call;
+		w[1] = (uint64_t)(uintptr_t)call->ctx;
+		w[2] = (uint64_t)call->callback;
+		w[3] = (uint64_t)(uintptr_t)call->a;
+		w[4] = (uint64_t)(uintptr_t)call->b;
+		w[5] = (uint64_t)(uintptr_t)call->bytes;
+		w[6] = (uint64_t)call->len;
+		n++;
+	}
+	if (ready_head == NULL)
+		ready_tail = NULL;
+	pthread_mutex_unlock(&pool_lock);
+	return n;
+}
+
+/* Ends one call; pool_lock held. Returns the snapshot to free unlocked, if it was the last hold. */
+static struct snap *call_end(struct milter_shim_call *call)
+{
+	struct conn *conn = call->conn;
+	conn->calls--;
+	conn->bytes -= call->size;
+	stat_bytes -= (int64_t)call->size;
+	if (conn->waiters > 0)
+		pthread_cond_broadcast(&conn->changed);
+	return snap_drop(call->snap);
+}
+
+/**
+ * milter_shim_done() for `n` calls at once, under one lock: `calls` holds
+ * their addresses (as milter_shim_take_batch wrote them).
+ */
+MILTER_SHIM_EXPORT void milter_shim_done_batch(const uint64_t *calls, int n)
+{
+	if (calls == NULL || n <= 0)
+		return;
+	pthread_mutex_lock(&pool_lock);
+	for (int i = 0; i < n; i++)
+		free(call_end((struct milter_shim_call *)(uintptr_t)calls[i])); /* a snapshot, rarely */
+	pthread_mutex_unlock(&pool_lock);
+	for (int i = 0; i < n; i++)
+		free((void *)(uintptr_t)calls[i]);
+}
+
 /**
  * Ends a call that milter_shim_take() gave, once, when its callback is
  * through: frees it and lets its connection's waiting wrapper (a full queue,
@@ -910,13 +973,7 @@ MILTER_SHIM_EXPORT void milter_shim_done(struct milter_shim_call *call)
 	if (call == NULL)
 		return;
 	pthread_mutex_lock(&pool_lock);
-	struct conn *conn = call->conn;
-	conn->calls--;
-	conn->bytes -= call->size;
-	stat_bytes -= (int64_t)call->size;
-	struct snap *stale = snap_drop(call->snap);
-	if (conn->waiters > 0)
-		pthread_cond_broadcast(&conn->changed);
+	struct snap *stale = call_end(call);
 	pthread_mutex_unlock(&pool_lock);
 	free(stale);
 	free(call);
