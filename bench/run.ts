@@ -23,10 +23,26 @@
  * the same filter compiled by tsc with the package's own build settings, as
  * the published package runs.
  *
- *   npm run bench                      # the whole matrix (about 7 minutes)
- *   npm run bench -- --quick           # unix, 1 KiB, concurrency 8 and 64 (about 2 minutes)
- *   npm run bench -- --async           # async callbacks, every runtime (about 4 minutes)
- *   npm run bench -- --async --quick   # the same with C and Node only (about 1.5 minutes)
+ * `--pipeline` runs the matrix of no-reply stages instead (issue 14): unix,
+ * 1 KiB body, 25 headers of 60–80 bytes (a relayed message's Received,
+ * DKIM-Signature, List-*, …), concurrency 8 and 64. The load generator offers
+ * every step, as Postfix does; each filter negotiates NR_HDR and NR_BODY and
+ * answers neither (C returns SMFIS_NOREPLY, pymilter uses `@Milter.noreply`,
+ * this project answers No_reply), and each run fails unless the load
+ * generator saw the 26 commands per message go unanswered. "C, one callback
+ * thread, NR answered at once" is the bound of pipelining: header and body
+ * are queued for the one callback thread and answered at once, every other
+ * callback waits for it (÷ bound). "node" is this project as it runs by
+ * default, "node (no pipelining)" the same with `PIPELINE_BYTES=0`
+ * (`main({ pipelineBytes: 0 })`); `PIPELINE_BYTES` set for the benchmark
+ * passes on to the other runs of this project.
+ *
+ *   npm run bench                        # the whole matrix (about 7 minutes)
+ *   npm run bench -- --quick             # unix, 1 KiB, concurrency 8 and 64 (about 2 minutes)
+ *   npm run bench -- --async             # async callbacks, every runtime (about 4 minutes)
+ *   npm run bench -- --async --quick     # the same with C and Node only (about 1.5 minutes)
+ *   npm run bench -- --pipeline          # no-reply stages, every contender, 3 rounds (about 2 minutes)
+ *   npm run bench -- --pipeline --quick  # C, node and node (no pipelining), 1 round (about 20 s)
  *   npm run bench -- --seconds 3 --rounds 3 --json out.json
  *
  * Needs gcc, libmilter-dev and python3-milter (Debian:
@@ -48,9 +64,10 @@ const { values: opts } = parseArgs({
     seconds: { type: "string", default: "2" },
     warmup: { type: "string", default: "0.5" },
     rounds: { type: "string", default: "1" },
-    "target-rounds": { type: "string", default: "3" },
+    "target-rounds": { type: "string" },
     contenders: { type: "string" },
     async: { type: "boolean", default: false },
+    pipeline: { type: "boolean", default: false },
     before: { type: "string" },
     json: { type: "string" },
   },
@@ -62,11 +79,13 @@ type Contender =
   | "C"
   | "C, TCP_NODELAY"
   | "C, one callback thread"
+  | "C, one callback thread, NR answered at once"
   | "pymilter"
   | Runtime
   | `${Runtime} async`
   | "node (compiled)"
   | "node async (compiled)"
+  | "node (no pipelining)"
   | `node @${string}`;
 interface Cell {
   socket: Socket;
@@ -74,6 +93,10 @@ interface Cell {
   body: number;
   /** Milliseconds envrcpt waits (I/O stand-in): C and pymilter sleep, this project awaits a timer. */
   rcptWait: number;
+  /** How many of a real message's headers the load generator sends (`--headers`); `null`: its five short ones. */
+  headers: number | null;
+  /** Whether every filter negotiates NR_HDR and NR_BODY and answers neither (`--pipeline`). */
+  noReply: boolean;
 }
 interface Sample {
   rate: number;
@@ -96,6 +119,11 @@ const ALL: Contender[] = [
   "bun",
 ];
 const BEFORE: Contender | null = opts.before ? `node @${opts.before}` : null;
+/** The bound of pipelined no-reply stages: header and body answered at once, queued for one callback thread. */
+const BOUND: Contender = "C, one callback thread, NR answered at once";
+const PIPELINE: Contender[] = opts.quick
+  ? ["C", "node", "node (no pipelining)"]
+  : ["C", BOUND, "pymilter", "node", "node (no pipelining)", "deno", "bun"];
 const ASYNC: Contender[] = opts.quick ? ["C", "node", "node async"] : [
   "C",
   "pymilter",
@@ -110,23 +138,58 @@ const ASYNC: Contender[] = opts.quick ? ["C", "node", "node async"] : [
 ];
 /** Contenders that only differ from another over TCP. */
 const TCP_ONLY: ReadonlySet<Contender> = new Set(["C, TCP_NODELAY"]);
+/** Contenders that exist only in the no-reply cells (`--pipeline`). */
+const NO_REPLY_ONLY: ReadonlySet<Contender> = new Set([BOUND, "node (no pipelining)"]);
+/** Contenders whose filter cannot negotiate no reply, left out of the no-reply cells. */
+const replies = (who: Contender): boolean =>
+  ["null responder", "C, TCP_NODELAY", "C, one callback thread"].includes(who) || !!ourFilter(who)?.async;
 /** Contenders whose filter can wait in envrcpt (`rcpt-wait=<ms>`). */
 const waits = (who: Contender): boolean => who === "C" || who === "pymilter" || ourFilter(who) !== null;
-/** This project's filter: on which runtime, whether async, whether compiled by tsc; `null` for the others. */
-function ourFilter(who: Contender): { runtime: Runtime; async: boolean; compiled: boolean } | null {
-  const match = /^(node|deno|bun)( async)?( \(compiled\))?$/.exec(who);
-  return match ? { runtime: match[1] as Runtime, async: !!match[2], compiled: !!match[3] } : null;
+/**
+ * This project's filter: on which runtime, whether async, whether compiled by
+ * tsc, whether pipelining is left on; `null` for the others.
+ */
+function ourFilter(
+  who: Contender,
+): { runtime: Runtime; async: boolean; compiled: boolean; pipelining: boolean } | null {
+  const match = /^(node|deno|bun)( async)?( \(compiled\))?( \(no pipelining\))?$/.exec(who);
+  return match
+    ? { runtime: match[1] as Runtime, async: !!match[2], compiled: !!match[3], pipelining: !match[4] }
+    : null;
+}
+/** The C and Python contenders; this project's are those {@linkcode ourFilter} knows. */
+const OTHERS: readonly Contender[] = [
+  "null responder",
+  "C",
+  "C, TCP_NODELAY",
+  "C, one callback thread",
+  BOUND,
+  "pymilter",
+];
+/** `--contenders a,b,…`: split at commas not followed by a space ("C, TCP_NODELAY" is one name). */
+function named(list: string): Contender[] {
+  const names = list.split(/,(?! )/) as Contender[];
+  const unknown = names.filter((who) => !OTHERS.includes(who) && ourFilter(who) === null);
+  if (unknown.length) throw new Error(`unknown contenders: ${unknown.map((who) => JSON.stringify(who)).join(", ")}`);
+  return names;
 }
 const contenders: Contender[] = [
-  ...(opts.contenders ? opts.contenders.split(",") as Contender[] : opts.async ? ASYNC : ALL),
+  ...(opts.contenders ? named(opts.contenders) : opts.pipeline ? PIPELINE : opts.async ? ASYNC : ALL),
   ...(BEFORE ? [BEFORE] : []),
 ];
 const SECONDS = Number(opts.seconds), WARMUP = Number(opts.warmup);
-const SOCKETS: Socket[] = opts.quick || opts.async ? ["unix"] : ["unix", "inet"];
-const CONCURRENCY = opts.quick || opts.async ? [8, 64] : [1, 8, 64, 512];
-const BODIES = opts.quick || opts.async ? [1024] : [1024, 100 * 1024];
+/** Rounds of the target cells: 3, but 1 for `--pipeline --quick`. */
+const TARGET_ROUNDS = Math.max(
+  Number(opts.rounds),
+  Number(opts["target-rounds"] ?? (opts.pipeline && opts.quick ? 1 : 3)),
+);
+const SOCKETS: Socket[] = opts.quick || opts.async || opts.pipeline ? ["unix"] : ["unix", "inet"];
+const CONCURRENCY = opts.quick || opts.async || opts.pipeline ? [8, 64] : [1, 8, 64, 512];
+const BODIES = opts.quick || opts.async || opts.pipeline ? [1024] : [1024, 100 * 1024];
 /** The I/O-bound cell of `--async`: envrcpt waits this long, at concurrency 64. */
 const RCPT_WAIT_MS = 50;
+/** Headers per message in the `--pipeline` cells. */
+const PIPELINE_HEADERS = 25;
 /** The cells of the issue's targets, repeated `--target-rounds` times. */
 const isTarget = (c: Cell): boolean => c.socket === "unix" && c.body === 1024 && [8, 64].includes(c.concurrency);
 
@@ -193,29 +256,34 @@ function compiledTree(): string {
   return out;
 }
 
-function filterCommand(who: Contender, spec: string, cell: Cell): [string, string[]] {
+/** The filter's command line, and what its environment adds. */
+function filterCommand(who: Contender, spec: string, cell: Cell): [string, string[], Record<string, string>] {
   const wait = cell.rcptWait > 0 ? [`rcpt-wait=${cell.rcptWait}`] : [];
+  const noReply = cell.noReply ? ["noreply"] : [];
   switch (who) {
     case "null responder":
-      return [join(build, "nullmilter"), [spec]];
+      return [join(build, "nullmilter"), [spec], {}];
     case "C":
-      return [join(build, "filter-c"), [spec, ...wait]];
+      return [join(build, "filter-c"), [spec, ...wait, ...noReply], {}];
     case "C, TCP_NODELAY":
-      return [join(build, "filter-c"), [spec, "nodelay", ...wait]];
+      return [join(build, "filter-c"), [spec, "nodelay", ...wait], {}];
     case "C, one callback thread":
-      return [join(build, "filter-handoff"), [spec]];
+      return [join(build, "filter-handoff"), [spec], {}];
+    case BOUND:
+      return [join(build, "filter-handoff"), [spec, "noreply"], {}];
     case "pymilter":
-      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, ...wait]];
+      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, ...wait, ...noReply], {}];
     default: {
       if (who === BEFORE) {
         const [cmd, args] = command("node", join(beforeDir!, "bench/filters/filter.ts"));
-        return [cmd, [...args, spec]];
+        return [cmd, [...args, spec, ...noReply], {}];
       }
-      const { runtime, async, compiled } = ourFilter(who)!;
-      const options = [spec, ...(async ? ["async"] : []), ...wait];
-      if (compiled) return [process.execPath, [join(compiledDir!, "bench/filters/filter.js"), ...options]];
+      const { runtime, async, compiled, pipelining } = ourFilter(who)!;
+      const options = [spec, ...(async ? ["async"] : []), ...wait, ...noReply];
+      const env: Record<string, string> = pipelining ? {} : { PIPELINE_BYTES: "0" };
+      if (compiled) return [process.execPath, [join(compiledDir!, "bench/filters/filter.js"), ...options], env];
       const [cmd, args] = command(runtime, join(ROOT, "bench/filters/filter.ts"));
-      return [cmd, [...args, ...options]];
+      return [cmd, [...args, ...options], env];
     }
   }
 }
@@ -234,8 +302,8 @@ function peakRssMiB(pid: number): number {
 async function measure(who: Contender, cell: Cell): Promise<Sample> {
   const dir = mkdtempSync(join(build, "run-"));
   const spec = cell.socket === "unix" ? `unix:${join(dir, "milter.sock")}` : `inet:${await freePort()}@127.0.0.1`;
-  const [cmd, args] = filterCommand(who, spec, cell);
-  const child = spawn(cmd, args, { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  const [cmd, args, env] = filterCommand(who, spec, cell);
+  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr!.setEncoding("utf8").on("data", (t: string) => (stderr += t));
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
@@ -245,13 +313,28 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
     const started = process.hrtime.bigint();
     const out = execFileSync(
       join(build, "loadgen"),
-      [spec, String(cell.concurrency), String(cell.body), String(WARMUP), String(SECONDS)],
+      [
+        spec,
+        String(cell.concurrency),
+        String(cell.body),
+        String(WARMUP),
+        String(SECONDS),
+        ...(cell.headers === null ? [] : ["--headers", String(cell.headers)]),
+      ],
       { encoding: "utf8" },
     );
     const wall = Number(process.hrtime.bigint() - started) / 1e9;
     const result = JSON.parse(out);
     if (result.errors > 0 || result.messages === 0) {
       throw new Error(`${who} ${JSON.stringify(cell)}: ${result.errors} errors (${result.firstError})\n${stderr}`);
+    }
+    // Every header and body chunk unanswered, as negotiated, or the cell measures something else.
+    const unanswered = (cell.headers ?? 5) + Math.ceil(cell.body / 65535);
+    if (cell.noReply && result.noReply !== unanswered) {
+      throw new Error(
+        `${who} ${JSON.stringify(cell)}: ${result.noReply} commands per message went unanswered, not ${unanswered} ` +
+          `(negotiated steps 0x${result.steps.toString(16)}; NR_HDR and NR_BODY are 0x80080)\n${stderr}`,
+      );
     }
     return {
       rate: result.rate,
@@ -271,7 +354,8 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
 
 const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)];
 const key = (c: Cell): string =>
-  `${c.socket} c=${c.concurrency} ${c.body / 1024} KiB${c.rcptWait > 0 ? `, envrcpt waits ${c.rcptWait} ms` : ""}`;
+  `${c.socket} c=${c.concurrency} ${c.body / 1024} KiB${c.rcptWait > 0 ? `, envrcpt waits ${c.rcptWait} ms` : ""}` +
+  (c.headers === null ? "" : `, ${c.headers} headers`) + (c.noReply ? ", NR_HDR+NR_BODY" : "");
 
 compile();
 const beforeDir = BEFORE ? beforeTree() : null;
@@ -281,18 +365,29 @@ for (const who of contenders) {
   const runtime = ourFilter(who)?.runtime;
   if (runtime) versions[runtime] = runtimeVersion(runtime);
 }
-const cells: Cell[] = [
-  ...SOCKETS.flatMap((socket) =>
-    BODIES.flatMap((body) => CONCURRENCY.map((concurrency) => ({ socket, concurrency, body, rcptWait: 0 })))
-  ),
-  ...(opts.async ? [{ socket: "unix" as const, concurrency: 64, body: 1024, rcptWait: RCPT_WAIT_MS }] : []),
-];
+const plain = { rcptWait: 0, headers: null, noReply: false };
+const cells: Cell[] = opts.pipeline
+  ? CONCURRENCY.map((concurrency) => ({
+    socket: "unix",
+    concurrency,
+    body: 1024,
+    rcptWait: 0,
+    headers: PIPELINE_HEADERS,
+    noReply: true,
+  }))
+  : [
+    ...SOCKETS.flatMap((socket) =>
+      BODIES.flatMap((body) => CONCURRENCY.map((concurrency) => ({ ...plain, socket, concurrency, body })))
+    ),
+    ...(opts.async ? [{ ...plain, socket: "unix" as const, concurrency: 64, body: 1024, rcptWait: RCPT_WAIT_MS }] : []),
+  ];
 const samples = new Map<string, Map<Contender, Sample[]>>();
 const started = Date.now();
 for (const cell of cells) {
-  const rounds = isTarget(cell) ? Math.max(Number(opts.rounds), Number(opts["target-rounds"])) : Number(opts.rounds);
+  const rounds = isTarget(cell) ? TARGET_ROUNDS : Number(opts.rounds);
   const here = contenders.filter((who) =>
-    (cell.socket === "inet" || !TCP_ONLY.has(who)) && (cell.rcptWait === 0 || waits(who))
+    (cell.socket === "inet" || !TCP_ONLY.has(who)) && (cell.rcptWait === 0 || waits(who)) &&
+    (cell.noReply ? !replies(who) : !NO_REPLY_ONLY.has(who))
   );
   const bag = new Map<Contender, Sample[]>(here.map((c) => [c, []]));
   samples.set(key(cell), bag);
@@ -323,19 +418,27 @@ function summary(list: Sample[]): Sample {
 
 const lines: string[] = [];
 lines.push(
-  `${SECONDS} s measured after ${WARMUP} s of warm-up per run; the target cells (unix, 1 KiB, c=8 and 64) are the ` +
-    `median of ${Math.max(Number(opts.rounds), Number(opts["target-rounds"]))} interleaved rounds, the others of ` +
-    `${opts.rounds}. Runtimes: ${
-      Object.entries(versions).map(([k, v]) => v.startsWith(k) ? v : `${k} ${v}`).join(", ")
-    }. ` +
-    "÷ C is against C with TCP_NODELAY over inet (stock C and pymilter stall ~40 ms per message there)." +
+  `${SECONDS} s measured after ${WARMUP} s of warm-up per run; ` +
+    (opts.pipeline
+      ? `each figure is the median of ${TARGET_ROUNDS} interleaved rounds. `
+      : `the target cells (unix, 1 KiB, c=8 and 64) are the median of ${TARGET_ROUNDS} interleaved rounds, ` +
+        `the others of ${opts.rounds}. `) +
+    `Runtimes: ${Object.entries(versions).map(([k, v]) => v.startsWith(k) ? v : `${k} ${v}`).join(", ")}.` +
+    (SOCKETS.includes("inet")
+      ? " ÷ C is against C with TCP_NODELAY over inet (stock C and pymilter stall ~40 ms per message there)."
+      : "") +
     (opts.async ? " ÷ sync is an async contender against the synchronous filter on the same runtime." : "") +
+    (opts.pipeline
+      ? ` ${PIPELINE_HEADERS} headers of 60–80 bytes per message; every filter negotiates NR_HDR and NR_BODY and ` +
+        `answers neither (checked per run: ${PIPELINE_HEADERS + 1} commands per message unanswered). ` +
+        `÷ bound is against "${BOUND}". "node (no pipelining)" runs with PIPELINE_BYTES=0.`
+      : "") +
     (BEFORE ? ` ÷ @${opts.before} is the synchronous Node filter against the one of ${opts.before}.` : ""),
   "",
   "| cell | contender | messages/s | p50 ms | p99 ms | peak RSS MiB | filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |" +
-    (opts.async ? " ÷ sync |" : "") + (BEFORE ? ` ÷ @${opts.before} |` : ""),
+    (opts.async ? " ÷ sync |" : "") + (opts.pipeline ? " ÷ bound |" : "") + (BEFORE ? ` ÷ @${opts.before} |` : ""),
   "| ---- | --------- | ---------: | -----: | -----: | -----------: | -----------------: | ------------------: | --: | ---------: |" +
-    (opts.async ? " -----: |" : "") + (BEFORE ? " ---: |" : ""),
+    (opts.async ? " -----: |" : "") + (opts.pipeline ? " ------: |" : "") + (BEFORE ? " ---: |" : ""),
 );
 const json: Record<string, Record<string, Sample & { rates: number[] }>> = {};
 for (const [cell, bag] of samples) {
@@ -345,10 +448,12 @@ for (const [cell, bag] of samples) {
   const c = baseline ? summary(baseline) : null;
   const py = bag.has("pymilter") ? summary(bag.get("pymilter")!) : null;
   const before = BEFORE && bag.has(BEFORE) ? summary(bag.get(BEFORE)!) : null;
+  const bound = bag.has(BOUND) ? summary(bag.get(BOUND)!) : null;
   for (const [who, list] of bag) {
     const s = summary(list);
     json[cell][who] = { ...s, rates: list.map((x) => Math.round(x.rate)) };
-    const ours = ourFilter(who) !== null || who === BEFORE;
+    // The bound is compared with C and pymilter too.
+    const ours = ourFilter(who) !== null || who === BEFORE || who === BOUND;
     const ratio = (base: Sample | null, applies = ours): string =>
       base && applies ? `${(s.rate / base.rate).toFixed(2)}×` : "";
     const syncOf = who.replace(" async", "") as Contender;
@@ -358,7 +463,8 @@ for (const [cell, bag] of samples) {
         s.rssMiB.toFixed(1)
       } | ` +
         `${s.cpuCores.toFixed(2)} | ${s.loadgenCores.toFixed(2)} | ${ratio(c)} | ${ratio(py)} |` +
-        (opts.async ? ` ${ratio(sync)} |` : "") + (BEFORE ? ` ${ratio(before, who === "node")} |` : ""),
+        (opts.async ? ` ${ratio(sync)} |` : "") + (opts.pipeline ? ` ${ratio(bound, ours && who !== BOUND)} |` : "") +
+        (BEFORE ? ` ${ratio(before, who === "node")} |` : ""),
     );
   }
 }

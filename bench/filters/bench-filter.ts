@@ -7,6 +7,8 @@
  * each awaits once before it answers, and eom adds its header after the
  * await. {@linkcode withRcptWait} makes envrcpt wait on a timer first, as a
  * filter waiting for I/O (a DNS or policy lookup) does.
+ * {@linkcode noReplyBenchFilter} negotiates no reply to headers and body
+ * chunks (NR_HDR, NR_BODY), which both answer No_reply.
  */
 
 import * as Milter from "../../mod.ts";
@@ -32,6 +34,27 @@ export const benchFilter: Milter.Filter = {
   abort: proceed,
   close: proceed,
   unknown: proceed,
+};
+
+/** The no-reply steps {@linkcode noReplyBenchFilter} asks for. */
+const NO_REPLY_STEPS: Milter.Step[] = [Milter.Step.NR_HDR, Milter.Step.NR_BODY];
+
+/**
+ * {@linkcode benchFilter} with no reply to headers and body chunks: negotiate
+ * asks for the action it needs and NR_HDR and NR_BODY (the MTA must offer
+ * them, as Postfix and the load generator do), and header and body answer
+ * No_reply. The MTA then sends them without waiting for an answer.
+ */
+export const noReplyBenchFilter: Milter.Filter = {
+  ...benchFilter,
+  name: "bench-ts-noreply",
+  negotiate: (): [Milter.Stat, Milter.Flag[], Milter.Step[]] => [
+    Milter.Stat.Continue,
+    [Milter.Flag.ADDHDRS],
+    NO_REPLY_STEPS,
+  ],
+  header: (): Milter.Stat => Milter.Stat.No_reply,
+  body: (): Milter.Stat => Milter.Stat.No_reply,
 };
 
 /** An await that settles at once: a cached lookup, say. */

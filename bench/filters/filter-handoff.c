@@ -5,40 +5,78 @@
  * condition variable until that thread has run it. It shows what the
  * hand-off itself costs, with no JS, no koffi and no binding.
  *
- *   filter-handoff <unix:/path | inet:port@host>
+ * With `noreply` it is the bound of pipelined no-reply stages: a negotiate
+ * callback (relayed and waited for, as a JS negotiate is) asks for NR_HDR and
+ * NR_BODY, and header and body are queued for the callback thread with a copy
+ * of their data and answered NOREPLY at once, without waiting. Every other
+ * callback waits as before. The queue is one FIFO served by one thread, so
+ * the next stage that replies (eoh, eom, or abort and close) runs only after
+ * the queued calls of its connection have run.
+ *
+ *   filter-handoff <unix:/path | inet:port@host> [noreply]
  */
 #include <libmilter/mfapi.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+enum kind { PLAIN, EOM, NEGOTIATE, QUEUED };
 
 struct call {
   SMFICTX *ctx;
-  bool eom;
+  enum kind kind;
   bool done;
   sfsistat result;
   pthread_cond_t cond;
   struct call *next;
+  /* NEGOTIATE: what the MTA offers, where the answer goes. */
+  unsigned long f0, f1, *pf;
+  /* QUEUED: the call's own copy of its data (libmilter's buffer is reused once it returns). */
+  size_t len;
+  char *data;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static struct call *head, *tail;
 
-/* Runs on libmilter's thread: queue the call, wake the callback thread, wait. */
-static sfsistat relay(SMFICTX *ctx, bool eom) {
-  struct call c = {.ctx = ctx, .eom = eom};
-  pthread_cond_init(&c.cond, NULL);
-  pthread_mutex_lock(&lock);
-  if (tail) tail->next = &c;
-  else head = &c;
-  tail = &c;
+/* Appends a call to the queue and wakes the callback thread; the caller holds the lock. */
+static void push(struct call *c) {
+  if (tail) tail->next = c;
+  else head = c;
+  tail = c;
   pthread_cond_signal(&work);
-  while (!c.done) pthread_cond_wait(&c.cond, &lock);
+}
+
+/* Runs on libmilter's thread: queue the call, wake the callback thread, wait. */
+static sfsistat relay_call(struct call *c) {
+  pthread_cond_init(&c->cond, NULL);
+  pthread_mutex_lock(&lock);
+  push(c);
+  while (!c->done) pthread_cond_wait(&c->cond, &lock);
   pthread_mutex_unlock(&lock);
-  pthread_cond_destroy(&c.cond);
-  return c.result;
+  pthread_cond_destroy(&c->cond);
+  return c->result;
+}
+
+static sfsistat relay(SMFICTX *ctx, bool eom) {
+  struct call c = {.ctx = ctx, .kind = eom ? EOM : PLAIN};
+  return relay_call(&c);
+}
+
+/* `noreply`: queue a copy of the call for the callback thread and answer at once. */
+static sfsistat enqueue(SMFICTX *ctx, const void *a, size_t alen, const void *b, size_t blen) {
+  struct call *c = malloc(sizeof *c + alen + blen);
+  if (!c) return SMFIS_TEMPFAIL;
+  *c = (struct call){.ctx = ctx, .kind = QUEUED, .len = alen + blen, .data = (char *)(c + 1)};
+  memcpy(c->data, a, alen);
+  if (blen) memcpy(c->data + alen, b, blen);
+  pthread_mutex_lock(&lock);
+  push(c);
+  pthread_mutex_unlock(&lock);
+  return SMFIS_NOREPLY;
 }
 
 /* The one thread that runs every callback, as the JS thread does. */
@@ -51,7 +89,24 @@ static void *callback_thread(void *arg) {
     head = c->next;
     if (!head) tail = NULL;
     pthread_mutex_unlock(&lock);
-    c->result = !c->eom || smfi_addheader(c->ctx, "X-Bench", "yes") == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
+    switch (c->kind) {
+      case EOM:
+        c->result = smfi_addheader(c->ctx, "X-Bench", "yes") == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
+        break;
+      case NEGOTIATE:
+        c->pf[0] = SMFIF_ADDHDRS & c->f0;
+        c->pf[1] = (SMFIP_NR_HDR | SMFIP_NR_BODY) & c->f1;
+        c->pf[2] = c->pf[3] = 0;
+        c->result = SMFIS_CONTINUE;
+        break;
+      case QUEUED:
+        free(c); /* header and body answer nothing; the MTA has its NOREPLY already */
+        pthread_mutex_lock(&lock);
+        continue;
+      case PLAIN:
+        c->result = SMFIS_CONTINUE;
+        break;
+    }
     pthread_mutex_lock(&lock);
     c->done = true;
     pthread_cond_signal(&c->cond);
@@ -59,18 +114,33 @@ static void *callback_thread(void *arg) {
   return NULL;
 }
 
+static bool noreply;
+
 static sfsistat on_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr) { return relay(ctx, false); }
 static sfsistat on_helo(SMFICTX *ctx, char *helo) { return relay(ctx, false); }
 static sfsistat on_envfrom(SMFICTX *ctx, char **argv) { return relay(ctx, false); }
 static sfsistat on_envrcpt(SMFICTX *ctx, char **argv) { return relay(ctx, false); }
-static sfsistat on_header(SMFICTX *ctx, char *name, char *value) { return relay(ctx, false); }
+static sfsistat on_header(SMFICTX *ctx, char *name, char *value) {
+  return noreply ? enqueue(ctx, name, strlen(name) + 1, value, strlen(value) + 1) : relay(ctx, false);
+}
 static sfsistat on_eoh(SMFICTX *ctx) { return relay(ctx, false); }
-static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) { return relay(ctx, false); }
+static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) {
+  return noreply ? enqueue(ctx, chunk, len, NULL, 0) : relay(ctx, false);
+}
 static sfsistat on_eom(SMFICTX *ctx) { return relay(ctx, true); }
 static sfsistat on_abort(SMFICTX *ctx) { return relay(ctx, false); }
 static sfsistat on_close(SMFICTX *ctx) { return relay(ctx, false); }
 static sfsistat on_unknown(SMFICTX *ctx, const char *command) { return relay(ctx, false); }
 static sfsistat on_data(SMFICTX *ctx) { return relay(ctx, false); }
+static sfsistat on_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3,
+                             unsigned long *pf0, unsigned long *pf1, unsigned long *pf2, unsigned long *pf3) {
+  unsigned long *pf[4] = {pf0, pf1, pf2, pf3};
+  unsigned long out[4];
+  struct call c = {.ctx = ctx, .kind = NEGOTIATE, .f0 = f0, .f1 = f1, .pf = out};
+  sfsistat result = relay_call(&c);
+  for (int i = 0; i < 4; i++) *pf[i] = out[i];
+  return result;
+}
 
 static struct smfiDesc filter = {
     "bench-c-handoff", SMFI_VERSION, SMFIF_ADDHDRS, on_connect, on_helo, on_envfrom, on_envrcpt, on_header, on_eoh,
@@ -79,8 +149,11 @@ static struct smfiDesc filter = {
 
 int main(int argc, char **argv) {
   pthread_t thread;
-  if (argc != 2) {
-    fprintf(stderr, "usage: filter-handoff <unix:/path | inet:port@host>\n");
+  if (argc == 3 && strcmp(argv[2], "noreply") == 0) {
+    noreply = true;
+    filter.xxfi_negotiate = on_negotiate;
+  } else if (argc != 2) {
+    fprintf(stderr, "usage: filter-handoff <unix:/path | inet:port@host> [noreply]\n");
     return 2;
   }
   if (pthread_create(&thread, NULL, callback_thread, NULL) != 0 || smfi_setconn(argv[1]) != MI_SUCCESS ||

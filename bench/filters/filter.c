@@ -4,9 +4,12 @@
  * also sets TCP_NODELAY on libmilter's listening socket, as the TypeScript
  * binding does by default; stock C filters do not, and stall ~40 ms per
  * message over TCP. With `rcpt-wait=<ms>`, envrcpt first sleeps that long on
- * libmilter's thread (usleep), as a filter waiting for I/O does.
+ * libmilter's thread (usleep), as a filter waiting for I/O does. With
+ * `noreply`, a negotiate callback asks the MTA for the no-reply steps NR_HDR
+ * and NR_BODY (those of them it offers), and header and body answer NOREPLY:
+ * the MTA sends them without waiting for an answer.
  *
- *   filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>]
+ *   filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply]
  */
 #include <libmilter/mfapi.h>
 #include <netinet/in.h>
@@ -37,9 +40,12 @@ static sfsistat on_envrcpt(SMFICTX *ctx, char **argv) {
   if (rcpt_wait > 0) usleep(rcpt_wait);
   return SMFIS_CONTINUE;
 }
-static sfsistat on_header(SMFICTX *ctx, char *name, char *value) { return SMFIS_CONTINUE; }
+/* What header and body answer: SMFIS_NOREPLY with `noreply` (libmilter answers CONTINUE if the MTA lacks the step). */
+static sfsistat content_answer = SMFIS_CONTINUE;
+
+static sfsistat on_header(SMFICTX *ctx, char *name, char *value) { return content_answer; }
 static sfsistat on_eoh(SMFICTX *ctx) { return SMFIS_CONTINUE; }
-static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) { return SMFIS_CONTINUE; }
+static sfsistat on_body(SMFICTX *ctx, unsigned char *chunk, size_t len) { return content_answer; }
 static sfsistat on_eom(SMFICTX *ctx) {
   return smfi_addheader(ctx, "X-Bench", "yes") == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
 }
@@ -47,6 +53,15 @@ static sfsistat on_abort(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat on_close(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat on_unknown(SMFICTX *ctx, const char *command) { return SMFIS_CONTINUE; }
 static sfsistat on_data(SMFICTX *ctx) { return SMFIS_CONTINUE; }
+
+/* `noreply`: the action it needs, and no reply to headers and body chunks where the MTA offers it. */
+static sfsistat on_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3,
+                             unsigned long *pf0, unsigned long *pf1, unsigned long *pf2, unsigned long *pf3) {
+  *pf0 = SMFIF_ADDHDRS & f0;
+  *pf1 = (SMFIP_NR_HDR | SMFIP_NR_BODY) & f1;
+  *pf2 = *pf3 = 0;
+  return SMFIS_CONTINUE;
+}
 
 static struct smfiDesc filter = {
     "bench-c", SMFI_VERSION, SMFIF_ADDHDRS, on_connect, on_helo, on_envfrom, on_envrcpt, on_header, on_eoh,
@@ -60,11 +75,14 @@ int main(int argc, char **argv) {
       nodelay = 1;
     else if (strncmp(argv[i], "rcpt-wait=", 10) == 0)
       rcpt_wait = (useconds_t)strtoul(argv[i] + 10, NULL, 10) * 1000;
-    else
+    else if (strcmp(argv[i], "noreply") == 0) {
+      filter.xxfi_negotiate = on_negotiate;
+      content_answer = SMFIS_NOREPLY;
+    } else
       argc = 0; /* usage */
   }
   if (argc < 2) {
-    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>]\n");
+    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply]\n");
     return 2;
   }
   if (smfi_setconn(argv[1]) != MI_SUCCESS || smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(filter) != MI_SUCCESS ||

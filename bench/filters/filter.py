@@ -1,9 +1,11 @@
 """The benchmark filter with pymilter (Debian's python3-milter): every
 callback defined and answering CONTINUE, one header added at end of message.
 With rcpt-wait=<ms>, envrcpt first sleeps that long (time.sleep, which lets go
-of the GIL), as a filter waiting for I/O does.
+of the GIL), as a filter waiting for I/O does. With noreply, header and body
+are decorated with @Milter.noreply: pymilter's negotiate then keeps the MTA's
+offer of NR_HDR and NR_BODY, and the two answer NOREPLY.
 
-    /usr/bin/python3 filter.py <unix:/path | inet:port@host> [rcpt-wait=<ms>]
+    /usr/bin/python3 filter.py <unix:/path | inet:port@host> [rcpt-wait=<ms>] [noreply]
 """
 
 import sys
@@ -14,10 +16,14 @@ import milter
 
 
 RCPT_WAIT = 0.0  # seconds
+NOREPLY = False
 for option in sys.argv[2:]:
-    if not option.startswith("rcpt-wait="):
+    if option == "noreply":
+        NOREPLY = True
+    elif option.startswith("rcpt-wait="):
+        RCPT_WAIT = int(option[len("rcpt-wait="):]) / 1000
+    else:
         sys.exit(f"filter.py: unknown option {option}")
-    RCPT_WAIT = int(option[len("rcpt-wait="):]) / 1000
 
 
 class BenchMilter(Milter.Base):
@@ -61,7 +67,19 @@ class BenchMilter(Milter.Base):
         return Milter.CONTINUE
 
 
-Milter.factory = BenchMilter
+class NoReplyBenchMilter(BenchMilter):
+    """BenchMilter asking for no reply to headers and body chunks (NR_HDR, NR_BODY)."""
+
+    @Milter.noreply
+    def header(self, name, value):
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        return Milter.CONTINUE
+
+
+Milter.factory = NoReplyBenchMilter if NOREPLY else BenchMilter
 Milter.set_flags(Milter.ADDHDRS)
 milter.setbacklog(1024)
 Milter.runmilter("bench-pymilter", sys.argv[1], timeout=240)

@@ -3,15 +3,26 @@
  * generator. Each of `concurrency` threads opens a connection per message,
  * as an MTA does for a one-message SMTP session: negotiate, connect, HELO,
  * MAIL, RCPT, DATA, five headers, end of headers, the body in chunks of
- * 65535 bytes, end of message, QUIT. It honours the steps the filter asks to
- * skip (NO*) or not to answer (NR_*), expects exactly one added header at end
- * of message, and counts anything else as an error.
+ * 65535 bytes, end of message, QUIT. It offers every protocol step
+ * (0x1fffff), so also the no-reply steps NR_HDR, NR_EOH and NR_BODY that
+ * Postfix offers with milter_protocol = 6. It honours the steps the filter
+ * asks to skip (NO*) or not to answer (NR_*): a command negotiated as no
+ * reply goes out on its own write, as Postfix sends it, and no answer is read
+ * for it. It expects exactly one added header at end of message, and counts
+ * anything else as an error.
  *
- *   loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>
+ *   loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s> [--headers N]
+ *
+ * --headers N: send N headers of a real message's kind (Received,
+ * DKIM-Signature, Authentication-Results, List-*, …; 60 to 80 bytes each,
+ * the 25 of the table below, repeated past 25) instead of the five short ones.
  *
  * Prints one JSON object: messages answered within the measured window,
  * messages/s, p50 and p99 latency (ms, from connect() to the end-of-message
- * answer), errors, and the generator's own CPU time.
+ * answer), errors, the generator's own CPU time, the protocol steps the
+ * filter negotiated (in the last session) and how many commands per measured
+ * message went unanswered as negotiated (noReply: headers plus body chunks
+ * under NR_HDR and NR_BODY).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -63,11 +74,16 @@ static atomic_long errors;
 static char first_error[256];
 static pthread_mutex_t error_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static int header_count = -1; /* --headers N; -1: the five short ones */
+static atomic_uint last_steps;  /* what the filter negotiated, last session */
+
 struct worker {
   pthread_t thread;
   double *samples; /* ms, measured window only */
   long count;
   long capacity;
+  long unanswered;     /* commands sent without reading a reply, in this session */
+  long unanswered_sum; /* … summed over the measured messages */
   int fd;
   size_t out_len;         /* bytes queued in out, sent by flush() */
   size_t in_off, in_len;  /* unread bytes in in */
@@ -151,7 +167,10 @@ static int read_frame(struct worker *w, char *buf, size_t cap, size_t *len) {
 /* Sends the queued frames and a command; unless the filter negotiated no reply, expects 'c'. */
 static int step(struct worker *w, char cmd, const char *data, size_t len, int noreply) {
   if (send_frame(w, cmd, data, len) < 0) return -1;
-  if (noreply) return 0;
+  if (noreply) {
+    w->unanswered++;
+    return 0;
+  }
   char buf[256];
   size_t n;
   int reply = read_frame(w, buf, sizeof buf, &n);
@@ -192,7 +211,7 @@ static int open_connection(void) {
   return fd;
 }
 
-static const char HEADERS[][2][64] = {
+static const char *const HEADERS[][2] = {
     {"From", "Alice <alice@example.org>"},
     {"To", "Bob <bob@example.net>"},
     {"Subject", "benchmark message"},
@@ -200,10 +219,40 @@ static const char HEADERS[][2][64] = {
     {"Message-ID", "<bench@example.org>"},
 };
 
+/* --headers N: the headers of a real message as an MTA relays it, 60 to 80 bytes each. */
+static const char *const REAL_HEADERS[][2] = {
+    {"Return-Path", "<bounces+1234-bob=example.net@mail.example.org>"},
+    {"Received", "from mail.example.org (mail.example.org [192.0.2.1]) by mx.example.net"},
+    {"Received", "from localhost (localhost [127.0.0.1]) by mail.example.org (Postfix)"},
+    {"Received", "by mail.example.org (Postfix, from userid 1000) id 4Bx7Yk2LzZz9sQ"},
+    {"DKIM-Signature", "v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=s1"},
+    {"ARC-Seal", "i=1; a=rsa-sha256; t=1795600800; cv=none; d=example.org; s=arc"},
+    {"Authentication-Results", "mx.example.net; spf=pass smtp.mailfrom=example.org"},
+    {"Received-SPF", "pass (mx.example.net: domain of example.org designates 192.0.2.10)"},
+    {"From", "\"Alice Example\" <alice@example.org>, \"Alice's Desk\" <desk@example.org>"},
+    {"To", "\"Bob Example\" <bob@example.net>, \"Carol Example\" <carol@example.net>"},
+    {"Cc", "\"Dave Example\" <dave@example.com>, \"Erin Example\" <erin@example.com>"},
+    {"Reply-To", "\"Alice Example (replies)\" <alice+replies@example.org>"},
+    {"Subject", "Quarterly benchmark report: throughput of the milter pipeline"},
+    {"Date", "Wed, 25 Nov 2026 10:00:00 +0000 (Coordinated Universal Time)"},
+    {"Message-ID", "<20261125100000.4Bx7Yk2LzZz9sQ@mail.example.org>"},
+    {"In-Reply-To", "<20261124093000.3Aw6Xj1KyYy8rP@mail.example.net>"},
+    {"References", "<20261124093000.3Aw6Xj1KyYy8rP@mail.example.net>"},
+    {"MIME-Version", "1.0 (generated by Example Mail Client 4.2.1, x86_64-linux)"},
+    {"Content-Type", "text/plain; charset=\"utf-8\"; format=flowed; delsp=yes"},
+    {"Content-Transfer-Encoding", "quoted-printable (mostly seven-bit text)"},
+    {"List-Unsubscribe", "<mailto:unsubscribe@example.org?subject=unsubscribe>"},
+    {"List-Id", "\"Quarterly benchmark reports\" <reports.lists.example.org>"},
+    {"X-Mailer", "Example Mail Client 4.2.1 (build 20261101; x86_64-linux)"},
+    {"X-Spam-Status", "No, score=-1.2 required=5.0 tests=BAYES_00,DKIM_SIGNED"},
+    {"X-Originating-IP", "[198.51.100.23] (helo=workstation.example.org)"},
+};
+
 /* One whole milter session carrying one message; 0 on success. */
 static int one_message(struct worker *w) {
   int fd = w->fd = open_connection();
   w->out_len = w->in_off = w->in_len = 0;
+  w->unanswered = 0;
   if (fd < 0) {
     error_once("connect failed");
     return -1;
@@ -220,6 +269,7 @@ static int one_message(struct worker *w) {
   uint32_t steps;
   memcpy(&steps, buf + 8, 4);
   steps = ntohl(steps);
+  atomic_store(&last_steps, steps);
 
 #define STEP(cmd, data, len, no, nr)                                                                   \
   if (!(steps & (no)) && step(w, cmd, data, len, steps & (nr)) < 0) goto out
@@ -237,11 +287,14 @@ static int one_message(struct worker *w) {
   static const char rcpt[] = "<bob@example.net>";
   STEP('R', rcpt, sizeof rcpt, P_NORCPT, P_NR_RCPT);
   STEP('T', NULL, 0, P_NODATA, P_NR_DATA);
-  for (size_t i = 0; i < sizeof HEADERS / sizeof HEADERS[0]; i++) {
-    char header[160];
-    size_t a = strlen(HEADERS[i][0]) + 1, b = strlen(HEADERS[i][1]) + 1;
-    memcpy(header, HEADERS[i][0], a);
-    memcpy(header + a, HEADERS[i][1], b);
+  size_t real = sizeof REAL_HEADERS / sizeof REAL_HEADERS[0];
+  size_t count = header_count < 0 ? sizeof HEADERS / sizeof HEADERS[0] : (size_t)header_count;
+  for (size_t i = 0; i < count; i++) {
+    const char *const *h = header_count < 0 ? HEADERS[i] : REAL_HEADERS[i % real];
+    char header[256];
+    size_t a = strlen(h[0]) + 1, b = strlen(h[1]) + 1;
+    memcpy(header, h[0], a);
+    memcpy(header + a, h[1], b);
     STEP('L', header, a + b, P_NOHDRS, P_NR_HDR);
   }
   STEP('N', NULL, 0, P_NOEOH, P_NR_EOH);
@@ -283,7 +336,10 @@ static void *run(void *arg) {
       usleep(10000);
       continue;
     }
-    if (state == 1 && atomic_load(&phase) == 1 && w->count < w->capacity) w->samples[w->count++] = elapsed;
+    if (state == 1 && atomic_load(&phase) == 1 && w->count < w->capacity) {
+      w->samples[w->count++] = elapsed;
+      w->unanswered_sum += w->unanswered;
+    }
   }
   return NULL;
 }
@@ -321,8 +377,20 @@ static double cpu_ms(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 6 || parse_target(argv[1]) < 0) {
-    fprintf(stderr, "usage: loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>\n");
+  /* Options after the five positional arguments. */
+  int usage = argc < 6;
+  for (int i = 6; i < argc && !usage; i++) {
+    if (strcmp(argv[i], "--headers") == 0 && i + 1 < argc) {
+      char *end;
+      long n = strtol(argv[++i], &end, 10);
+      if (*end || n < 0 || n > 10000) usage = 1;
+      header_count = (int)n;
+    } else
+      usage = 1;
+  }
+  if (usage || parse_target(argv[1]) < 0) {
+    fprintf(stderr, "usage: loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>"
+                    " [--headers N]\n");
     return 2;
   }
   concurrency = atoi(argv[2]);
@@ -353,8 +421,8 @@ int main(int argc, char **argv) {
   long errs = atomic_load(&errors) - errors0;
   for (int i = 0; i < concurrency; i++) pthread_join(workers[i].thread, NULL);
 
-  long total = 0;
-  for (int i = 0; i < concurrency; i++) total += workers[i].count;
+  long total = 0, unanswered = 0;
+  for (int i = 0; i < concurrency; i++) total += workers[i].count, unanswered += workers[i].unanswered_sum;
   double *all = malloc(sizeof(double) * (size_t)(total ? total : 1));
   long k = 0;
   for (int i = 0; i < concurrency; i++) {
@@ -364,7 +432,8 @@ int main(int argc, char **argv) {
   qsort(all, (size_t)total, sizeof(double), compare);
   double p50 = total ? all[(long)(total * 0.50)] : 0, p99 = total ? all[(long)(total * 0.99)] : 0;
   printf("{\"messages\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50\":%.3f,\"p99\":%.3f,\"errors\":%ld,"
-         "\"cpuMs\":%.1f,\"firstError\":\"%s\"}\n",
-         total, seconds, total / seconds, p50, p99, errs, cpu, first_error);
+         "\"cpuMs\":%.1f,\"steps\":%u,\"noReply\":%.2f,\"firstError\":\"%s\"}\n",
+         total, seconds, total / seconds, p50, p99, errs, cpu, atomic_load(&last_steps),
+         total ? (double)unanswered / total : 0.0, first_error);
   return 0;
 }
