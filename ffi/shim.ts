@@ -173,6 +173,10 @@ export interface PipelineStats {
   readonly waits: number;
   /** Connections with pipelining state now (negotiated, not closed). */
   readonly connections: number;
+  /** How many times the shim rang JS for queued calls. */
+  readonly rings: number;
+  /** How many calls were queued in all: with `rings`, how many calls one ring brings on average. */
+  readonly calls: number;
 }
 
 /** The most calls one {@linkcode Shim.take} returns. */
@@ -527,8 +531,10 @@ function load(): Shim | ShimUnavailable {
       return symval(call.address, index);
     },
     pipelineStats(): PipelineStats {
-      const [bytes, peakBytes, waits, connections] = [0, 1, 2, 3].map((which) => Number(stat(which)));
-      return { bytes, peakBytes, waits, connections };
+      const [bytes, peakBytes, waits, connections, rings, calls] = [0, 1, 2, 3, 4, 5].map((which) =>
+        Number(stat(which))
+      );
+      return { bytes, peakBytes, waits, connections, rings, calls };
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       // A timer holds the event loop open until done runs: nothing else

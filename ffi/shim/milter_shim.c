@@ -585,7 +585,7 @@ static int pipe_name_count;
 static int pipe_on;	 /* bell and bound set, pump started: read with __atomic_load_n */
 static int pipe_binding; /* milter_shim_bind_pipeline() has begun */
 static pthread_cond_t pump_wake = PTHREAD_COND_INITIALIZER;
-static int64_t stat_bytes, stat_peak, stat_waits, stat_conns;
+static int64_t stat_bytes, stat_peak, stat_waits, stat_conns, stat_rings, stat_queued;
 
 static struct conn **conn_slot(const void *ctx)
 {
@@ -724,6 +724,7 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		CONN_WAIT_WHILE(conn, conn->calls > 0 && conn->bytes + call->size > pipe_bound);
 	}
 	call->conn = conn;
+	stat_queued++;
 	conn->calls++;
 	conn->bytes += call->size;
 	stat_bytes += (int64_t)call->size;
@@ -774,6 +775,7 @@ static void *pump_thread(void *arg)
 	for (;;) {
 		while (ready_head == NULL)
 			pthread_cond_wait(&pump_wake, &pool_lock);
+		stat_rings++;
 		pthread_mutex_unlock(&pool_lock);
 		/* Relayed to the JS thread; returns once JS has taken what it will take this time. */
 		pipe_bell();
@@ -997,12 +999,16 @@ MILTER_SHIM_EXPORT const char *milter_shim_symval(const struct milter_shim_call 
  * queued or running now (all connections); 1, the most bytes one connection
  * ever had queued or running; 2, how many times a wrapper waited for its
  * connection's queue to have room; 3, how many connections have pipelining
- * state now. -1 for any other `which`.
+ * state now; 4, how many times the bell was rung; 5, how many calls were
+ * queued in all. -1 for any other `which`.
  */
 MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
 {
+	const int64_t *stats[] = {&stat_bytes, &stat_peak, &stat_waits, &stat_conns, &stat_rings, &stat_queued};
+	if (which < 0 || which >= (int)(sizeof stats / sizeof stats[0]))
+		return -1;
 	pthread_mutex_lock(&pool_lock);
-	int64_t v = which == 0 ? stat_bytes : which == 1 ? stat_peak : which == 2 ? stat_waits : which == 3 ? stat_conns : -1;
+	int64_t v = *stats[which];
 	pthread_mutex_unlock(&pool_lock);
 	return v;
 }
