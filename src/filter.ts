@@ -602,9 +602,6 @@ const PIPELINED: Readonly<Record<PipelinedSymbol, CallbackName>> = {
   xxfi_body: "body",
 };
 
-/** How many queued calls one ring of the bell runs before other JS work gets its turn (the shim rings again). */
-const RING_BATCH = 256;
-
 /** The token of a call no libmilter thread waits for. */
 const NO_TOKEN = -1;
 
@@ -781,7 +778,13 @@ function readSockAddr(ptr: Pointer | null): SockAddr | null {
 }
 
 /** Validates negotiate's answer and writes it to libmilter's output words. */
-function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Session, r: Registration): number {
+function answerNegotiate(
+  result: unknown,
+  pf: readonly Pointer[],
+  offeredSteps: number,
+  session: Session,
+  r: Registration,
+): number {
   if (!Array.isArray(result) || result.length !== 3) {
     throw new BadReturn(`the negotiate callback returned ${describe(result)}, not [Stat, Flag[], Step[]]`);
   }
@@ -799,7 +802,9 @@ function answerNegotiate(result: unknown, pf: readonly Pointer[], session: Sessi
   session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
   pipelineStages(session, r);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
-  writeULong(pf[1], (stepMask | r.absentSteps) >>> 0);
+  // The NO* steps of absent callbacks only where the MTA offers them, as libmilter does without a
+  // negotiate callback: libmilter drops a connection asked for a step its MTA lacks.
+  writeULong(pf[1], (stepMask | (r.absentSteps & offeredSteps)) >>> 0);
   writeULong(pf[2], 0);
   writeULong(pf[3], 0);
   return code;
@@ -866,7 +871,7 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
         decodeMask(FLAG_BITS, f0),
         decodeMask(STEP_BITS, f1),
       ]);
-      const settle = (value: unknown): number => answerNegotiate(value, [pf0, pf1, pf2, pf3], session, r);
+      const settle = (value: unknown): number => answerNegotiate(value, [pf0, pf1, pf2, pf3], f1, session, r);
       return isThenable(result) ? { promise: result, settle } : settle(result);
     }),
 };

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, test } from "vitest";
 import type { MilterClient, Reply } from "../src/testing/mod.ts";
+import { Step } from "../mod.ts";
 import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
 import { ROOT, type Runtime } from "./helpers/runtimes.ts";
 
@@ -51,6 +52,53 @@ describe("stamp", () => {
     const client = await session(await example("stamp", {}, runtime));
     expect((await client.message(message({}))).modifications).toEqual([
       { type: "addheader", name: "X-Filtered-By", value: "stamp; from client.example [192.0.2.7]" },
+    ]);
+    client.quit();
+  });
+});
+
+describe("collect", () => {
+  const many = (n: number, subject = "hello"): [string, string][] => [
+    ["Subject", subject],
+    ...Array.from({ length: n - 1 }, (_, i): [string, string] => [`X-Line-${i}`, `value ${i}`]),
+  ];
+
+  test("pipelines headers and body when the MTA offers NR_HDR and NR_BODY, and decides at end of message", async () => {
+    const filter = await example("collect");
+    const client = await session(filter);
+    expect(client.negotiated.steps).toEqual(expect.arrayContaining(["NR_HDR", "NR_BODY"]));
+    const result = await client.message(message({ headers: many(40), body: "x".repeat(70_000) }));
+    expect(result.replies.filter((r) => r.stage === "header").map((r) => r.reply.action)).toEqual(
+      Array(40).fill("noreply"),
+    );
+    expect(result.modifications).toEqual([
+      { type: "addheader", name: "X-Collected", value: "40 headers, 70000 body bytes" },
+    ]);
+    const spam = await client.message(message({ headers: many(3, "FREE MONEY now") }));
+    expect(spam.reply).toMatchObject({ action: "replycode", smtpCode: 554, text: "554 5.7.1 message refused as spam" });
+    client.quit();
+  });
+
+  test("runs unpipelined, with the same result, for an MTA that offers no no-reply steps", async () => {
+    const filter = await example("collect");
+    const client = await filter.client({ steps: Object.values(Step).filter((step) => !step.startsWith("NR_")) });
+    await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 4711 });
+    expect(client.negotiated.steps).not.toContain("NR_HDR");
+    const result = await client.message(message({ headers: many(5) }));
+    expect(result.replies.filter((r) => r.stage === "header").map((r) => r.reply.action)).toEqual(
+      Array(5).fill("continue"),
+    );
+    expect(result.modifications).toEqual([
+      { type: "addheader", name: "X-Collected", value: "5 headers, 8 body bytes" },
+    ]);
+    client.quit();
+  });
+
+  test.each(["deno", "bun"] as const)("runs the same under %s", async (runtime) => {
+    const client = await session(await example("collect", {}, runtime));
+    const result = await client.message(message({ headers: many(25) }));
+    expect(result.modifications).toEqual([
+      { type: "addheader", name: "X-Collected", value: "25 headers, 8 body bytes" },
     ]);
     client.quit();
   });

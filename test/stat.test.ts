@@ -126,6 +126,17 @@ describe("negotiation", () => {
     client.quit();
   });
 
+  test("an absent callback's NO* step is asked for only when the MTA offers it (else libmilter drops the connection)", async () => {
+    const filter = await startFilter({
+      env: { OMIT: "helo", NEGOTIATE: JSON.stringify({ result: ["Continue", [], []] }) },
+    });
+    const client = await filter.client({ steps: ["NOCONNECT", "NR_HDR"], timeout: 5000 });
+    expect(client.negotiated.steps).toEqual([]);
+    // The MTA sends HELO anyway; libmilter answers it without the absent callback.
+    expect(await client.helo("client.example")).toEqual({ action: "continue" });
+    client.quit();
+  });
+
   test("All takes every offered action; any other answer refuses the connection", async () => {
     const all = await startFilter({ env: { NEGOTIATE: JSON.stringify({ result: ["All", [], []] }) } });
     const client = await all.client({ actions: ["ADDHDRS", "QUARANTINE"] });
