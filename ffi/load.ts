@@ -104,8 +104,11 @@ export interface Later {
    * and queue their calls: `bell` runs on the JS thread whenever calls wait
    * for {@linkcode Later.take}; each queued call keeps the values `macros`
    * had for it ({@linkcode Later.symval}). Once per process, before main.
+   *
+   * @returns the macros captured: `macros`, or none where libmilter's
+   *   `smfi_getsymval` cannot be reached.
    */
-  bindPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): void;
+  bindPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): readonly string[];
   /** The value of `macros[index]` (of bindPipeline) captured for a queued call. */
   symval: Shim["symval"];
   /** Pipelines these callbacks of the connection at `ctx` (from its negotiate handler); `false` when it cannot. */
@@ -307,8 +310,13 @@ function later(shim: Shim, path: string): Later {
     reply: shim.reply,
     waiting: shim.pending,
     post: shim.post,
-    bindPipeline: (bell, boundBytes, macros) =>
-      shim.bindPipeline(bell, boundBytes, functionAddress(path, "smfi_getsymval"), macros),
+    bindPipeline: (bell, boundBytes, macros) => {
+      // Without smfi_getsymval's address nothing can be captured.
+      const getsymval = functionAddress(path, "smfi_getsymval");
+      const captured = getsymval === null ? [] : macros;
+      shim.bindPipeline(bell, boundBytes, getsymval, captured);
+      return captured;
+    },
     symval: shim.symval,
     pipeline: shim.pipeline,
     take: shim.take,

@@ -619,8 +619,8 @@ const NO_TOKEN = -1;
 export function startPipeline(bytes: number, macros: readonly string[]): boolean {
   const later = native("main").later;
   if (later === null || bytes === 0) return false;
-  later.bindPipeline(() => ring(later), bytes, macros);
-  lifecycle.pipelineMacros = new Map(macros.map((name, index) => [macroKey(name), index]));
+  const captured = later.bindPipeline(() => ring(later), bytes, macros);
+  lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
   lifecycle.pipelining = true;
   return true;
 }
