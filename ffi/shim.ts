@@ -135,7 +135,10 @@ export interface Shim {
    * (`milter_shim_take_batch`); end each with {@linkcode done}.
    */
   take(): QueuedCall[];
-  /** Ends calls {@linkcode take} gave, each once (`milter_shim_done_batch`): their memory is freed. */
+  /**
+   * Ends calls {@linkcode take} gave (`milter_shim_done_batch`): their memory
+   * is freed. A call already ended is skipped.
+   */
   done(calls: readonly QueuedCall[]): void;
   /** The pipeline's figures (`milter_shim_pipeline_stat`). */
   pipelineStats(): PipelineStats;
@@ -448,6 +451,9 @@ function load(): Shim | ShimUnavailable {
   // Reused by every take and done: only the JS thread calls them, one at a time.
   const words = new BigUint64Array(TAKE_BATCH * CALL_WORDS);
   const addresses = new BigUint64Array(TAKE_BATCH);
+  // The calls taken and not given back: a call given back twice (a bug
+  // elsewhere) must not reach the shim twice, which would free it twice.
+  const outstanding = new Set<bigint>();
   return {
     path,
     abi,
@@ -508,6 +514,7 @@ function load(): Shim | ShimUnavailable {
       const n = take(words, TAKE_BATCH);
       const calls: QueuedCall[] = new Array(n);
       for (let i = 0, w = 0; i < n; i++, w += CALL_WORDS) {
+        outstanding.add(words[w]);
         calls[i] = {
           address: words[w],
           ctx: words[w + 1],
@@ -521,11 +528,16 @@ function load(): Shim | ShimUnavailable {
       return calls;
     },
     done(calls): void {
-      for (let from = 0; from < calls.length; from += TAKE_BATCH) {
-        const n = Math.min(TAKE_BATCH, calls.length - from);
-        for (let i = 0; i < n; i++) addresses[i] = calls[from + i].address;
-        done(addresses, n);
+      let n = 0;
+      for (const call of calls) {
+        if (!outstanding.delete(call.address)) continue;
+        addresses[n++] = call.address;
+        if (n === TAKE_BATCH) {
+          done(addresses, n);
+          n = 0;
+        }
       }
+      if (n > 0) done(addresses, n);
     },
     symval(call, index): string | null {
       return symval(call.address, index);

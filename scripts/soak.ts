@@ -3,11 +3,14 @@
  * the filter's resident memory sampled every 10% of the run. Bounded: it
  * ends after the given number of connections.
  *
- *   npx tsx scripts/soak.ts [connections=100000] [messages per connection=3] [parallel clients=64] [runtime=node] [async ms]
+ *   npx tsx scripts/soak.ts [connections=100000] [messages per connection=3] [parallel clients=64] [runtime=node]
+ *     [async ms | pipeline]
  *
  * With `async ms`, the filter's envrcpt awaits a timer of that many ms and
  * its eom awaits before stamping (async callbacks); the samples then also
- * show the most Promises pending at once.
+ * show the most Promises pending at once. With `pipeline`, each message has
+ * 25 headers and the filter negotiates NR_HDR and NR_BODY and counts them:
+ * pipelined callbacks, each message's count checked in its stamp.
  *
  * Prints one JSON line per sample and a verdict: resident memory at the end
  * within 10% of what it was after the first 10% of connections.
@@ -21,13 +24,18 @@ import { MilterClient } from "../src/testing/mod.ts";
 
 const [connections, messages, parallel] = [100_000, 3, 64].map((d, i) => Number(process.argv[2 + i] ?? d));
 const runtime = (process.argv[5] ?? "node") as Runtime;
-const asyncMs = process.argv[6];
+const pipeline = process.argv[6] === "pipeline";
+const asyncMs = pipeline ? undefined : process.argv[6];
+const headers: [string, string][] = pipeline
+  ? Array.from({ length: 24 }, (_, i): [string, string] => [`X-Soak-${i}`, `header ${i} of a soak message`])
+  : [];
 
 /** The filter process's resident set, in MiB. */
 const rss = (pid: number): number =>
   Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 
-const filter = await startFilter({ runtime, fixture: "stamp.ts", env: asyncMs ? { ASYNC_MS: asyncMs } : {} });
+const env: Record<string, string> = asyncMs ? { ASYNC_MS: asyncMs } : pipeline ? { PIPELINE: "1" } : {};
+const filter = await startFilter({ runtime, fixture: "stamp.ts", env });
 const pid = filter.child.pid!;
 const started = Date.now();
 let done = 0, failures = 0;
@@ -51,10 +59,15 @@ async function worker(): Promise<void> {
         const result = await client.message({
           from: "<a@example.org>",
           rcpt: ["<b@example.net>", "<c@example.net>"],
-          headers: [["Subject", `soak ${n}/${m}`]],
+          headers: [["Subject", `soak ${n}/${m}`], ...headers],
           body: "x".repeat(2000) + "\r\n",
         });
         if (result.reply.action !== "continue" || result.modifications.length !== 1) failures++;
+        else if (pipeline) {
+          const stamp = result.modifications[0];
+          const counted = "value" in stamp ? JSON.parse(stamp.value) : null;
+          if (counted?.headers !== 25 || counted?.bytes !== 2002) failures++;
+        }
       }
       client.quit();
     } catch {

@@ -215,9 +215,10 @@ export function timerDelay(seconds: number): number | null {
 }
 
 /**
- * A macro name as libmilter matches it: `{name}` and `name` are the same
- * macro (smfi_getsymval tries both spellings).
+ * A macro name as libmilter matches it: a one-letter macro may be written
+ * with or without braces (`i` and `{i}`: smfi_getsymval tries both), a
+ * longer one only as it was sent (`{mail_addr}`, not `mail_addr`).
  */
 export function macroKey(name: string): string {
-  return name.length > 2 && name.startsWith("{") && name.endsWith("}") ? name.slice(1, -1) : name;
+  return /^\{.\}$/su.test(name) ? name.slice(1, -1) : name;
 }

@@ -422,7 +422,8 @@ function tempfail(ptr: Pointer, filterName: string): number {
  * message after any later stage.
  */
 function answerFailure(session: Session, callback: CallbackName, filterName: string): number {
-  if (silent(session, callback)) {
+  // A pipelined call is silent whatever its session says: libmilter has moved on.
+  if (silent(session, callback) || session.queued !== null) {
     if (session.failed !== "connection") session.failed = CONNECTION_STAGES.has(callback) ? "connection" : "message";
     return SMFIS_NOREPLY;
   }
@@ -445,7 +446,7 @@ function owed(session: Session, callback: CallbackName, filterName: string): num
     if (callback === "abort" && session.failed === "message") session.failed = null;
     return null;
   }
-  if (silent(session, callback)) return SMFIS_NOREPLY;
+  if (silent(session, callback) || session.queued !== null) return SMFIS_NOREPLY;
   if (session.failed === "message" && !KEEPS_MESSAGE.has(callback)) session.failed = null;
   return tempfail(session.ptr, filterName);
 }
@@ -478,6 +479,7 @@ function dispatch(
   const r = registration!;
   const opening = !isOpen(ptr);
   const session = enter(ptr, callback, r.flags);
+  if (opening && callback !== "negotiate") resumeNegotiated(session, r);
   session.token = token;
   session.queued = queued;
   let answer: number;
@@ -569,7 +571,10 @@ function answerLater(
     answer(() => {
       throw new CallbackTimeout(`the ${callback} callback's Promise was still pending when libmilter stopped`);
     });
-  deferred.promise.then(
+  // Adopted into a native Promise: a thenable's then() then runs in a later
+  // microtask, so it can neither answer while this callback is still on the
+  // stack nor throw into it (a throw becomes a rejection).
+  new Promise((resolve) => resolve(deferred.promise)).then(
     (value) => answer(() => deferred.settle(value)),
     (error) =>
       answer(() => {
@@ -777,6 +782,25 @@ function readSockAddr(ptr: Pointer | null): SockAddr | null {
   return decodeSockAddr(readBytes(ptr, sockaddrLength(readUShort(ptr))));
 }
 
+/**
+ * What the connection at each context address last negotiated. After
+ * `SMFIC_QUIT_NC` (end of an SMTP session, the milter connection kept for
+ * the next) libmilter calls close, then starts the next session at connect
+ * under the same negotiation: that session resumes it here. A fresh
+ * connection negotiates first, so a reused address never resumes another
+ * connection's answer. One entry per address ever negotiated on.
+ */
+const negotiatedAt = new Map<Pointer, { readonly actions: number; readonly noReply: number }>();
+
+/** A session that starts without negotiate (after SMFIC_QUIT_NC) takes its connection's negotiation back. */
+function resumeNegotiated(session: Session, r: Registration): void {
+  const negotiated = negotiatedAt.get(session.ptr);
+  if (negotiated === undefined) return;
+  session.actions = negotiated.actions;
+  session.noReply = negotiated.noReply;
+  pipelineStages(session, r);
+}
+
 /** Validates negotiate's answer and writes it to libmilter's output words. */
 function answerNegotiate(
   result: unknown,
@@ -800,6 +824,7 @@ function answerNegotiate(
   session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
   // With All, libmilter ignores the returned steps: no stage is no-reply.
   session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
+  negotiatedAt.set(session.ptr, { actions: session.actions, noReply: session.noReply });
   pipelineStages(session, r);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   // The NO* steps of absent callbacks only where the MTA offers them, as libmilter does without a

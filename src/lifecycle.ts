@@ -45,7 +45,7 @@ export const lifecycle: {
    * `pipelineBytes` is not 0).
    */
   pipelining: boolean;
-  /** The macros captured for pipelined calls, by name without braces: their index for the shim. */
+  /** The macros captured for pipelined calls, by macroKey (one-letter names without braces): their index for the shim. */
   pipelineMacros: ReadonlyMap<string, number>;
 } = {
   phase: "idle",

@@ -265,7 +265,8 @@ export interface MainOptions {
    * The macros a pipelined callback can read with `getsymval`: captured for
    * each pipelined call when the shim queues it, as they were at its stage
    * (libmilter's own copy may already hold the next stage's by the time the
-   * callback runs). `{name}` and `name` are the same macro. Default: every
+   * callback runs). A one-letter macro may be named with or without braces
+   * (`i`, `{i}`), a longer one as the MTA sends it (`{mail_addr}`). Default: every
    * macro Postfix and Sendmail send by default, with `{client_addr}` and
    * `{client_name}` ({@linkcode DEFAULT_PIPELINE_MACROS}). getsymval of any
    * other in a pipelined callback throws MilterError. At most 256; `[]`

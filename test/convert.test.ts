@@ -12,6 +12,7 @@ import {
   decodeSockAddr,
   escapeReplyText,
   formatIPv6,
+  macroKey,
   parseSocketSpec,
   replyCodeProblem,
   replyLinesProblem,
@@ -225,5 +226,16 @@ describe("connection ceiling", () => {
     const openBelow = (n: number): number => Math.min(n, 20) + (n > 251 ? 1 : 0);
     expect(connectionFileLimit(4096, 1_048_576, 20, 2, openBelow)).toBe(42);
     expect(connectionFileLimit(64, 1_048_576, 1000, 2, openBelow)).toBe(64 - RESERVED_ASYNC_CALLS);
+  });
+});
+
+describe("macroKey", () => {
+  test("a one-letter macro is the same with or without braces, a longer one only as written (as smfi_getsymval)", () => {
+    expect(macroKey("i")).toBe("i");
+    expect(macroKey("{i}")).toBe("i");
+    expect(macroKey("{mail_addr}")).toBe("{mail_addr}");
+    expect(macroKey("mail_addr")).toBe("mail_addr");
+    expect(macroKey("{}")).toBe("{}");
+    expect(macroKey("{ab}")).toBe("{ab}");
   });
 });

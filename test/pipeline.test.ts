@@ -141,6 +141,39 @@ describe("failures of pipelined callbacks are answered 451 4.3.0 at end of messa
   });
 });
 
+describe("thenables that are not Promises", () => {
+  test("one that settles and then throws counts as settled; the filter stays up", async () => {
+    const filter = await start();
+    const client = await open(filter);
+    const { reply, seen } = await send(client, 3, [["X-Then-Throw-After", "x"], ["X-After", "n:4"]]);
+    expect(reply).toEqual({ action: "continue" });
+    expect(seen).toMatchObject({ headers: 5, outOfOrder: 0 });
+    expect((await send(client, 2)).reply).toEqual({ action: "continue" });
+    client.quit();
+  });
+
+  test("one whose then() throws is a failure, answered 451 at end of message", async () => {
+    const filter = await start({ CALLBACK_TIMEOUT: "0.5" });
+    const client = await open(filter);
+    expect((await send(client, 3, [["X-Then-Throw", "x"]])).reply).toEqual(FAILED_REPLY);
+    await filter.waitFor((e) => e.event === "reported" && e.message === "thenable then() threw");
+    // Past callbackTimeout, nothing of that call comes back to haunt the next message.
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    expect((await send(client, 2)).reply).toEqual({ action: "continue" });
+    client.quit();
+  });
+
+  test("5,000 that settle inside then(), queued behind one pending Promise, run in order", async () => {
+    const filter = await start();
+    const client = await open(filter);
+    const syncs = Array.from({ length: 5_000 }, (_, i): [string, string] => ["X-Sync", `n:${i + 1}`]);
+    const { reply, seen } = await send(client, 0, [["X-Wait", "n:0"], ...syncs], 1024);
+    expect(reply).toEqual({ action: "continue" });
+    expect(seen).toMatchObject({ headers: 5_001, outOfOrder: 0 });
+    client.quit();
+  }, 60_000);
+});
+
 test("async pipelined callbacks keep their connection's order", async () => {
   const filter = await start({ SLOW_EVERY: "1" });
   const client = await open(filter);
@@ -175,6 +208,19 @@ test("an aborted message's queued calls run before abort; the next message start
   const { reply, seen } = await send(client, 4);
   expect(reply).toEqual({ action: "continue" });
   expect(seen).toMatchObject({ headers: 4, outOfOrder: 0 });
+  client.quit();
+});
+
+test("after QUIT_NC the next session on the connection is pipelined under the same negotiation", async () => {
+  const filter = await start();
+  const client = await open(filter);
+  expect((await send(client, 3)).reply).toEqual({ action: "continue" });
+  client.quitNc();
+  await client.connect("second.example", null);
+  const second = await send(client, 30);
+  expect(second.reply).toEqual({ action: "continue" });
+  expect(second.seen).toMatchObject({ headers: 30, outOfOrder: 0 });
+  expect(second.seen!.stats!.connections).toBe(1); // the shim pipelines it again
   client.quit();
 });
 

@@ -527,6 +527,8 @@ enum {
 
 /** The callbacks that can be pipelined: 1 << CB_* bits. */
 #define PIPELINABLE (1u << CB_header | 1u << CB_eoh | 1u << CB_body)
+/** The most macros milter_shim_bind_pipeline() captures: snap_take keeps their values on libmilter's stack. */
+#define SHIM_MAX_MACROS 256
 #define CONN_BUCKETS 1024
 
 /**
@@ -793,15 +795,17 @@ static void *pump_thread(void *arg)
  * `names` are captured for each pipelined call (copied; see
  * milter_shim_symval). Once per process, before smfi_main starts.
  *
- * Returns 0; EINVAL for a NULL bell, a zero bound, or names without
- * getsymval; EBUSY on a second call; ENOMEM; or the error number of
- * starting the pump thread (pipelining stays off).
+ * Returns 0; EINVAL for a NULL bell, a zero bound, more than 256 names, or
+ * names without getsymval; EBUSY on a second call; ENOMEM; or the error
+ * number of starting the pump thread (pipelining stays off, and a later
+ * call may try again).
  */
 MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t bound,
 						 char *(*getsymval)(void *ctx, char *name),
 						 const char *const *names, int count)
 {
-	if (bell == NULL || bound == 0 || count < 0 || (count > 0 && (names == NULL || getsymval == NULL)))
+	if (bell == NULL || bound == 0 || count < 0 || count > SHIM_MAX_MACROS ||
+	    (count > 0 && (names == NULL || getsymval == NULL)))
 		return EINVAL;
 	for (int i = 0; i < count; i++)
 		if (names[i] == NULL)
@@ -838,8 +842,21 @@ MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t boun
 		return EBUSY;
 	}
 	int err = start_detached(pump_thread, NULL);
-	if (err == 0)
+	if (err == 0) {
 		__atomic_store_n(&pipe_on, 1, __ATOMIC_RELEASE);
+		return 0;
+	}
+	/* No pump: undo, so that pipelining stays off and a later call may try again. */
+	pthread_mutex_lock(&pool_lock);
+	pipe_bell = NULL;
+	pipe_getsymval = NULL;
+	pipe_names = NULL;
+	pipe_name_count = 0;
+	pipe_binding = 0;
+	pthread_mutex_unlock(&pool_lock);
+	for (int i = 0; i < count; i++)
+		free(copies[i]);
+	free(copies);
 	return err;
 }
 
@@ -1029,11 +1046,12 @@ static void *js_handlers[SHIM_CALLBACKS];
 			return SHIM_SMFIS_NOREPLY;                                \
 		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
 		struct slot *slot = slot_take();                                  \
-		if (slot == NULL)                                                 \
-			return SHIM_SMFIS_TEMPFAIL;                               \
-		int64_t token = slot_token(slot);                                 \
-		slot->ctx = ctx;                                                  \
-		int rc = slot_finish(slot, js args);                              \
+		int rc = SHIM_SMFIS_TEMPFAIL;                                     \
+		if (slot != NULL) {                                               \
+			int64_t token = slot_token(slot);                         \
+			slot->ctx = ctx;                                          \
+			rc = slot_finish(slot, js args);                          \
+		}                                                                 \
 		if (CB_##name == CB_close)                                        \
 			pipeline_forget(ctx);                                     \
 		return rc;                                                        \

@@ -511,6 +511,15 @@ export class MilterClient {
     this.close();
   }
 
+  /**
+   * Ends this SMTP session but keeps the milter connection for the next one
+   * (`SMFIC_QUIT_NC`): the filter's `close` runs, and the next command is a
+   * new {@linkcode connect}, under the negotiation already made.
+   */
+  quitNc(): void {
+    this.#send("K");
+  }
+
   /** Closes the connection without QUIT, as an MTA that vanished would. */
   close(): void {
     this.#ended ??= new MilterClientError("closed", "client closed");
