@@ -190,7 +190,9 @@ const CALL_WORDS = 7;
 
 /** Each pipelined callback's index in `struct smfiDesc` (CB_* in milter_shim.c). */
 const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = { xxfi_header: 4, xxfi_eoh: 5, xxfi_body: 6 };
-const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = { 4: "xxfi_header", 5: "xxfi_eoh", 6: "xxfi_body" };
+const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = Object.fromEntries(
+  Object.entries(PIPELINED_INDEX).map(([symbol, index]) => [index, symbol]),
+) as Record<number, PipelinedSymbol>;
 
 /** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
 export const WRITE_FUNCTIONS: readonly string[] = [

@@ -209,9 +209,9 @@ const NO_REPLY_FOLLOWS = "no reply follows its stage; a failure there is answere
 const REPLY_STAGES: readonly CallbackName[] = CALLBACK_NAMES.filter((c) => c !== "negotiate");
 
 /**
- * The value of the macro `name` (`"i"`, `"{client_addr}"`; braces are
- * optional for long names), or `null` when the MTA did not send it for this
- * stage or an earlier one. Which macros exist depends on the MTA and its
+ * The value of the macro `name` (`"i"`, `"{client_addr}"`; a one-letter
+ * name may also be written in braces), or `null` when the MTA did not send
+ * it for this stage or an earlier one. Which macros exist depends on the MTA and its
  * configuration. In a pipelined callback (a header, eoh or body stage
  * negotiated as no reply), the value the macro had at that stage, as the
  * shim captured it, for the macros of `main({ pipelineMacros })`. Wraps

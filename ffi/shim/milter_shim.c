@@ -7,10 +7,13 @@
  * it as plain function pointers from the JS side, and its callbacks are
  * declared here with void * for SMFICTX * and struct sockaddr *.
  *
- * Two jobs:
+ * Its jobs:
  * - milter_shim_start_main(): smfi_main on a detached thread of its own;
  * - milter_shim_wrap() and milter_shim_reply(): callbacks that answer later
- *   (a JS handler returns MILTER_SHIM_PENDING and replies when it knows).
+ *   (a JS handler returns MILTER_SHIM_PENDING and replies when it knows);
+ * - milter_shim_post(): writes to the MTA done by the connection's own thread;
+ * - milter_shim_bind_pipeline() and milter_shim_pipeline(): no-reply stages
+ *   answered at once, their calls queued for JS.
  *
  * Only the functions marked MILTER_SHIM_EXPORT are visible outside the object:
  * it is built with -fvisibility=hidden and a version script listing them
@@ -38,9 +41,9 @@
  * 1: milter_shim_abi, milter_shim_start_main.
  * 2: adds milter_shim_wrap, milter_shim_reply, milter_shim_pending.
  * 3: adds milter_shim_bind_writes, milter_shim_post.
- * 4: adds milter_shim_bind_pipeline, milter_shim_pipeline, milter_shim_take,
- *    milter_shim_done, milter_shim_take_batch, milter_shim_done_batch,
- *    milter_shim_symval, milter_shim_pipeline_stat.
+ * 4: adds milter_shim_bind_pipeline, milter_shim_pipeline,
+ *    milter_shim_take_batch, milter_shim_done_batch, milter_shim_symval,
+ *    milter_shim_pipeline_stat.
  */
 #define MILTER_SHIM_ABI 4
 
@@ -138,16 +141,6 @@ static void *shim_main_thread(void *arg)
 	return NULL;
 }
 
-/**
- * Starts a detached thread, with all signals blocked, that calls
- * `rc = main_fn()` and then `done(rc)` (done may be NULL). main_fn is meant
- * to be libmilter's smfi_main; done is typically a koffi-registered callback,
- * which koffi relays to the JavaScript thread.
- *
- * Returns 0 when the thread started, otherwise the error number of
- * pthread_create (or of the allocation or attribute setup: ENOMEM, EINVAL),
- * in which case neither function is called.
- */
 /*
  * Starts fn(arg) on a detached thread with every signal blocked and a stack
  * of at least SHIM_MIN_STACK. Returns 0, or the error number of the thread
@@ -502,9 +495,9 @@ enum {
  * arguments into a struct milter_shim_call, queue it, and answer
  * SMFIS_NOREPLY at once: libmilter reads on while JS catches up. A thread of
  * the shim's own (the pump) calls `bell`, a koffi-registered JS function,
- * whenever the queue is not empty; JS then takes calls (milter_shim_take),
- * runs them, and ends each with milter_shim_done, possibly later (an async
- * callback).
+ * whenever the queue is not empty; JS then takes calls in batches
+ * (milter_shim_take_batch), runs them, and gives each back with
+ * milter_shim_done_batch, possibly later (an async callback).
  *
  * Order: calls are taken in the order they were queued. Every other wrapper
  * call of a connection (eom, abort, close, an eoh that replies, ...) first
@@ -532,17 +525,15 @@ enum {
 #define CONN_BUCKETS 1024
 
 /**
- * A queued call as milter_shim_take() hands it to JS. The fields up to len
- * are part of the ABI (ffi/shim.ts reads them); the rest is the shim's.
+ * A queued call. JS sees its address and the fields up to len, as
+ * milter_shim_take_batch() writes them out.
  */
 struct milter_shim_call {
 	void *ctx;		/* the connection's SMFICTX */
 	int callback;		/* CB_header, CB_eoh or CB_body (struct smfiDesc order) */
-	int reserved;
 	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
 	unsigned char *bytes;	/* body: a copy of the chunk; NULL otherwise */
 	size_t len;		/* body: its length; 0 otherwise */
-	/* the shim's own */
 	struct milter_shim_call *next;
 	struct conn *conn;
 	struct snap *snap;	/* the macros captured for it (shared), NULL if none */
@@ -625,7 +616,6 @@ static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, cons
 	char *tail = (char *)(call + 1);
 	call->ctx = ctx;
 	call->callback = cb;
-	call->reserved = 0;
 	call->a = a != NULL ? memcpy(tail, a, la) : NULL;
 	call->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
 	call->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
@@ -902,24 +892,6 @@ MILTER_SHIM_EXPORT int milter_shim_pipeline(void *ctx, unsigned mask)
 	return 0;
 }
 
-/**
- * The next queued call, in the order queued, or NULL when none is: the JS
- * thread runs it and then gives it back with milter_shim_done(). Its fields
- * up to len, and the memory they point to, stay valid until then.
- */
-MILTER_SHIM_EXPORT struct milter_shim_call *milter_shim_take(void)
-{
-	pthread_mutex_lock(&pool_lock);
-	struct milter_shim_call *call = ready_head;
-	if (call != NULL) {
-		ready_head = call->next;
-		if (ready_head == NULL)
-			ready_tail = NULL;
-	}
-	pthread_mutex_unlock(&pool_lock);
-	return call;
-}
-
 /** How many uint64_t milter_shim_take_batch() writes per call. */
 #define SHIM_CALL_WORDS 7
 
@@ -928,6 +900,8 @@ MILTER_SHIM_EXPORT struct milter_shim_call *milter_shim_take(void)
  * writes SHIM_CALL_WORDS (7) words per call into `out`: the call's address
  * (for milter_shim_done_batch and milter_shim_symval), then its ctx,
  * callback, a, b, bytes and len fields. Returns how many calls it took.
+ * The JS thread runs each, then gives it back with milter_shim_done_batch();
+ * its fields, and the memory they point to, stay valid until then.
  */
 MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 {
@@ -954,7 +928,7 @@ MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 	return n;
 }
 
-/* Ends one call; pool_lock held. Returns the snapshot to free unlocked, if it was the last hold. */
+/* Ends one call; pool_lock held. Returns its snapshot when that was the last hold, for the caller to free. */
 static struct snap *call_end(struct milter_shim_call *call)
 {
 	struct conn *conn = call->conn;
@@ -967,8 +941,10 @@ static struct snap *call_end(struct milter_shim_call *call)
 }
 
 /**
- * milter_shim_done() for `n` calls at once, under one lock: `calls` holds
- * their addresses (as milter_shim_take_batch wrote them).
+ * Ends `n` calls that milter_shim_take_batch() gave, each once, when their
+ * callbacks are through: `calls` holds their addresses. Frees them and lets
+ * their connections' waiting wrappers (a full queue, or the next stage that
+ * replies) go on.
  */
 MILTER_SHIM_EXPORT void milter_shim_done_batch(const uint64_t *calls, int n)
 {
@@ -983,25 +959,9 @@ MILTER_SHIM_EXPORT void milter_shim_done_batch(const uint64_t *calls, int n)
 }
 
 /**
- * Ends a call that milter_shim_take() gave, once, when its callback is
- * through: frees it and lets its connection's waiting wrapper (a full queue,
- * or the next stage that replies) go on. NULL is ignored.
- */
-MILTER_SHIM_EXPORT void milter_shim_done(struct milter_shim_call *call)
-{
-	if (call == NULL)
-		return;
-	pthread_mutex_lock(&pool_lock);
-	struct snap *stale = call_end(call);
-	pthread_mutex_unlock(&pool_lock);
-	free(stale);
-	free(call);
-}
-
-/**
  * The value macro `index` of milter_shim_bind_pipeline()'s names had for a
- * call milter_shim_take() gave (what smfi_getsymval returned in its
- * wrapper), valid until milter_shim_done(); NULL when the MTA had not sent
+ * call milter_shim_take_batch() gave (what smfi_getsymval returned in its
+ * wrapper), valid until milter_shim_done_batch(); NULL when the MTA had not sent
  * it, or for an index out of range.
  */
 MILTER_SHIM_EXPORT const char *milter_shim_symval(const struct milter_shim_call *call, int index)
