@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { type FilterProcess, killAll, type SocketKind, startFilter } from "../helpers/filter.ts";
 import type { Runtime } from "../helpers/runtimes.ts";
 import { type Delivered, postfixMilterSpec, PrivatePostfix, stopAllPostfix } from "./postfix.ts";
-import { send } from "./smtp.ts";
+import { send, type Transaction } from "./smtp.ts";
 
 afterAll(async () => {
   await stopAllPostfix();
@@ -97,9 +97,18 @@ describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
     expect(postfix.delivered().some(bySubject(subject))).toBe(false);
   }
 
-  async function deliver(eom?: unknown, opts: { headers?: string[]; to?: string[] } = {}): Promise<Delivered> {
+  /** Sends one {@linkcode message} from Alice (to Bob, or `opts.to`): its subject and the SMTP transaction. */
+  async function transaction(
+    eom?: unknown,
+    opts: { headers?: string[]; to?: string[] } = {},
+  ): Promise<{ subject: string; tx: Transaction }> {
     const { subject, content } = message(eom, opts.headers);
     const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: opts.to ?? ["bob@example.net"], content });
+    return { subject, tx };
+  }
+
+  async function deliver(eom?: unknown, opts: { headers?: string[]; to?: string[] } = {}): Promise<Delivered> {
+    const { subject, tx } = await transaction(eom, opts);
     expect(tx.end?.code).toBe(250);
     return await postfix.waitForDelivery(bySubject(subject));
   }
@@ -148,8 +157,7 @@ describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
   });
 
   test("quarantine puts the message on hold", async () => {
-    const { subject, content } = message({ actions: [["quarantine", "suspicious attachment"]] });
-    const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ actions: [["quarantine", "suspicious attachment"]] });
     expect(tx.end?.code).toBe(250);
     const id = /queued as (\w+)/.exec(tx.end!.lines[0])![1];
     await expect.poll(async () => (await postfix.queue()).find((q) => q.queue_id === id)?.queue_name, {
@@ -163,23 +171,14 @@ describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
   });
 
   test("Reject with setreply at RCPT gives exactly that 5xx; the others still get the mail", async () => {
-    const { subject, content } = message();
-    const tx = await send(postfix.smtpPort, {
-      from: "alice@example.org",
-      to: ["blocked@example.net", "bob@example.net"],
-      content,
-    });
+    const { subject, tx } = await transaction(undefined, { to: ["blocked@example.net", "bob@example.net"] });
     expect(tx.rcpt[0]).toEqual({ code: 550, lines: ["550 5.7.1 no mail for blocked here"] });
     expect(tx.rcpt[1].code).toBe(250);
     expect((await postfix.waitForDelivery(bySubject(subject))).rcptTo).toEqual(["bob@example.net"]);
   });
 
   test("setmlreply with Reject at RCPT gives that multi-line 5xx", async () => {
-    const tx = await send(postfix.smtpPort, {
-      from: "alice@example.org",
-      to: ["policy@example.net"],
-      content: message().content,
-    });
+    const { tx } = await transaction(undefined, { to: ["policy@example.net"] });
     expect(tx.rcpt[0]).toEqual({
       code: 550,
       lines: ["550-5.7.26 unauthenticated mail is not accepted", "550 5.7.26 see RFC 7489"],
@@ -187,30 +186,21 @@ describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
   });
 
   test("setreply with Reject at end of message gives exactly that 5xx", async () => {
-    const tx = await send(postfix.smtpPort, {
-      from: "alice@example.org",
-      to: ["bob@example.net"],
-      content: message({ reply: ["554", "5.7.1", "message content rejected"], stat: "Reject" }).content,
-    });
+    const { tx } = await transaction({ reply: ["554", "5.7.1", "message content rejected"], stat: "Reject" });
     expect(tx.end).toEqual({ code: 554, lines: ["554 5.7.1 message content rejected"] });
   });
 
   test("Tempfail at RCPT gives 4xx", async () => {
-    const tx = await send(postfix.smtpPort, {
-      from: "alice@example.org",
-      to: ["busy@example.net"],
-      content: message().content,
-    });
+    const { tx } = await transaction(undefined, { to: ["busy@example.net"] });
     expect(tx.rcpt[0].code).toBe(451);
     expect(tx.rcpt[0].lines[0]).toMatch(/^451 4\.7\.1 /);
   });
 
   test("setmlreply with Reject at end of message gives that multi-line 5xx, and nothing is delivered", async () => {
-    const { subject, content } = message({
+    const { subject, tx } = await transaction({
       mlreply: ["554", "5.7.0", ["rejected by policy", "see https://example.org/why"]],
       stat: "Reject",
     });
-    const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
     expect(tx.end).toEqual({
       code: 554,
       lines: ["554-5.7.0 rejected by policy", "554 5.7.0 see https://example.org/why"],
@@ -219,17 +209,12 @@ describe.each<{ socket: SocketKind; async: boolean; pipelined?: Runtime }>([
   });
 
   test("Tempfail at end of message gives 4xx", async () => {
-    const tx = await send(postfix.smtpPort, {
-      from: "alice@example.org",
-      to: ["bob@example.net"],
-      content: message({ stat: "Tempfail" }).content,
-    });
+    const { tx } = await transaction({ stat: "Tempfail" });
     expect(tx.end?.code).toBe(451);
   });
 
   test("Discard is accepted over SMTP and never delivered", async () => {
-    const { subject, content } = message({ stat: "Discard" });
-    const tx = await send(postfix.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ stat: "Discard" });
     expect(tx.end?.code).toBe(250);
     const id = /queued as (\w+)/.exec(tx.end!.lines[0])![1];
     await droppedAtEom("discard", "milter triggers DISCARD action", subject, id);

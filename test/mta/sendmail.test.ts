@@ -140,17 +140,22 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
     return { subject, content: `${lines.join("\r\n")}\r\n\r\nHello Bob,\r\nthis is the body.\r\n` };
   }
 
-  function transaction(to: string[], eom?: Instruction, headers?: string[]): Promise<Transaction> {
-    return send(sendmail.smtpPort, { from: "alice@example.org", to, content: message(eom, headers).content });
-  }
-
-  async function deliver(eom?: Instruction, opts: { headers?: string[]; to?: string[] } = {}): Promise<Delivered> {
+  /** Sends one {@linkcode message} from Alice (to Bob, or `opts.to`): its subject and the SMTP transaction. */
+  async function transaction(
+    eom?: Instruction,
+    opts: { headers?: string[]; to?: string[] } = {},
+  ): Promise<{ subject: string; tx: Transaction }> {
     const { subject, content } = message(eom, opts.headers);
     const tx = await send(sendmail.smtpPort, {
       from: "alice@example.org",
       to: opts.to ?? ["bob@example.net"],
       content,
     });
+    return { subject, tx };
+  }
+
+  async function deliver(eom?: Instruction, opts: { headers?: string[]; to?: string[] } = {}): Promise<Delivered> {
+    const { subject, tx } = await transaction(eom, opts);
     expect(tx.end?.code, sendmail.stderr).toBe(250);
     return await sendmail.waitForDelivery(bySubject(subject));
   }
@@ -211,8 +216,7 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("quarantine keeps the message in Sendmail's queue with the reason; sendmail -qQ -qI<id> -Q releases it", async () => {
-    const { subject, content } = message({ actions: [["quarantine", "suspicious attachment"]] });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ actions: [["quarantine", "suspicious attachment"]] });
     expect(tx.end?.code).toBe(250);
     const id = queueId(tx);
     try {
@@ -235,12 +239,7 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("Reject with setreply at RCPT gives that 5xx; the others still get the mail", async () => {
-    const { subject, content } = message();
-    const tx = await send(sendmail.smtpPort, {
-      from: "alice@example.org",
-      to: ["blocked@example.net", "bob@example.net"],
-      content,
-    });
+    const { subject, tx } = await transaction(undefined, { to: ["blocked@example.net", "bob@example.net"] });
     // Sendmail puts the recipient before the filter's text.
     expect(tx.rcpt[0]).toEqual({ code: 550, lines: ["550 5.7.1 <blocked@example.net>... no mail for blocked here"] });
     expect(tx.rcpt[1].code).toBe(250);
@@ -248,7 +247,7 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("setmlreply with Reject at RCPT gives that multi-line 5xx", async () => {
-    const tx = await transaction(["policy@example.net"]);
+    const { tx } = await transaction(undefined, { to: ["policy@example.net"] });
     expect(tx.rcpt[0]).toEqual({
       code: 550,
       lines: ["550-5.7.26 <policy@example.net>... unauthenticated mail is not accepted", "550 5.7.26 see RFC 7489"],
@@ -256,23 +255,21 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("Tempfail at RCPT gives 4xx", async () => {
-    const tx = await transaction(["busy@example.net"]);
+    const { tx } = await transaction(undefined, { to: ["busy@example.net"] });
     expect(tx.rcpt[0]).toEqual({ code: 451, lines: ["451 4.3.2 Please try again later"] });
   });
 
   test("setreply with Reject at end of message gives exactly that 5xx, and nothing is delivered", async () => {
-    const { subject, content } = message({ reply: ["554", "5.7.1", "message content rejected"], stat: "Reject" });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ reply: ["554", "5.7.1", "message content rejected"], stat: "Reject" });
     expect(tx.end).toEqual({ code: 554, lines: ["554 5.7.1 message content rejected"] });
     nowhere(subject);
   });
 
   test("setmlreply with Reject at end of message gives that multi-line 5xx, and nothing is delivered", async () => {
-    const { subject, content } = message({
+    const { subject, tx } = await transaction({
       mlreply: ["554", "5.7.0", ["rejected by policy", "see https://example.org/why"]],
       stat: "Reject",
     });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
     expect(tx.end).toEqual({
       code: 554,
       lines: ["554-5.7.0 rejected by policy", "554 5.7.0 see https://example.org/why"],
@@ -281,23 +278,20 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("Tempfail at end of message gives 4xx, and nothing is delivered or queued", async () => {
-    const { subject, content } = message({ stat: "Tempfail" });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ stat: "Tempfail" });
     expect(tx.end).toEqual({ code: 451, lines: ["451 4.3.2 Please try again later"] });
     nowhere(subject);
   });
 
   test("Discard is accepted over SMTP and never delivered", async () => {
-    const { subject, content } = message({ stat: "Discard" });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ stat: "Discard" });
     expect(tx.end?.code).toBe(250);
     queueId(tx);
     nowhere(subject);
   });
 
   test("a callback that throws: 451 4.3.0, and nothing is delivered", async () => {
-    const { subject, content } = message({ throw: "the filter broke" });
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction({ throw: "the filter broke" });
     expect(tx.end).toEqual({ code: 451, lines: ["451 4.3.0 mail filter scripted failed; try again later"] });
     nowhere(subject);
     await filter.waitFor((e) => e.event === "reported" && e.cb === "eom" && e.message === "the filter broke");
@@ -312,8 +306,7 @@ describe.runIf(TREE).each<[SocketKind, "sync" | "async" | "pipelined", Runtime]>
   });
 
   test("the macros Sendmail sends reach getsymval, and i is the queue id Sendmail answers", async () => {
-    const { subject, content } = message();
-    const tx = await send(sendmail.smtpPort, { from: "alice@example.org", to: ["bob@example.net"], content });
+    const { subject, tx } = await transaction();
     const id = queueId(tx);
     const d = await sendmail.waitForDelivery(bySubject(subject));
     expect(header(d, "Received")[0]).toMatch(new RegExp(`with ESMTP id ${id}\\b`));
