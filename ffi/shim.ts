@@ -3,12 +3,13 @@
  * linux-x64 (glibc and musl) and linux-arm64 (glibc): finding the object for
  * this process, loading it with koffi, and its typed API.
  *
- * Its two jobs:
+ * Its jobs:
  *
- * - {@linkcode Shim.startMain} runs `smfi_main` on a detached thread of the
+ * - {@linkcode Shim.runMilter} runs `smfi_main` on a detached thread of the
  *   shim's own, where koffi's `.async` would occupy a thread of the runtime's
  *   worker pool that the runtime joins on exit (under Node, `process.exit()`
- *   then hangs for as long as the milter runs);
+ *   then hangs for as long as the milter runs), and once it returns lets no
+ *   thread call into JS any more ({@linkcode Shim.exit} likewise at exit);
  * - {@linkcode Shim.wrap} puts the shim's wrappers between libmilter and the
  *   JS callbacks, so that a callback can answer later: it returns
  *   {@linkcode Shim.pendingCode} and answers with {@linkcode Shim.reply}
@@ -27,7 +28,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 4;
+export const SHIM_ABI = 5;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -53,6 +54,28 @@ export interface Shim {
    * @throws {Error} when the thread cannot be started (the message carries the error number); `done` is then never called.
    */
   startMain(mainFn: bigint, done: (rc: number) => void): void;
+  /**
+   * {@linkcode startMain} for libmilter's `smfi_main`
+   * (`milter_shim_run_milter`): when it returns, the shim closes before
+   * `done` runs. No thread calls into JS from then on: the connections
+   * libmilter still serves are answered Tempfail with the `451 4.3.0` reply
+   * of {@linkcode bindWrites} (nothing at a no-reply stage: their message is
+   * answered so at its next replying stage), callbacks still waiting for a
+   * {@linkcode reply} are answered so at once, queued calls not taken are
+   * dropped, and the bell stops. `done` runs once every call into JS that
+   * was under way has returned.
+   *
+   * @throws {Error} as {@linkcode startMain}.
+   */
+  runMilter(mainFn: bigint, done: (rc: number) => void): void;
+  /**
+   * For the runtime's exit handler while `smfi_main` runs
+   * (`milter_shim_exit`): closes the shim for good, as {@linkcode runMilter}
+   * does, and `done` never runs. Should a thread be inside a call into JS
+   * then (blocked in koffi's relay, which the runtime is about to free), the
+   * process ends here with `_exit(code)`, before the runtime tears down.
+   */
+  exit(code: number): void;
   /**
    * What a wrapped handler returns to answer later, through {@linkcode reply}:
    * `MILTER_SHIM_PENDING`, 65536 (no libmilter status).
@@ -397,6 +420,8 @@ function load(): Shim | ShimUnavailable {
     return { reason: `the milter shim ${path} has ABI version ${abi}, this module needs ${SHIM_ABI}; ${rebuild}` };
   }
   let start: (mainFn: bigint, done: unknown) => number;
+  let runMilter: (mainFn: bigint, done: unknown) => number;
+  let exit: (code: number) => void;
   let doneType: TypeObject;
   let wrap: (js: (bigint | null)[], out: (bigint | null)[]) => number;
   let reply: (token: number, code: number) => number;
@@ -424,6 +449,8 @@ function load(): Shim | ShimUnavailable {
     // process do not declare the same type name twice.
     doneType = koffi.pointer(koffi.proto("void (int rc)"));
     start = lib.func("milter_shim_start_main", "int", ["void *", doneType]);
+    runMilter = lib.func("milter_shim_run_milter", "int", ["void *", doneType]);
+    exit = lib.func("void milter_shim_exit(int code)");
     // koffi copies a JS array into a C array for a pointer parameter, and
     // back into the same JS array for an _Out_ one.
     wrap = lib.func("int milter_shim_wrap(void **js, _Out_ void **out)");
@@ -551,44 +578,60 @@ function load(): Shim | ShimUnavailable {
       return { bytes, peakBytes, waits, connections, rings, calls };
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
-      // A timer holds the event loop open until done runs: nothing else
-      // would while the thread runs, and a loop that ran dry would end the
-      // process with the milter in it (and koffi's relay of done with it).
-      const keepAlive = setInterval(() => {}, 1 << 30);
-      const release = (): void => {
-        koffi.unregister(registered);
-        clearInterval(keepAlive);
-      };
-      // Runs on the JS thread while the shim's thread waits for it to
-      // return. The slot is released, and done called, from a fresh task:
-      // after koffi is through with the slot, and where done may throw like
-      // any other JS code.
-      const relay = (rc: number): void => {
-        setTimeout(() => {
-          release();
-          done(rc);
-        }, 0);
-      };
-      let registered: bigint;
-      try {
-        registered = koffi.register(relay, doneType);
-      } catch (error) {
-        clearInterval(keepAlive);
-        throw error;
-      }
-      let rc: number;
-      try {
-        rc = start(mainFn, registered);
-      } catch (error) {
-        release();
-        throw error;
-      }
-      if (rc !== 0) {
-        release();
-        throw new Error(`milter_shim_start_main: cannot start the thread (error ${errnoName(rc)})`);
-      }
+      startOnThread(start, "milter_shim_start_main", mainFn, done);
+    },
+    runMilter(mainFn: bigint, done: (rc: number) => void): void {
+      startOnThread(runMilter, "milter_shim_run_milter", mainFn, done);
+    },
+    exit(code: number): void {
+      exit(code);
     },
   };
+
+  /** {@linkcode Shim.startMain} through `start`, the shim's function named `name`. */
+  function startOnThread(
+    start: (mainFn: bigint, done: unknown) => number,
+    name: string,
+    mainFn: bigint,
+    done: (rc: number) => void,
+  ): void {
+    // A timer holds the event loop open until done runs: nothing else
+    // would while the thread runs, and a loop that ran dry would end the
+    // process with the milter in it (and koffi's relay of done with it).
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    const release = (): void => {
+      koffi.unregister(registered);
+      clearInterval(keepAlive);
+    };
+    // Runs on the JS thread while the shim's thread waits for it to
+    // return. The slot is released, and done called, from a fresh task:
+    // after koffi is through with the slot, and where done may throw like
+    // any other JS code.
+    const relay = (rc: number): void => {
+      setTimeout(() => {
+        release();
+        done(rc);
+      }, 0);
+    };
+    let registered: bigint;
+    try {
+      registered = koffi.register(relay, doneType);
+    } catch (error) {
+      clearInterval(keepAlive);
+      throw error;
+    }
+    let rc: number;
+    try {
+      rc = start(mainFn, registered);
+    } catch (error) {
+      release();
+      throw error;
+    }
+    if (rc !== 0) {
+      release();
+      throw new Error(`${name}: cannot start the thread (error ${errnoName(rc)})`);
+    }
+  }
 }
 
 /**

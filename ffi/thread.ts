@@ -30,6 +30,13 @@ export interface BlockingCalls {
    * @throws {Error} (as a rejection) when no thread could be started for it.
    */
   run(symbol: BlockingSymbol): Promise<number>;
+  /**
+   * For the runtime's exit handler while `smfi_main` runs: from now on no
+   * libmilter thread calls into JS, and should one be inside such a call,
+   * the process ends at once with `code` (see `Shim.exit`). Does nothing
+   * without the shim.
+   */
+  onExit(code: number): void;
 }
 
 /**
@@ -49,12 +56,16 @@ export function blockingCalls(
     const reason = "reason" in shim
       ? shim.reason
       : `the addresses of smfi_main and smfi_stop in ${path} are out of reach (no dlsym)`;
-    return { thread: { kind: "worker", reason }, run: onWorker };
+    return { thread: { kind: "worker", reason }, run: onWorker, onExit: () => {} };
   }
   const { smfi_main, smfi_stop } = addresses;
   return {
     thread: { kind: "shim", path: shim.path },
+    // smfi_main through runMilter: once it returns, no libmilter thread calls into JS.
     run: (symbol) =>
-      new Promise<number>((resolve) => shim.startMain(symbol === "smfi_main" ? smfi_main : smfi_stop, resolve)),
+      new Promise<number>((resolve) =>
+        symbol === "smfi_main" ? shim.runMilter(smfi_main, resolve) : shim.startMain(smfi_stop, resolve)
+      ),
+    onExit: (code) => shim.exit(code),
   };
 }

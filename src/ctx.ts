@@ -8,12 +8,23 @@
  * usable exactly while one of its own callbacks runs on the JS thread;
  * anything else raises {@linkcode MilterError} before C is called.
  *
+ * The Ctx is one object per connection, but each use belongs to one call of
+ * one callback (an {@linkcode Invocation}): the callback's code runs in an
+ * async context (`AsyncLocalStorage`) that names its invocation, and every
+ * timer, Promise reaction and await continuation it starts carries that
+ * context along. A use whose context names an invocation that is over (a
+ * Promise still running after its callback timed out, a timer set by an
+ * earlier callback) is refused, whatever callback the connection runs by
+ * then, and reported.
+ *
  * @module
  */
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
-import { describe, fail } from "./error.ts";
+import { describe, fail, milterError } from "./error.ts";
+import { report } from "./report.ts";
 
 /** The callbacks of a filter, in `struct smfiDesc` order. */
 export const CALLBACK_NAMES = [
@@ -59,12 +70,22 @@ export class Ctx {
   }
 }
 
+/** One call of one callback of a connection: its Ctx's uses are valid until it is over. */
+export interface Invocation {
+  readonly session: Session;
+  readonly callback: CallbackName;
+  /** Set when the callback has answered (its Promise settled or timed out): its code's uses are refused. */
+  over: boolean;
+}
+
 /** What the binding keeps per connection. */
 export interface Session {
   readonly ptr: Pointer;
   readonly ctx: Ctx;
   /** The callback running for this connection now, or `null` between callbacks. */
   callback: CallbackName | null;
+  /** The call of {@linkcode Session.callback} running now, `null` between callbacks. */
+  invocation: Invocation | null;
   /** Set once `close` has returned (or main has ended); the pointer is then dead. */
   closed: boolean;
   /** The private data of `setpriv`, `null` when none. */
@@ -112,6 +133,7 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
       ptr,
       ctx: new Ctx(TOKEN, nextId++),
       callback: null,
+      invocation: null,
       closed: false,
       priv: null,
       actions,
@@ -127,7 +149,20 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
     byCtx.set(session.ctx, session);
   }
   session.callback = callback;
+  session.invocation = { session, callback, over: false };
   return session;
+}
+
+/** The async context of a callback's code: the invocation its Ctx uses belong to. */
+const invocations = new AsyncLocalStorage<Invocation>();
+
+/**
+ * Runs `fn` (a callback's code) in the async context of the session's
+ * current invocation: what it starts (timers, Promise reactions, awaits)
+ * keeps that context, so {@linkcode active} tells its later uses of the Ctx.
+ */
+export function runInvocation<T>(session: Session, fn: () => T): T {
+  return session.invocation === null ? fn() : invocations.run(session.invocation, fn);
 }
 
 /** The open session of the connection at `ptr`, if any. */
@@ -142,6 +177,8 @@ export function isOpen(ptr: Pointer): boolean {
 
 /** Marks the callback of `session` as returned. */
 export function leave(session: Session): void {
+  if (session.invocation !== null) session.invocation.over = true;
+  session.invocation = null;
   session.callback = null;
   session.raw = [];
   session.token = -1;
@@ -186,6 +223,8 @@ export function active(fn: string, ctx: unknown): Session {
   const session = ctx instanceof Ctx ? byCtx.get(ctx) : undefined;
   if (!session) fail(fn, `expected the Ctx passed to a callback, got ${describe(ctx)}`);
   if (session.closed) fail(fn, `${session.ctx} belongs to a connection that has closed`);
+  const from = invocations.getStore();
+  if (from !== undefined && from.session === session && from.over) stale(fn, from);
   if (session.callback === null) {
     fail(
       fn,
@@ -194,4 +233,22 @@ export function active(fn: string, ctx: unknown): Session {
     );
   }
   return session;
+}
+
+/**
+ * Refuses a use of the Ctx by code that its callback left running after
+ * it answered, and reports it: the exception may well go nowhere (into an
+ * abandoned Promise). The reporter runs outside that code's context.
+ *
+ * @throws {MilterError} always.
+ */
+function stale(fn: string, from: Invocation): never {
+  const error = milterError(
+    fn,
+    `${from.session.ctx} is used by code its ${from.callback} callback left running (a Promise that ` +
+      "outlived its callback's answer or callbackTimeout, or a timer), after that callback had answered; " +
+      "a callback's uses of the Ctx end with its answer",
+  );
+  invocations.exit(() => report(error, { callback: from.callback, ctx: from.session.ctx, kind: "stale" }));
+  throw error;
 }

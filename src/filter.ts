@@ -41,13 +41,14 @@ import {
   isOpen,
   leave,
   release,
+  runInvocation,
   type Session,
   sessionAt,
 } from "./ctx.ts";
 import { describe, fail, isThenable, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import { report } from "./report.ts";
+import { report, reportFor } from "./report.ts";
 import { writeStderr } from "./runtime.ts";
 import {
   decodeMask,
@@ -203,6 +204,8 @@ interface Registration {
   readonly callbacks: Readonly<Partial<Record<CallbackName, Callback>>>;
   /** The NO* steps of the stages the filter has no callback for. */
   readonly absentSteps: number;
+  /** Whether libmilter calls negotiate (see {@linkcode wanted}): every connection then starts there. */
+  readonly negotiates: boolean;
 }
 
 let registration: Registration | null = null;
@@ -260,6 +263,8 @@ function readFilter(filter: unknown): Registration {
     flags: encodeMask(FLAG_BITS, flags as Flag[]),
     callbacks: Object.freeze(callbacks),
     absentSteps: encodeMask(STEP_BITS, absent),
+    // See wanted(): negotiate comes first when the filter has one, or no connect callback.
+    negotiates: callbacks.negotiate !== undefined || callbacks.connect === undefined,
   });
 }
 
@@ -275,7 +280,7 @@ function readFilter(filter: unknown): Registration {
 function wanted(r: Registration, name: CallbackName): boolean {
   if (r.callbacks[name]) return true;
   if (name === "close") return true;
-  if (name === "negotiate") return !r.callbacks.connect;
+  if (name === "negotiate") return r.negotiates;
   if (name === "eom" || name === "abort") return r.callbacks.negotiate !== undefined;
   return false;
 }
@@ -313,6 +318,7 @@ export function register(filter: Filter): void {
     );
   }
   registration = r;
+  reportFor(r.name);
   lib.later?.bindWrites(failureReply(r.name), writeFailed);
 }
 
@@ -334,7 +340,7 @@ function writeFailed(ptr: Pointer, write: string): void {
         "libmilter refused it or could not send it to the MTA (the connection failed or timed out); " +
           "the message was answered Tempfail",
       ),
-      { callback: "eom", filter: registration.name, ctx: session.ctx, kind: "exception" },
+      { callback: "eom", ctx: session.ctx, kind: "exception" },
     );
   } finally {
     session.callback = null;
@@ -479,16 +485,18 @@ function dispatch(
   const r = registration!;
   const opening = !isOpen(ptr);
   const session = enter(ptr, callback, r.flags);
-  if (opening && callback !== "negotiate") resumeNegotiated(session, r);
+  const resumed = !opening || resumeNegotiated(session, callback, r);
   session.token = token;
   session.queued = queued;
   let answer: number;
   try {
     // A connection that starts while main is stopping is refused at its
-    // first callback (negotiate or connect), so the MTA tempfails it.
+    // first callback (negotiate or connect), so the MTA tempfails it; so is
+    // a session whose connection's negotiation was lost.
     if (opening && lifecycle.phase !== "running" && callback !== "close") answer = SMFIS_TEMPFAIL;
+    else if (!resumed) answer = refuseUnnegotiated(session, callback, r);
     else {
-      const result = owed(session, callback, r.name) ?? body(session, r);
+      const result = owed(session, callback, r.name) ?? runInvocation(session, () => body(session, r));
       if (typeof result !== "number") return answerLater(session, callback, token, result, queued);
       answer = result;
     }
@@ -499,19 +507,33 @@ function dispatch(
   return answer;
 }
 
+/** Refuses a session whose connection's negotiation was dropped (see resumeNegotiated): 451 4.3.0, and says why. */
+function refuseUnnegotiated(session: Session, callback: CallbackName, r: Registration): number {
+  reportInternal(
+    `${callback} of ${session.ctx}`,
+    new Error(
+      `a session after SMFIC_QUIT_NC whose connection's negotiation is no longer kept (over ${keptBound} ` +
+        "connections closed meanwhile); refused",
+    ),
+  );
+  return tempfail(session.ptr, r.name);
+}
+
 /** What a failed callback answers, reported while its Ctx is still usable. */
 function failure(session: Session, callback: CallbackName, error: unknown): number {
   const r = registration!;
   const answer = answerFailure(session, callback, r.name);
   const kind = kindOf(error);
-  report(error, { callback, filter: r.name, ctx: session.ctx, kind });
+  report(error, { callback, ctx: session.ctx, kind });
   return answer;
 }
 
 /** Ends a callback: its Ctx is unusable until the next one, and for good after close. */
 function end(session: Session, callback: CallbackName): void {
   leave(session);
-  if (callback === "close") release(session);
+  if (callback !== "close") return;
+  keepNegotiated(session, registration!);
+  release(session);
 }
 
 /**
@@ -783,22 +805,61 @@ function readSockAddr(ptr: Pointer | null): SockAddr | null {
 }
 
 /**
- * What the connection at each context address last negotiated. After
- * `SMFIC_QUIT_NC` (end of an SMTP session, the milter connection kept for
- * the next) libmilter calls close, then starts the next session at connect
- * under the same negotiation: that session resumes it here. A fresh
- * connection negotiates first, so a reused address never resumes another
- * connection's answer. One entry per address ever negotiated on.
+ * What the connections whose session just closed had negotiated, by context
+ * address. After `SMFIC_QUIT_NC` (end of an SMTP session, the milter
+ * connection kept for the next) libmilter calls close, then starts the next
+ * session at connect under the same negotiation: that session takes it back
+ * from here. A connection that really ended leaves its entry behind (nothing
+ * tells the two closes apart), so an entry goes when the next callback at its
+ * address comes (a fresh connection there negotiates first), and the oldest
+ * go past {@linkcode KEPT_NEGOTIATIONS}.
  */
-const negotiatedAt = new Map<Pointer, { readonly actions: number; readonly noReply: number }>();
+const closedNegotiations = new Map<Pointer, { readonly actions: number; readonly noReply: number }>();
 
-/** A session that starts without negotiate (after SMFIC_QUIT_NC) takes its connection's negotiation back. */
-function resumeNegotiated(session: Session, r: Registration): void {
-  const negotiated = negotiatedAt.get(session.ptr);
-  if (negotiated === undefined) return;
+/**
+ * The most entries {@linkcode closedNegotiations} keeps: more than the
+ * connections one process serves at once (koffi's relay bounds them near
+ * 4,060), so only a connection idle after QUIT_NC while this many others
+ * closed loses its entry, and its next session is refused (below).
+ */
+const KEPT_NEGOTIATIONS = 16_384;
+let keptBound = KEPT_NEGOTIATIONS;
+
+/**
+ * @internal How many negotiations {@linkcode closedNegotiations} holds now,
+ * after setting its bound to `bound` when given: for tests.
+ */
+export function keptNegotiations(bound?: number): number {
+  if (bound !== undefined) keptBound = bound;
+  return closedNegotiations.size;
+}
+
+/** Keeps a closing session's negotiation for a next session on its connection (after SMFIC_QUIT_NC). */
+function keepNegotiated(session: Session, r: Registration): void {
+  if (!r.negotiates) return;
+  closedNegotiations.delete(session.ptr); // re-inserted last: the Map's order is the age
+  closedNegotiations.set(session.ptr, { actions: session.actions, noReply: session.noReply });
+  if (closedNegotiations.size > keptBound) {
+    closedNegotiations.delete(closedNegotiations.keys().next().value!);
+  }
+}
+
+/**
+ * Opens a session: negotiate starts a fresh connection; any other first
+ * callback starts a next session after SMFIC_QUIT_NC, which takes its
+ * connection's negotiation back. Returns `false` when that negotiation is
+ * lost (see {@linkcode KEPT_NEGOTIATIONS}): what the MTA expects no reply to
+ * is then unknown, and the session is refused.
+ */
+function resumeNegotiated(session: Session, callback: CallbackName, r: Registration): boolean {
+  const negotiated = closedNegotiations.get(session.ptr);
+  closedNegotiations.delete(session.ptr);
+  if (callback === "negotiate" || !r.negotiates) return true;
+  if (negotiated === undefined) return IGNORED_ANSWER.has(callback);
   session.actions = negotiated.actions;
   session.noReply = negotiated.noReply;
   pipelineStages(session, r);
+  return true;
 }
 
 /** Validates negotiate's answer and writes it to libmilter's output words. */
@@ -824,7 +885,6 @@ function answerNegotiate(
   session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
   // With All, libmilter ignores the returned steps: no stage is no-reply.
   session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
-  negotiatedAt.set(session.ptr, { actions: session.actions, noReply: session.noReply });
   pipelineStages(session, r);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   // The NO* steps of absent callbacks only where the MTA offers them, as libmilter does without a
@@ -855,7 +915,8 @@ function guarded<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K
 /** Reports a failure of the binding itself, outside any callback's context; never throws. */
 function reportInternal(where: string, error: unknown): void {
   try {
-    writeStderr(`milter: the binding failed in ${where} and answered Tempfail: ${describe(error)}`);
+    const why = error instanceof Error ? error.message : describe(error);
+    writeStderr(`milter: the binding failed in ${where} and answered Tempfail: ${why}`);
   } catch {
     // stderr is gone
   }

@@ -16,7 +16,7 @@ import { abandonPending, isRegistered, startPipeline } from "./filter.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
-import { connectTo, onStopSignals, writeStderr } from "./runtime.ts";
+import { connectTo, exitOnFatalErrors, onProgramExit, onStopSignals, writeStderr } from "./runtime.ts";
 
 function beforeMain(fn: string): void {
   if (lifecycle.phase !== "idle") fail(fn, "must be called before main");
@@ -408,11 +408,17 @@ function start(options: MainOptions): Promise<void> {
     throw error;
   }
   lifecycle.phase = "running";
+  // A program that ends while main runs (process.exit, an uncaught exception) ends with its own code:
+  // libmilter's threads, still serving connections, must not call into the runtime as it tears down.
+  const removeExit = onProgramExit((code) => lib.blocking.onExit(code));
+  const removeFatal = exitOnFatalErrors();
   warnWithoutShim(lib);
   const watch = watchLibmilterStop(lib);
   return new Promise<void>((resolve, reject) => {
     const done = async (error: unknown, rc: number): Promise<void> => {
       clearInterval(watch);
+      removeExit(); // no libmilter thread calls into JS any more (see BlockingCalls.run)
+      removeFatal();
       lifecycle.phase = "stopped";
       stopRequested?.();
       removeSignals();

@@ -26,9 +26,13 @@ export interface ErrorInfo {
    * `"exception"` when the callback threw or its Promise rejected,
    * `"bad-return"` when it answered something that is not a valid answer,
    * `"timeout"` when its Promise was still pending at `callbackTimeout` (or
-   * when libmilter stopped).
+   * when libmilter stopped), `"stale"` when code the callback left running
+   * (its Promise after it had answered or timed out, a timer it set) used
+   * the Ctx afterwards: the use raised `MilterError` and reached nothing; the
+   * callback's answer had gone out already, and `ctx` is usable here only
+   * while a callback of that connection runs.
    */
-  readonly kind: "exception" | "bad-return" | "timeout";
+  readonly kind: "exception" | "bad-return" | "timeout" | "stale";
 }
 
 /** A function that receives callback failures. */
@@ -70,7 +74,17 @@ export function setErrorReporter(fn: ErrorReporter | null): void {
 }
 
 /** Reports one failure; never throws. */
-export function report(error: unknown, info: ErrorInfo): void {
+/** The registered filter's name, for {@linkcode ErrorInfo.filter}. */
+let filterName = "";
+
+/** Names the filter in what {@linkcode report} reports (once, when it registers). */
+export function reportFor(name: string): void {
+  filterName = name;
+}
+
+/** Hands a failure to the reporter; never throws. */
+export function report(error: unknown, failure: Omit<ErrorInfo, "filter">): void {
+  const info: ErrorInfo = { ...failure, filter: filterName };
   try {
     reporter(error, info);
   } catch (reporterError) {

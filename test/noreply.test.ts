@@ -44,6 +44,8 @@ describe("NR_HDR and NR_RCPT negotiated; envrcpt, header and eom present", () =>
     // macros that no longer ask header to throw) is the filter's again.
     const next = await client.message(MESSAGE, { envfrom: script({ header: {} }) });
     expect(next.reply).toEqual({ action: "continue" });
+    // The eom event comes on the filter's stdout, the reply on its socket: wait for the event.
+    await filter.waitFor((e) => e.cb === "eom" && e.ctx === ctx);
     expect(filter.eventsOf(ctx).filter((e) => e.cb === "eom")).toHaveLength(1);
     client.quit();
   });

@@ -8,7 +8,10 @@
  * declared here with void * for SMFICTX * and struct sockaddr *.
  *
  * Its jobs:
- * - milter_shim_start_main(): smfi_main on a detached thread of its own;
+ * - milter_shim_run_milter(): smfi_main on a detached thread of its own,
+ *   and no call into JS once it has returned (milter_shim_exit() likewise
+ *   when the program ends first);
+ * - milter_shim_start_main(): smfi_stop (any int (void)) on such a thread;
  * - milter_shim_wrap() and milter_shim_reply(): callbacks that answer later
  *   (a JS handler returns MILTER_SHIM_PENDING and replies when it knows);
  * - milter_shim_post(): writes to the MTA done by the connection's own thread;
@@ -33,6 +36,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MILTER_SHIM_EXPORT __attribute__((visibility("default")))
 
@@ -44,8 +48,10 @@
  * 4: adds milter_shim_bind_pipeline, milter_shim_pipeline,
  *    milter_shim_take_batch, milter_shim_done_batch, milter_shim_symval,
  *    milter_shim_pipeline_stat.
+ * 5: adds milter_shim_run_milter, milter_shim_exit; a wrapper that cannot
+ *    call JS sets the 451 4.3.0 reply of milter_shim_bind_writes.
  */
-#define MILTER_SHIM_ABI 4
+#define MILTER_SHIM_ABI 5
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -92,6 +98,7 @@ SHIM_PIN(calloc);
 SHIM_PIN(free);
 SHIM_PIN(strlen);
 SHIM_PIN(memcpy);
+SHIM_PIN(_exit);
 SHIM_PIN_COND(pthread_cond_init);
 SHIM_PIN_COND(pthread_cond_wait);
 SHIM_PIN_COND(pthread_cond_signal);
@@ -104,6 +111,63 @@ SHIM_PIN_COND(pthread_cond_destroy);
  * anything else. Returns MILTER_SHIM_ABI.
  */
 MILTER_SHIM_EXPORT int milter_shim_abi(void) { return MILTER_SHIM_ABI; }
+
+/*
+ * One lock guards all the shared state of the shim: the closing state below,
+ * the slot pool, the writes posted, and the pipeline's queues. It is never
+ * held while JS runs.
+ */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+/*
+ * Closing: once smfi_main has returned, or the program is ending, no thread
+ * of libmilter's or the shim's may call into JS any more: the runtime may be
+ * tearing down, and a call into it then aborts the process (koffi relays
+ * each call through a threadsafe function that the runtime frees at exit).
+ * `closed` says how far: SHIM_OPEN; SHIM_CLOSED after smfi_main returned
+ * (only milter_shim_run_milter's own `done` still goes to JS); SHIM_EXITING
+ * when the program ends (nothing goes to JS). `in_js` counts the threads
+ * inside a call into JS (a handler, the bell, on_failure, done), each
+ * counted from before the check that let it in until it returned; `js_left`
+ * is broadcast when it drops to 0 while closed. Both under pool_lock.
+ */
+enum { SHIM_OPEN, SHIM_CLOSED, SHIM_EXITING };
+static int closed;
+static int in_js;
+static pthread_cond_t js_left = PTHREAD_COND_INITIALIZER;
+
+/* Counts the calling thread into JS and returns 1, or returns 0 when closing forbids it. pool_lock held. */
+static int js_enter_locked(int level)
+{
+	if (closed >= level)
+		return 0;
+	in_js++;
+	return 1;
+}
+
+/* The calling thread is back from JS. pool_lock held. */
+static void js_leave_locked(void)
+{
+	if (--in_js == 0 && closed != SHIM_OPEN)
+		pthread_cond_broadcast(&js_left);
+}
+
+/* js_enter_locked, taking the lock. */
+static int js_enter(int level)
+{
+	pthread_mutex_lock(&pool_lock);
+	int ok = js_enter_locked(level);
+	pthread_mutex_unlock(&pool_lock);
+	return ok;
+}
+
+/* js_leave_locked, taking the lock. */
+static void js_leave(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	js_leave_locked();
+	pthread_mutex_unlock(&pool_lock);
+}
+
 
 /* ---- smfi_main on a thread of its own ------------------------------------
  *
@@ -129,15 +193,22 @@ MILTER_SHIM_EXPORT int milter_shim_abi(void) { return MILTER_SHIM_ABI; }
 struct shim_main {
 	int (*main_fn)(void);
 	void (*done)(int rc);
+	int close; /* milter_shim_run_milter: close the shim when main_fn returns */
 };
+
+static void shim_close(int level);
 
 static void *shim_main_thread(void *arg)
 {
 	struct shim_main job = *(struct shim_main *)arg;
 	free(arg);
 	int rc = job.main_fn();
-	if (job.done != NULL)
+	if (job.close)
+		shim_close(SHIM_CLOSED);
+	if (job.done != NULL && js_enter(SHIM_EXITING)) {
 		job.done(rc);
+		js_leave();
+	}
 	return NULL;
 }
 
@@ -178,6 +249,23 @@ static int start_detached(void *(*fn)(void *), void *arg)
 	return err;
 }
 
+/* milter_shim_start_main(), closing the shim before done when `close` is set. */
+static int start_main(int (*main_fn)(void), void (*done)(int rc), int close)
+{
+	if (main_fn == NULL)
+		return EINVAL;
+	struct shim_main *job = malloc(sizeof *job);
+	if (job == NULL)
+		return ENOMEM;
+	job->main_fn = main_fn;
+	job->done = done;
+	job->close = close;
+	int err = start_detached(shim_main_thread, job);
+	if (err != 0)
+		free(job);
+	return err;
+}
+
 /**
  * Starts a detached thread, with all signals blocked, that calls
  * `rc = main_fn()` and then `done(rc)` (done may be NULL). main_fn is meant
@@ -190,18 +278,25 @@ static int start_detached(void *(*fn)(void *), void *arg)
  */
 MILTER_SHIM_EXPORT int milter_shim_start_main(int (*main_fn)(void), void (*done)(int rc))
 {
-	if (main_fn == NULL)
-		return EINVAL;
+	return start_main(main_fn, done, 0);
+}
 
-	struct shim_main *job = malloc(sizeof *job);
-	if (job == NULL)
-		return ENOMEM;
-	job->main_fn = main_fn;
-	job->done = done;
-	int err = start_detached(shim_main_thread, job);
-	if (err != 0)
-		free(job);
-	return err;
+/**
+ * milter_shim_start_main() for libmilter's smfi_main: when main_fn returns,
+ * the shim closes before `done` is called. From then on no thread calls into
+ * JS: a wrapper answers without it (Tempfail with the 451 4.3.0 reply of
+ * milter_shim_bind_writes; nothing at a no-reply stage, whose message is
+ * answered so at its next replying stage; abort and close are ignored), a
+ * wrapper waiting for a reply gets that answer now, queued calls not taken
+ * are dropped, and the pump stops. `done` is called once every call into JS
+ * that was under way has returned; the connections libmilter still serves
+ * after smfi_main has returned never reach JS again.
+ *
+ * Returns what milter_shim_start_main() returns.
+ */
+MILTER_SHIM_EXPORT int milter_shim_run_milter(int (*main_fn)(void), void (*done)(int rc))
+{
+	return start_main(main_fn, done, 1);
 }
 
 /* ---- Callbacks that answer later ------------------------------------------
@@ -283,47 +378,63 @@ struct slot {
 	void *ctx;		  /* the wrapper call's SMFICTX */
 	struct op *head, *tail;	  /* writes posted and not done yet, in order */
 	int failed;		  /* OP_* of the first write libmilter refused, 0 if none */
+	int refused;		  /* the reply came from shim_close(), not from JS */
 };
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct slot *pool_blocks[SHIM_MAX_BLOCKS];
 static uint32_t pool_size;	    /* slots created so far */
 static struct slot *pool_free;	    /* LIFO: a synchronous caller keeps reusing a warm slot */
 static int pool_waiting;	    /* slots in SLOT_WAITING: milter_shim_pending() */
 static int wrapped;		    /* milter_shim_wrap() has run */
 
-/* Takes a slot for one wrapper call (in SLOT_CALLING, with a new generation); NULL when none can be had. */
-static struct slot *slot_take(void)
+/* A slot off the free list, or a new one; NULL at SHIM_MAX_SLOTS or when memory runs out. pool_lock held. */
+static struct slot *slot_alloc_locked(void)
 {
-	pthread_mutex_lock(&pool_lock);
 	struct slot *slot = pool_free;
 	if (slot != NULL) {
 		pool_free = slot->next_free;
-	} else if (pool_size < SHIM_MAX_SLOTS) {
-		uint32_t index = pool_size;
-		struct slot *block = pool_blocks[index / SHIM_BLOCK_SLOTS];
-		if (block == NULL) {
-			/* Every slot of a new block goes through here in order: it is initialised once, in full. */
-			block = malloc(SHIM_BLOCK_SLOTS * sizeof *block);
-			if (block != NULL) {
-				for (uint32_t i = 0; i < SHIM_BLOCK_SLOTS; i++) {
-					block[i].generation = 0;
-					block[i].next_free = NULL;
-					block[i].index = index + i;
-					block[i].state = SLOT_FREE;
-					block[i].code = 0;
-					block[i].ctx = NULL;
-					block[i].head = block[i].tail = NULL;
-					block[i].failed = 0;
-					pthread_cond_init(&block[i].answered, NULL);
-				}
-				pool_blocks[index / SHIM_BLOCK_SLOTS] = block;
-			}
+		return slot;
+	}
+	if (pool_size >= SHIM_MAX_SLOTS)
+		return NULL;
+	uint32_t index = pool_size;
+	struct slot *block = pool_blocks[index / SHIM_BLOCK_SLOTS];
+	if (block == NULL) {
+		/* Every slot of a new block goes through here in order: it is initialised once, in full. */
+		block = malloc(SHIM_BLOCK_SLOTS * sizeof *block);
+		if (block == NULL)
+			return NULL;
+		for (uint32_t i = 0; i < SHIM_BLOCK_SLOTS; i++) {
+			block[i].generation = 0;
+			block[i].next_free = NULL;
+			block[i].index = index + i;
+			block[i].state = SLOT_FREE;
+			block[i].code = 0;
+			block[i].ctx = NULL;
+			block[i].head = block[i].tail = NULL;
+			block[i].failed = 0;
+			block[i].refused = 0;
+			pthread_cond_init(&block[i].answered, NULL);
 		}
-		if (block != NULL) {
-			slot = &block[index % SHIM_BLOCK_SLOTS];
-			pool_size++;
-		}
+		pool_blocks[index / SHIM_BLOCK_SLOTS] = block;
+	}
+	pool_size++;
+	return &block[index % SHIM_BLOCK_SLOTS];
+}
+
+/*
+ * Takes a slot for one wrapper call (in SLOT_CALLING, with a new generation)
+ * and counts the thread into JS; NULL when none can be had, or when the shim
+ * is closed (no call into JS then).
+ */
+static struct slot *slot_take(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	struct slot *slot = NULL;
+	if (js_enter_locked(SHIM_CLOSED)) {
+		slot = slot_alloc_locked();
+		if (slot == NULL)
+			js_leave_locked(); /* the wrapper answers without JS */
 	}
 	if (slot != NULL) {
 		slot->generation = slot->generation < SHIM_MAX_GENERATION ? slot->generation + 1 : 1;
@@ -374,6 +485,15 @@ static void *write_fns[SHIM_OPS];
 static char *failure_text;
 static void (*on_failure)(void *ctx, int kind);
 
+/* Sets the 451 4.3.0 reply of milter_shim_bind_writes for the connection at ctx, where it can. */
+static void set_failure_reply(void *ctx)
+{
+	int (*setreply)(void *, char *, char *, char *) =
+		(int (*)(void *, char *, char *, char *))write_fns[OP_setreply - 1];
+	if (setreply != NULL && failure_text != NULL)
+		setreply(ctx, "451", "4.3.0", failure_text);
+}
+
 /* Does one write on the calling thread; returns libmilter's result (0 = MI_SUCCESS). */
 static int op_run(void *ctx, const struct op *op)
 {
@@ -412,6 +532,7 @@ static int op_run(void *ctx, const struct op *op)
 static int slot_finish(struct slot *slot, int rc)
 {
 	pthread_mutex_lock(&pool_lock);
+	js_leave_locked(); /* the handler has returned */
 	for (;;) {
 		struct op *op = slot->head;
 		if (op != NULL) {
@@ -439,22 +560,23 @@ static int slot_finish(struct slot *slot, int rc)
 		}
 		pthread_cond_wait(&slot->answered, &pool_lock);
 	}
-	int failed = slot->failed;
+	int failed = slot->failed, refused = slot->refused;
 	void *ctx = slot->ctx;
 	/* A reply that came while the handler ran, and the handler then answered at once: the handler wins. */
 	slot->state = SLOT_FREE;
 	slot->failed = 0;
+	slot->refused = 0;
 	slot->ctx = NULL;
 	slot->next_free = pool_free;
 	pool_free = slot;
 	pthread_mutex_unlock(&pool_lock);
+	if (failed || refused)
+		set_failure_reply(ctx);
 	if (failed) {
-		int (*setreply)(void *, char *, char *, char *) =
-			(int (*)(void *, char *, char *, char *))write_fns[OP_setreply - 1];
-		if (setreply != NULL && failure_text != NULL)
-			setreply(ctx, "451", "4.3.0", failure_text);
-		if (on_failure != NULL)
+		if (on_failure != NULL && js_enter(SHIM_CLOSED)) {
 			on_failure(ctx, failed);
+			js_leave();
+		}
 		rc = SHIM_SMFIS_TEMPFAIL;
 	}
 	return rc;
@@ -682,6 +804,11 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	}
 	struct milter_shim_call *call = NULL;
 	struct snap *fresh = NULL, *stale = NULL;
+	if ((conn->mask & 1u << cb) && closed != SHIM_OPEN) {
+		/* Nothing runs it any more: answered as no reply, the message is tempfailed at its next replying stage. */
+		pthread_mutex_unlock(&pool_lock);
+		return 1;
+	}
 	if (conn->mask & 1u << cb) {
 		/*
 		 * Copied and captured unlocked. conn stays, and so do its mask and
@@ -703,7 +830,7 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		/* Any other callback: macros may come before the next pipelined call. */
 		stale = snap_drop(conn->snap);
 		conn->snap = NULL;
-		CONN_WAIT_WHILE(conn, conn->calls > 0);
+		CONN_WAIT_WHILE(conn, conn->calls > 0 && closed == SHIM_OPEN);
 		pthread_mutex_unlock(&pool_lock);
 		free(stale);
 		return 0;
@@ -713,7 +840,16 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		call->snap->refs++;
 	if (conn->calls > 0 && conn->bytes + call->size > pipe_bound) {
 		stat_waits++;
-		CONN_WAIT_WHILE(conn, conn->calls > 0 && conn->bytes + call->size > pipe_bound);
+		CONN_WAIT_WHILE(conn, conn->calls > 0 && conn->bytes + call->size > pipe_bound && closed == SHIM_OPEN);
+	}
+	if (closed != SHIM_OPEN) {
+		/* Closed while it waited for room: not queued, answered as no reply (see above). */
+		struct snap *last = snap_drop(call->snap);
+		pthread_mutex_unlock(&pool_lock);
+		free(last);
+		free(stale);
+		free(call);
+		return 1;
 	}
 	call->conn = conn;
 	stat_queued++;
@@ -759,20 +895,24 @@ static void pipeline_forget(void *ctx)
 	}
 }
 
-/* The pump: rings the bell whenever calls are queued, until the process ends. */
+/* The pump: rings the bell whenever calls are queued, until the shim closes. */
 static void *pump_thread(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&pool_lock);
 	for (;;) {
-		while (ready_head == NULL)
+		while (ready_head == NULL && closed == SHIM_OPEN)
 			pthread_cond_wait(&pump_wake, &pool_lock);
+		if (!js_enter_locked(SHIM_CLOSED))
+			break;
 		stat_rings++;
 		pthread_mutex_unlock(&pool_lock);
 		/* Relayed to the JS thread; returns once JS has taken what it will take this time. */
 		pipe_bell();
 		pthread_mutex_lock(&pool_lock);
+		js_leave_locked();
 	}
+	pthread_mutex_unlock(&pool_lock);
 	return NULL;
 }
 
@@ -998,6 +1138,23 @@ MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
  */
 static void *js_handlers[SHIM_CALLBACKS];
 
+/*
+ * The answer of a wrapper that cannot call JS: no slot could be had, or the
+ * shim is closed. Never an accept: Tempfail with the 451 4.3.0 reply (after
+ * negotiate, Tempfail refuses the connection, and the MTA applies its
+ * default action); at a stage negotiated as no reply libmilter sends
+ * nothing, and the next stage that replies is answered the same way. The
+ * answers of abort and close are ignored.
+ */
+static int answer_without_js(void *ctx, int cb)
+{
+	if (cb == CB_abort || cb == CB_close)
+		return 0; /* SMFIS_CONTINUE */
+	if (cb != CB_negotiate)
+		set_failure_reply(ctx);
+	return SHIM_SMFIS_TEMPFAIL;
+}
+
 #define SHIM_WRAPPER(name, queued, args, ...)                                    \
 	typedef int js_##name##_fn(__VA_ARGS__, int64_t token);                   \
 	static int wrap_##name(__VA_ARGS__)                                       \
@@ -1006,11 +1163,13 @@ static void *js_handlers[SHIM_CALLBACKS];
 			return SHIM_SMFIS_NOREPLY;                                \
 		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
 		struct slot *slot = slot_take();                                  \
-		int rc = SHIM_SMFIS_TEMPFAIL;                                     \
+		int rc;                                                           \
 		if (slot != NULL) {                                               \
 			int64_t token = slot_token(slot);                         \
 			slot->ctx = ctx;                                          \
 			rc = slot_finish(slot, js args);                          \
+		} else {                                                          \
+			rc = answer_without_js(ctx, CB_##name);                   \
 		}                                                                 \
 		if (CB_##name == CB_close)                                        \
 			pipeline_forget(ctx);                                     \
@@ -1226,4 +1385,73 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 	if (rc != 0)
 		free(op);
 	return rc;
+}
+
+/* ---- Closing -------------------------------------------------------------
+ *
+ * See `closed` above. shim_close() is the one mechanism; milter_shim_run_milter
+ * and milter_shim_exit are its two callers.
+ */
+
+/*
+ * Closes the shim to `level`: no thread enters JS any more (but for
+ * run_milter's done while only SHIM_CLOSED). Every wrapper waiting for a
+ * reply is answered (answer_without_js's answer, set by slot_finish), queued
+ * calls not taken are dropped (their connections' wrappers go on), every
+ * wrapper waiting on its connection's queue and the pump are woken. With
+ * SHIM_CLOSED, also waits until no thread is inside JS: the JS thread is
+ * free meanwhile, and answers those calls. Returns how many threads are
+ * still inside JS (0 after SHIM_CLOSED).
+ */
+static void shim_close(int level)
+{
+	pthread_mutex_lock(&pool_lock);
+	if (closed < level)
+		closed = level;
+	for (uint32_t i = 0; i < pool_size; i++) {
+		struct slot *slot = &pool_blocks[i / SHIM_BLOCK_SLOTS][i % SHIM_BLOCK_SLOTS];
+		if (slot->state != SLOT_WAITING)
+			continue;
+		slot->state = SLOT_ANSWERED;
+		slot->code = SHIM_SMFIS_TEMPFAIL;
+		slot->refused = 1;
+		pool_waiting--;
+		pthread_cond_signal(&slot->answered);
+	}
+	struct milter_shim_call *dropped = ready_head;
+	ready_head = ready_tail = NULL;
+	for (struct milter_shim_call *call = dropped; call != NULL; call = call->next)
+		call->snap = call_end(call); /* kept to free below, unlocked */
+	for (int b = 0; b < CONN_BUCKETS; b++)
+		for (struct conn *conn = conns[b]; conn != NULL; conn = conn->next)
+			pthread_cond_broadcast(&conn->changed);
+	pthread_cond_broadcast(&pump_wake);
+	if (level == SHIM_CLOSED)
+		while (in_js > 0)
+			pthread_cond_wait(&js_left, &pool_lock);
+	pthread_mutex_unlock(&pool_lock);
+	while (dropped != NULL) {
+		struct milter_shim_call *next = dropped->next;
+		free(dropped->snap);
+		free(dropped);
+		dropped = next;
+	}
+}
+
+/**
+ * For the program's exit (a runtime's exit handler, on the JS thread): closes
+ * the shim for good, so that no thread calls into JS from now on, not even
+ * milter_shim_run_milter's done. A thread already inside a call into JS is
+ * blocked in the runtime's relay, or about to enter it, and the runtime is
+ * about to free that relay: when there is one, the process ends here with
+ * _exit(code), before the runtime tears down under it. Returns otherwise.
+ */
+MILTER_SHIM_EXPORT void milter_shim_exit(int code)
+{
+	shim_close(SHIM_EXITING);
+	pthread_mutex_lock(&pool_lock);
+	int inside = in_js;
+	pthread_mutex_unlock(&pool_lock);
+	if (inside > 0)
+		_exit(code);
 }
