@@ -3,15 +3,16 @@
  * socket from MILTER_SOCKET) and driven as an MTA would drive it.
  */
 
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import process from "node:process";
 import { afterAll, afterEach, describe, expect, test } from "vitest";
 import type { MilterClient, Reply } from "../src/testing/mod.ts";
 import { Step } from "../mod.ts";
 import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
-import { ROOT, type Runtime } from "./helpers/runtimes.ts";
+import { command, ROOT, type Runtime } from "./helpers/runtimes.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "milter-examples-"));
 afterEach(killAll);
@@ -19,6 +20,30 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function example(name: string, env: Record<string, string> = {}, runtime?: Runtime): Promise<FilterProcess> {
   return startFilter({ fixture: `../../examples/${name}.ts`, readyWhen: "listening", env, runtime });
+}
+
+/**
+ * Starts an example that must refuse its settings: resolves with its exit
+ * code and stderr once it exits (a filter that starts listening instead
+ * never exits, and fails the test at its timeout).
+ */
+function refused(name: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
+  const [cmd, args] = command("node", join(ROOT, `examples/${name}.ts`));
+  const spec = `unix:${join(dir, `${name}-refused.sock`)}`;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, MILTER_SOCKET: spec, ...env } });
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (text: string) => stderr += text);
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stderr }));
+  });
+}
+
+/** A setting refused: exit code 78 and one line naming it, no stack trace. */
+function expectRefusal(result: { code: number | null; stderr: string }, ...mentions: string[]): void {
+  expect(result.code).toBe(78);
+  expect(result.stderr.trimEnd().split("\n")).toHaveLength(1);
+  for (const text of mentions) expect(result.stderr).toContain(text);
 }
 
 /** A client past connect and HELO. */
@@ -118,6 +143,27 @@ describe("alias", () => {
     const plain = await client.message(message({ rcpt: ["<carol@example.org>"] }));
     expect(plain.modifications).toEqual([]); // the previous message's list does not leak into this one
     client.quit();
+  });
+
+  test.each([
+    ["a string where a list belongs", { "sales@example.org": "alice@example.org" }, '"sales@example.org"', "list"],
+    ["an empty list", { "sales@example.org": [] }, '"sales@example.org"', "non-empty list"],
+    ["a target that is no address", { "sales@example.org": ["alice"] }, '"sales@example.org"', '"alice"'],
+    ["a target that would break out of <>", { "s@example.org": ["a@x>\r\nRCPT"] }, '"s@example.org"', "not an address"],
+    ["a key that is no address", { "<sales@example.org>": ["a@example.org"] }, '"<sales@example.org>"', "address"],
+    ["a key given twice", { "s@example.org": ["a@x.org"], "S@Example.org": ["b@x.org"] }, '"S@Example.org"', "twice"],
+    ["a list, not an object", [["s@example.org", ["a@x.org"]]], "aliases.json", "JSON object"],
+  ])("a table with %s stops the filter at start, naming the key", async (_name, table, key, why) => {
+    const aliases = join(dir, "aliases.json");
+    writeFileSync(aliases, JSON.stringify(table));
+    expectRefusal(await refused("alias", { ALIASES: aliases }), key, why);
+  });
+
+  test("a file that is not JSON, or is missing, stops the filter with one line, not a stack", async () => {
+    const broken = join(dir, "broken.json");
+    writeFileSync(broken, '{"sales@example.org": ["alice@example.org"');
+    expectRefusal(await refused("alias", { ALIASES: broken }), "broken.json is not JSON");
+    expectRefusal(await refused("alias", { ALIASES: join(dir, "absent.json") }), "cannot read", "absent.json");
   });
 });
 
@@ -248,6 +294,13 @@ describe("ratelimit", () => {
     expect((await fresh.message(message({}))).reply.action).toBe("continue");
     fresh.quit();
   });
+
+  test.each(["5O", "1e3", "0", ""])(
+    "MAX_RECIPIENTS=%j stops the filter at start instead of letting every recipient through",
+    async (value) => {
+      expectRefusal(await refused("ratelimit", { MAX_RECIPIENTS: value }), `MAX_RECIPIENTS=${JSON.stringify(value)}`);
+    },
+  );
 });
 
 describe("the systemd unit", () => {
