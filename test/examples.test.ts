@@ -211,6 +211,41 @@ describe("rules", () => {
     expect((await client.message(message({}))).reply.action).toBe("continue");
     client.quit();
   });
+
+  const REFUSED_SUBJECT = "554 5.7.1 message refused: subject matches our content policy";
+  /** The last reply to a message with this Subject, on a new connection of `filter`. */
+  async function subject(filter: FilterProcess, value: string): Promise<string | undefined> {
+    const client = await session(filter);
+    const result = await client.message(message({ headers: [["Subject", value]] }));
+    client.quit();
+    return result.reply.text ?? result.reply.action;
+  }
+
+  test("the subject rule matches the subject as a reader sees it, however it is written", async () => {
+    const filter = await example("rules");
+    const forms = {
+      folded: "Cheap\n pills today",
+      "folded with CRLF, as Sendmail sends it": "Cheap\r\n\tpills",
+      "with a double space": "Cheap  pills",
+      "as a base64 encoded word": "=?UTF-8?B?Q2hlYXAgcGlsbHM=?=",
+      "as Q encoded words split across a fold": "=?utf-8?Q?Ch?=\n =?utf-8?Q?eap=20?= pills",
+      "with a no-break space": "=?UTF-8?Q?Cheap=C2=A0pills?=",
+      "with a zero-width space": "Cheap \u200bpills",
+      "in full-width letters": "Ｃｈｅａｐ ｐｉｌｌｓ",
+    };
+    for (const [form, value] of Object.entries(forms)) {
+      expect(await subject(filter, value), form).toBe(REFUSED_SUBJECT);
+    }
+    // and decoding makes no match of what does not say it
+    expect(await subject(filter, "=?UTF-8?B?Q2hlYXAgcGlsbG93cw==?=")).toBe("continue"); // "Cheap pillows"
+    expect(await subject(filter, "=?x-unknown?B?%%%?= pills")).toBe("continue");
+  });
+
+  test.each(["deno", "bun"] as const)("runs the same under %s, npm package included", async (runtime) => {
+    const filter = await example("rules", {}, runtime);
+    expect(await subject(filter, "=?UTF-8?B?Q2hlYXAgcGlsbHM=?=")).toBe(REFUSED_SUBJECT);
+    expect(await subject(filter, "hello")).toBe("continue");
+  });
 });
 
 describe("attachments", () => {
