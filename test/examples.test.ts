@@ -302,6 +302,137 @@ describe("attachments", () => {
     expect(await push(client, "AAAA\r\n", top)).toEqual(["blocked attachment disk.iso"]);
     client.quit();
   });
+
+  /** The quarantine reasons of one message, its body sent as an MTA sends it (chunks of up to 64 KiB). */
+  async function whole(client: MilterClient, body: string, top = headers): Promise<string[]> {
+    const result = await client.message(message({ headers: top, body }));
+    expect(result.reply.action).toBe("continue");
+    return result.modifications.flatMap((m) => m.type === "quarantine" ? [m.reason] : []);
+  }
+
+  test("a name hidden by encoding is found however it is written", async () => {
+    const client = await session(await example("attachments"));
+    const forms = {
+      "RFC 2231 continuations": ['Content-Disposition: attachment; filename*0="evil"; filename*1=".exe"'],
+      "RFC 2231 continuations, percent-encoded": [
+        "Content-Disposition: attachment;",
+        " filename*0*=utf-8''ev%69l; filename*1*=.%45xe",
+      ],
+      "an RFC 2047 encoded word": ['Content-Disposition: attachment; filename="=?UTF-8?B?ZXZpbC5leGU=?="'],
+      "a trailing dot": ['Content-Disposition: attachment; filename="evil.exe."'],
+      "trailing dots and spaces": ['Content-Disposition: attachment; filename="evil.exe . "'],
+      "a second Content-Type": ['Content-Type: application/x-msdownload; name="evil.exe"'],
+      "Content-Type name, while the disposition names a PDF": [
+        'Content-Disposition: attachment; filename="invoice.pdf"',
+        'Content-Type: application/octet-stream; name="evil.exe"',
+      ],
+    };
+    for (const [form, lines] of Object.entries(forms)) {
+      expect(await whole(client, multipart(lines)), form).toEqual([
+        expect.stringMatching(/^blocked attachment evil\.exe[ .]*$/i),
+      ]);
+    }
+    client.quit();
+  });
+
+  test("a part-header line longer than a body chunk hides no name, before or after it", async () => {
+    const client = await session(await example("attachments"));
+    const pad = `x-pad="${"a".repeat(100_000)}"`; // over one 65,535-byte chunk, and the old 8 KiB carry
+    for (const line of [`filename="evil.exe"; ${pad}`, `${pad}; filename="evil.exe"`]) {
+      const reasons = await whole(client, multipart([`Content-Disposition: attachment; ${line}`]));
+      expect(reasons).toEqual(["blocked attachment evil.exe"]);
+    }
+    client.quit();
+  });
+
+  test("a Latin-1 RFC 2231 name is decoded and passes (it threw URIError: 451 on every attempt)", async () => {
+    const client = await session(await example("attachments"));
+    const lines = ["Content-Disposition: attachment; filename*=iso-8859-1''r%E9sum%E9.pdf"];
+    const result = await client.message(message({ headers, body: multipart(lines) }));
+    expect(result.reply).toEqual({ action: "continue" });
+    expect(result.modifications).toEqual([]);
+    expect(await whole(client, multipart(["Content-Type: x/y; name*=iso-8859-1''d%E9j%E0.EXE"]))).toEqual([
+      "blocked attachment déjà.EXE",
+    ]);
+    client.quit();
+  });
+
+  /** A message/rfc822 part (its header lines, an empty line, its content) holding `inner`. */
+  const rfc822 = (inner: string, partHeaders: string[] = []): string =>
+    ["Content-Type: message/rfc822", ...partHeaders, "", inner].join("\r\n");
+  /** A message whose one part is `part`, under `boundary`. */
+  const around = (part: string, boundary: string): string =>
+    [
+      `Subject: ${boundary}`,
+      `Content-Type: multipart/mixed; boundary="${boundary}"`,
+      "",
+      `--${boundary}`,
+      part,
+      `--${boundary}--`,
+      "",
+    ]
+      .join("\r\n");
+  /** The quarantine reasons of a message whose one part is `part`. */
+  const sendPart = (client: MilterClient, part: string): Promise<string[]> =>
+    whole(client, `--b1\r\n${part}\r\n--b1--\r\n`);
+  const ATTACHED = ["Content-Disposition: attachment"];
+
+  test("a name in a forwarded message (message/rfc822) is found, attached, encoded or nested", async () => {
+    const client = await session(await example("attachments"));
+    const inner = ["Subject: fwd", 'Content-Type: a/b; name="x.js"', "", "x"].join("\r\n");
+    const base64 = btoa(inner).replace(/.{76}/g, "$&\r\n");
+    const forms = {
+      inline: rfc822(inner, ["Content-Disposition: inline"]),
+      "as an attachment": rfc822(inner, ATTACHED),
+      "base64-encoded": rfc822(base64, [...ATTACHED, "Content-Transfer-Encoding: base64"]),
+      "three deep": rfc822(around(rfc822(around(rfc822(inner, ATTACHED), "b3"), ATTACHED), "b2"), ATTACHED),
+    };
+    for (const [form, part] of Object.entries(forms)) {
+      expect(await sendPart(client, part), form).toEqual(["blocked attachment x.js"]);
+    }
+    client.quit();
+  });
+
+  test("messages attached more than 8 deep are quarantined unchecked", async () => {
+    const client = await session(await example("attachments"));
+    let part = rfc822("Subject: innermost\r\n\r\nhello", ATTACHED);
+    for (let depth = 2; depth <= 10; depth++) part = rfc822(around(part, `b${depth}x`), ATTACHED);
+    expect(await sendPart(client, part)).toEqual(["MIME structure not checked: messages attached more than 8 deep"]);
+    client.quit();
+  });
+
+  test("a message the parser refuses (a part header over 1 MiB) is quarantined, not let through", async () => {
+    const client = await session(await example("attachments"));
+    const lines = Array.from({ length: 20_000 }, (_, i) => `X-Filler-${i}: ${"f".repeat(60)}`);
+    const reasons = await whole(client, multipart([...lines, 'Content-Disposition: attachment; filename="a.pdf"']));
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toMatch(/^MIME structure not checked: .*header/i);
+    client.quit();
+  });
+
+  test("a 20 MB message costs the filter no more memory than a small one", async () => {
+    const filter = await example("attachments");
+    const client = await session(filter);
+    const peak = (): number =>
+      Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${filter.child.pid}/status`, "utf8"))![1]) * 1024;
+    expect(await whole(client, multipart(['Content-Disposition: attachment; filename="small.pdf"']))).toEqual([]);
+    const before = peak();
+    const line = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n";
+    const attachment = line.repeat(Math.ceil(20_000_000 / line.length));
+    const body = multipart(['Content-Disposition: attachment; filename="big.pdf"']).replace(/TVqQ.*\r\n/, attachment);
+    expect(await whole(client, body)).toEqual([]);
+    expect(peak() - before).toBeLessThan(48 * 1024 * 1024); // the message itself is 20 MB
+    client.quit();
+  });
+
+  test.each(["deno", "bun"] as const)("runs the same under %s, npm packages included", async (runtime) => {
+    const client = await session(await example("attachments", {}, runtime));
+    const lines = ['Content-Disposition: attachment; filename*0="evil"; filename*1=".exe"'];
+    expect(await whole(client, multipart(lines))).toEqual(["blocked attachment evil.exe"]);
+    expect(await whole(client, multipart(["Content-Disposition: attachment; filename*=iso-8859-1''r%E9sum%E9.pdf"])))
+      .toEqual([]);
+    client.quit();
+  });
 });
 
 describe("ratelimit", () => {
