@@ -4,9 +4,9 @@
  */
 
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import process from "node:process";
 import { afterAll, afterEach, describe, expect, test } from "vitest";
 import type { MilterClient, Reply } from "../src/testing/mod.ts";
@@ -470,6 +470,10 @@ describe("ratelimit", () => {
 });
 
 describe("the systemd unit", () => {
+  const unit = readFileSync(join(ROOT, "examples/milter-stamp.service"), "utf8");
+  /** The value of `key=` in the unit (the last, as systemd takes it for a single-valued key). */
+  const setting = (key: string): string => [...unit.matchAll(new RegExp(`^${key}=(.*)$`, "gm"))].at(-1)![1];
+
   /** What `systemd-analyze verify` says of a unit file (it exits 0 even on unknown keys). */
   const verify = (text: string): string => {
     const file = join(dir, "milter-stamp.service");
@@ -479,9 +483,38 @@ describe("the systemd unit", () => {
   };
 
   test("examples/milter-stamp.service passes systemd-analyze verify, and a typo would not", () => {
-    const unit = readFileSync(join(ROOT, "examples/milter-stamp.service"), "utf8");
     expect(verify(unit)).toBe("");
     expect(verify(unit.replace("Type=simple", "Tpye=simple"))).toContain("Unknown key 'Tpye'");
     expect(unit).toContain("ExecStart=/usr/bin/node --import tsx examples/stamp.ts");
+  });
+
+  test("systemd-analyze security rates its sandbox OK (exposure under 2.0), and V8 keeps its W+X memory", () => {
+    const file = join(dir, "milter-stamp.service");
+    writeFileSync(file, unit);
+    const report = execFileSync("systemd-analyze", ["security", "--offline=true", file], { encoding: "utf8" });
+    const [, exposure, rating] = /Overall exposure level for milter-stamp\.service: ([\d.]+) (\w+)/.exec(report)!;
+    expect(Number(exposure)).toBeLessThan(2.0);
+    expect(rating).toBe("OK");
+    expect(unit).not.toMatch(/^MemoryDenyWriteExecute=/m); // V8 compiles into memory it writes
+  });
+
+  test("its user comes from examples/milter-stamp.sysusers, which systemd-sysusers takes", () => {
+    const root = join(dir, "sysroot");
+    mkdirSync(join(root, "etc/sysusers.d"), { recursive: true });
+    copyFileSync(join(ROOT, "examples/milter-stamp.sysusers"), join(root, "etc/sysusers.d/milter.conf"));
+    execFileSync("systemd-sysusers", [`--root=${root}`], { stdio: "ignore" });
+    const passwd = readFileSync(join(root, "etc/passwd"), "utf8");
+    expect(passwd).toMatch(new RegExp(`^${setting("User")}:x:\\d+:\\d+:.*:/usr/sbin/nologin$`, "m"));
+  });
+
+  test("the main.cf line finds the socket from Debian's chrooted smtpd, in a directory the sandbox may write", () => {
+    const queue = /= (.*)/.exec(execFileSync("postconf", ["-d", "queue_directory"], { encoding: "utf8" }))![1].trim();
+    const socket = setting("Environment").replace(/^MILTER_SOCKET=unix:/, "");
+    const inChroot = /^#\s+smtpd_milters = unix:(\S+)$/m.exec(unit)![1];
+    expect(join(queue, inChroot)).toBe(socket); // smtpd, chrooted in the queue directory, sees it there
+    expect(unit).toContain(`ReadWritePaths=${dirname(socket)}`);
+    expect(unit).toContain(
+      `ExecStartPre=+/usr/bin/install -d -o ${setting("User")} -g postfix -m 2750 ${dirname(socket)}`,
+    );
   });
 });
