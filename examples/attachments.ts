@@ -123,9 +123,10 @@ function parser(scan: Scan, depth: number): Splitter {
       endAttached(); // a new part: the previous one is over
       scan.found ??= blockedName(chunk);
       attachedMessage = chunk.messageNode === false ? opened(scan, chunk, depth + 1) : null;
-    } else if (attachedMessage && !attachedMessage.write(chunk.value)) {
+    } else if (attachedMessage?.writable && !attachedMessage.write(chunk.value)) {
       splitter.pause(); // the attached message's parser is behind: so is this one
-      attachedMessage.once("drain", () => splitter.resume());
+      const resume = (): void => void splitter.resume();
+      attachedMessage.once("drain", resume).once("close", resume); // closed: its parser gave up
     }
   });
   return splitter;
@@ -138,7 +139,10 @@ function opened(scan: Scan, node: MimeNode, depth: number): Writable | null {
     return null;
   }
   const decoder = node.getDecoder();
-  decoder.pipe(parser(scan, depth));
+  const nested = parser(scan, depth);
+  decoder.on("error", (error: Error) => void (scan.failed ??= error.message));
+  finished(nested).catch(() => decoder.destroy()); // the attached message's parser gave up: so does its decoder
+  decoder.pipe(nested);
   return decoder;
 }
 

@@ -393,6 +393,17 @@ describe("attachments", () => {
     client.quit();
   });
 
+  test("an attached message the parser refuses is quarantined too, at once", async () => {
+    const client = await session(await example("attachments"));
+    const filler = Array.from({ length: 20_000 }, (_, i) => `X-Filler-${i}: ${"f".repeat(60)}`).join("\r\n");
+    const started = Date.now();
+    const body = `${"b".repeat(76)}\r\n`.repeat(80_000); // 6 MB more after the header it refuses
+    const reasons = await sendPart(client, rfc822(`Subject: inner\r\n${filler}\r\n\r\n${body}`, ATTACHED));
+    expect(reasons).toEqual([expect.stringMatching(/^MIME structure not checked: .*header/i)]);
+    expect(Date.now() - started).toBeLessThan(5000); // not the callback timeout
+    client.quit();
+  });
+
   test("messages attached more than 8 deep are quarantined unchecked", async () => {
     const client = await session(await example("attachments"));
     let part = rfc822("Subject: innermost\r\n\r\nhello", ATTACHED);
