@@ -7,6 +7,13 @@
  *
  *   aliases.json: { "sales@example.org": ["alice@example.org", "bob@example.org"] }
  *
+ * The table is checked when the filter starts. A file that is not JSON, a
+ * key that is not an address or is given twice, or a value that is not a
+ * non-empty list of addresses (`"alice@example.org"` where
+ * `["alice@example.org"]` belongs) stops the filter with one line naming the
+ * file and the key (exit code 78). An address here is `local@domain` without
+ * angle brackets, white space or control characters.
+ *
  * MILTER_SOCKET sets the socket (default inet:8890@127.0.0.1). Postfix, in
  * main.cf:
  *
@@ -18,12 +25,53 @@
 import { readFileSync } from "node:fs";
 import process from "node:process";
 import * as Milter from "../mod.ts";
+import { fail } from "./settings.ts";
+
+/** `local@domain`: one `@`, something on each side, no brackets, white space or control characters. */
+const ADDRESS = /^[^\s\p{Cc}<>@]+@[^\s\p{Cc}<>@]+$/u;
+
+/** The contents of `file` as JSON; stops the filter when it cannot be read or parsed. */
+function readJson(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    return fail(`cannot read ALIASES=${file}: ${(error as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    return fail(`ALIASES=${file} is not JSON: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * The alias table in `file`: address (lower case) → its replacements. Stops
+ * the filter, naming the key, at the first entry that is not an address
+ * mapped to a non-empty list of addresses.
+ */
+function loadAliases(file: string): Map<string, string[]> {
+  const table = readJson(file);
+  if (typeof table !== "object" || table === null || Array.isArray(table)) {
+    fail(`ALIASES=${file} must hold one JSON object mapping addresses to lists of addresses`);
+  }
+  const aliases = new Map<string, string[]>();
+  for (const [from, to] of Object.entries(table)) {
+    const where = `ALIASES=${file}: ${JSON.stringify(from)}`;
+    if (!ADDRESS.test(from)) fail(`${where} is not an address (local@domain)`);
+    if (!Array.isArray(to) || to.length === 0) {
+      fail(`${where} must map to a non-empty list of addresses, got ${JSON.stringify(to)}`);
+    }
+    const bad = to.find((target) => typeof target !== "string" || !ADDRESS.test(target));
+    if (bad !== undefined) fail(`${where} maps to ${JSON.stringify(bad)}, which is not an address (local@domain)`);
+    if (aliases.has(from.toLowerCase())) fail(`${where} is given twice (addresses are compared in lower case)`);
+    aliases.set(from.toLowerCase(), to);
+  }
+  return aliases;
+}
 
 /** address (lower case, no angle brackets) → its replacements. */
-const aliases = new Map<string, string[]>(
-  Object.entries(JSON.parse(readFileSync(process.env.ALIASES ?? "aliases.json", "utf8")) as Record<string, string[]>)
-    .map(([from, to]) => [from.toLowerCase(), to]),
-);
+const aliases = loadAliases(process.env.ALIASES ?? "aliases.json");
 
 /** `<Bob@Example.org>` → `bob@example.org`. */
 const bare = (address: string): string => address.replace(/^<|>$/g, "").toLowerCase();

@@ -10,10 +10,14 @@
  *   CLASSIFIER_URL=http://127.0.0.1:8000/classify npx tsx examples/classify.ts
  *   deno run --allow-ffi --allow-env --allow-net examples/classify.ts      (or: bun examples/classify.ts)
  *
- * CLASSIFIER_TIMEOUT: milliseconds for the whole request (default 5000).
- * MAX_MESSAGE_BYTES: how much of a message is sent (default 1 MiB; the rest
- * is cut off, as spam scanners do). MILTER_SOCKET sets the socket (default
- * inet:8890@127.0.0.1). Postfix, in main.cf:
+ * CLASSIFIER_TIMEOUT: milliseconds for the whole request (default 5000, at
+ * most 7000: below the callback timeout). MAX_MESSAGE_BYTES: how much of a
+ * message is sent (default 1 MiB; the rest is cut off, as spam scanners do).
+ * Both are whole numbers; anything else stops the filter at start (exit code
+ * 78). The service's answer is read up to MAX_ANSWER_BYTES (64 KiB): a
+ * longer one, or one that never ends, is an error like any other bad answer
+ * (451), and costs no more memory than that. MILTER_SOCKET sets the socket
+ * (default inet:8890@127.0.0.1). Postfix, in main.cf:
  *
  *   smtpd_milters = inet:127.0.0.1:8890
  *   milter_default_action = tempfail
@@ -21,12 +25,15 @@
 
 import process from "node:process";
 import * as Milter from "../mod.ts";
+import { positiveInteger } from "./settings.ts";
 
 const CLASSIFIER_URL = process.env.CLASSIFIER_URL ?? "http://127.0.0.1:8000/classify";
-/** The bound of one request: well below main's callbackTimeout, so that the filter answers, not the deadline. */
-const CLASSIFIER_TIMEOUT = Number(process.env.CLASSIFIER_TIMEOUT ?? 5000);
 const CALLBACK_TIMEOUT = 8; // seconds
-const MAX_MESSAGE_BYTES = Number(process.env.MAX_MESSAGE_BYTES ?? 1024 * 1024);
+/** The bound of one request: below main's callbackTimeout, so that the filter answers, not the deadline. */
+const CLASSIFIER_TIMEOUT = positiveInteger("CLASSIFIER_TIMEOUT", 5000, CALLBACK_TIMEOUT * 1000 - 1000);
+const MAX_MESSAGE_BYTES = positiveInteger("MAX_MESSAGE_BYTES", 1024 * 1024);
+/** The most of the service's answer that is read: a verdict is a few dozen bytes. */
+const MAX_ANSWER_BYTES = 64 * 1024;
 
 /** The message collected so far. */
 interface Collected {
@@ -49,6 +56,26 @@ function collect(message: Collected, chunk: Uint8Array): void {
   message.bytes += kept.length;
 }
 
+/**
+ * The body of the service's answer as text. Throws once it passes
+ * MAX_ANSWER_BYTES, having read no more than that (and the socket's buffer).
+ */
+async function readAnswer(response: Response): Promise<string> {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const parts: Uint8Array<ArrayBuffer>[] = [];
+  let bytes = 0;
+  for (let read = await reader.read(); !read.done; read = await reader.read()) {
+    bytes += read.value.length;
+    if (bytes > MAX_ANSWER_BYTES) {
+      await reader.cancel(); // closes the connection: the rest is never read
+      throw new Error(`${CLASSIFIER_URL} answered more than ${MAX_ANSWER_BYTES} bytes`);
+    }
+    parts.push(read.value);
+  }
+  return await new Blob(parts).text();
+}
+
 /** Asks the service. Throws on an HTTP error, a timeout, or an answer that is not a verdict. */
 async function classify(message: Collected): Promise<Verdict> {
   const response = await fetch(CLASSIFIER_URL, {
@@ -58,7 +85,7 @@ async function classify(message: Collected): Promise<Verdict> {
     signal: AbortSignal.timeout(CLASSIFIER_TIMEOUT), // covers the answer's body too
   });
   if (!response.ok) throw new Error(`${CLASSIFIER_URL} answered HTTP ${response.status}`);
-  const answer = await response.json() as Verdict;
+  const answer = JSON.parse(await readAnswer(response)) as Verdict;
   if (!["ham", "spam", "quarantine"].includes(answer?.verdict) || !Number.isFinite(answer.score)) {
     throw new Error(`${CLASSIFIER_URL} answered ${JSON.stringify(answer)}`);
   }

@@ -11,7 +11,8 @@
  * DNSBL_SERVER: resolvers to ask, comma-separated `ip` or `ip:port` (default:
  * the system's; Spamhaus refuses queries from public resolvers, so use your
  * own). DNSBL_TIMEOUT: milliseconds for one lookup, retry included (default
- * 3000). Deno needs `--allow-sys=networkInterfaces` for DNSBL_SERVER, and
+ * 3000, at most 7000: below the callback timeout; anything but a whole number
+ * stops the filter at start, exit code 78). Deno needs `--allow-sys=networkInterfaces` for DNSBL_SERVER, and
  * reports SERVFAIL as NXDOMAIN (ENOTFOUND): there a failing list reads as
  * "not listed". MILTER_SOCKET sets the socket (default inet:8890@127.0.0.1).
  * Postfix, in main.cf:
@@ -23,12 +24,13 @@
 import dns from "node:dns";
 import process from "node:process";
 import * as Milter from "../mod.ts";
+import { positiveInteger } from "./settings.ts";
 
 const ZONE = process.env.DNSBL_ZONE ?? "zen.spamhaus.org";
 const SERVERS = (process.env.DNSBL_SERVER ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-/** The bound of one lookup: well below main's callbackTimeout, so that the filter answers, not the deadline. */
-const LOOKUP_TIMEOUT = Number(process.env.DNSBL_TIMEOUT ?? 3000);
 const CALLBACK_TIMEOUT = 8; // seconds
+/** The bound of one lookup: below main's callbackTimeout, so that the filter answers, not the deadline. */
+const LOOKUP_TIMEOUT = positiveInteger("DNSBL_TIMEOUT", 3000, CALLBACK_TIMEOUT * 1000 - 1000);
 
 /** Whether `ip` (dotted quad) is listed in ZONE. Throws when the list cannot be asked. */
 async function listed(ip: string): Promise<boolean> {

@@ -7,6 +7,10 @@
  *
  *   MAX_MESSAGES=10 MAX_RECIPIENTS=50 npx tsx examples/ratelimit.ts
  *
+ * Both limits are whole numbers of at least 1: anything else (`5O`, `1e3`,
+ * `-1`) stops the filter at start with a message naming the variable (exit
+ * code 78), rather than turning into a limit nothing reaches.
+ *
  * MILTER_SOCKET sets the socket (default inet:8890@127.0.0.1). Postfix, in
  * main.cf:
  *
@@ -16,9 +20,10 @@
 
 import process from "node:process";
 import * as Milter from "../mod.ts";
+import { positiveInteger } from "./settings.ts";
 
-const MAX_MESSAGES = Number(process.env.MAX_MESSAGES ?? 10);
-const MAX_RECIPIENTS = Number(process.env.MAX_RECIPIENTS ?? 50);
+const MAX_MESSAGES = positiveInteger("MAX_MESSAGES", 10);
+const MAX_RECIPIENTS = positiveInteger("MAX_RECIPIENTS", 50);
 
 /** The counters of one connection. */
 interface Counters {

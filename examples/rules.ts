@@ -2,7 +2,15 @@
  * Reject by rules: refuse mail by HELO name, sender or subject, each with its
  * own SMTP reply. The rules are data; edit them to taste.
  *
- *   npx tsx examples/rules.ts
+ *   npx tsx examples/rules.ts          (or: bun examples/rules.ts)
+ *   deno run --allow-ffi --allow-env --allow-net examples/rules.ts
+ *
+ * A subject is matched as a reader sees it, not as it travels: unfolded,
+ * its RFC 2047 encoded words decoded (libmime, an npm package: run `npm
+ * install` first), compatibility forms folded (NFKC: full-width letters as
+ * ASCII), invisible format characters (zero-width spaces) dropped, and each
+ * run of white space as one space. So `Cheap  pills`, a folded `Cheap` /
+ * `pills` and `=?UTF-8?B?Q2hlYXAgcGlsbHM=?=` all match `cheap pills`.
  *
  * MILTER_SOCKET sets the socket (default inet:8890@127.0.0.1). Postfix, in
  * main.cf:
@@ -14,6 +22,7 @@
  * `550 5.7.1 <helo> is not a valid host name for this server`.
  */
 
+import libmime from "libmime";
 import process from "node:process";
 import * as Milter from "../mod.ts";
 
@@ -44,6 +53,23 @@ const RULES: Rule[] = [
   { on: "sender", match: /^<>$/, reply: ["451", "4.7.1", "bounces are not accepted right now, try again later"] },
 ];
 
+/**
+ * A header value as a mail reader shows it: unfolded, encoded words decoded
+ * (left as they are when they cannot be), NFKC-normalized, format
+ * characters (`\p{Cf}`: zero-width spaces, direction marks) removed, white
+ * space runs as one space.
+ */
+function shown(value: string): string {
+  const unfolded = value.replace(/\r?\n(?=[ \t])/g, "");
+  let decoded = unfolded;
+  try {
+    decoded = libmime.decodeWords(unfolded);
+  } catch {
+    // a malformed encoded word stays as written
+  }
+  return decoded.normalize("NFKC").replace(/\p{Cf}/gu, "").replace(/\s+/g, " ").trim();
+}
+
 /** The first rule matching `value`, answered with its reply; Continue when none does. */
 function check(ctx: Milter.Ctx, on: Rule["on"], value: string): Milter.Stat {
   const rule = RULES.find((r) => r.on === on && r.match.test(value));
@@ -58,7 +84,8 @@ Milter.register({
   name: "rules",
   helo: (ctx, helo) => check(ctx, "helo", helo),
   envfrom: (ctx, sender) => check(ctx, "sender", sender),
-  header: (ctx, name, value) => name.toLowerCase() === "subject" ? check(ctx, "subject", value) : Milter.Stat.Continue,
+  header: (ctx, name, value) =>
+    name.toLowerCase() === "subject" ? check(ctx, "subject", shown(value)) : Milter.Stat.Continue,
 });
 Milter.setconn(process.env.MILTER_SOCKET ?? "inet:8890@127.0.0.1");
 await Milter.main();

@@ -7,67 +7,27 @@
  */
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, type Server, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import process from "node:process";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, test } from "vitest";
-import { type CliIO, main } from "../src/testing/cli.ts";
+import { type Behaviour, closeFakeMilters, fakeMilter as fakeMilterAt, usual } from "./helpers/fake-milter.ts";
+import { cliInProcess } from "./helpers/cli.ts";
 import { type ClientOptions, endsExchange, MilterClient, MilterClientError } from "../src/testing/mod.ts";
-import { concat, encodeFrame, type Frame, FrameReader, splitFrames, u32 } from "../src/testing/protocol.ts";
+import { concat, encodeFrame, type Frame, FrameReader, u32 } from "../src/testing/protocol.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "milter-limits-"));
 const eml = join(dir, "message.eml");
 writeFileSync(eml, "From: <alice@example.org>\nTo: <bob@example.net>\nSubject: hi\n\nHello\n");
-const servers: Server[] = [];
-const sockets = new Set<Socket>();
-afterEach(async () => {
-  for (const socket of sockets) socket.destroy();
-  sockets.clear();
-  await Promise.all(servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve))));
-});
+afterEach(closeFakeMilters);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
-
-/** Sends one frame from the fake milter. */
-type Send = (code: string, data?: Uint8Array | string) => void;
-/** What the fake milter does on one command from the client. */
-type Behaviour = (send: Send, socket: Socket, frame: Frame) => void;
-
-/** A command's usual answer: continue, accept at end of message, nothing for macros, abort and quit. */
-function usual(code: string, send: Send, socket: Socket): void {
-  if (code === "Q") socket.end();
-  else if (!["D", "A"].includes(code)) send(code === "E" ? "a" : "c");
-}
-
-/**
- * Starts a fake milter that negotiates (protocol 6, every action, no steps
- * left out) and then behaves as `on` says per command letter, else as
- * {@linkcode usual}. Returns its socket spec.
- */
-async function fakeMilter(on: Partial<Record<string, Behaviour>>): Promise<string> {
-  const path = join(dir, `fake-${servers.length}.sock`);
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on("error", () => {});
-    let buffer: Uint8Array = new Uint8Array(0);
-    const send: Send = (code, data = new Uint8Array(0)) => {
-      if (!socket.destroyed) socket.write(encodeFrame(code, typeof data === "string" ? bytes(data) : data));
-    };
-    socket.on("data", (chunk: Uint8Array) => {
-      const [frames, rest] = splitFrames(concat([buffer, chunk]));
-      buffer = rest;
-      for (const frame of frames) {
-        if (frame.code === "O") send("O", concat([u32(6), u32(0x1ff), u32(0)]));
-        else (on[frame.code] ?? ((s, sock) => usual(frame.code, s, sock)))(send, socket, frame);
-      }
-    });
-  });
-  servers.push(server);
-  await new Promise<void>((resolve) => server.listen(path, resolve));
-  return `unix:${path}`;
-}
+let fakes = 0;
+/** A fake milter (see {@linkcode fakeMilterAt}) on a new socket in this file's directory. */
+const fakeMilter = (on: Partial<Record<string, Behaviour>>): Promise<string> =>
+  fakeMilterAt(join(dir, `fake-${fakes++}.sock`), on);
 
 /** Writes `frame` over and over, as fast as the client reads, until the connection ends. */
 function flood(socket: Socket, frame: Uint8Array): void {
@@ -99,18 +59,6 @@ async function eom(client: MilterClient): Promise<unknown> {
   return await client.eom();
 }
 
-/** Runs milter-test in this process; resolves with its exit code and output. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = "", stderr = "";
-  const io: CliIO = {
-    stdout: (text) => void (stdout += text),
-    stderr: (text) => void (stderr += text),
-    readStdin: () => Promise.resolve(new Uint8Array(0)),
-  };
-  const code = await main(args, io);
-  return { code, stdout, stderr };
-}
-
 describe("the timeout bounds a whole stage, progress included", () => {
   test("progress every 50 ms does not keep connect waiting past 500 ms", async () => {
     const client = await MilterClient.open(await fakeMilter({ C: progressForever }), { timeout: 500 });
@@ -131,7 +79,7 @@ describe("the timeout bounds a whole stage, progress included", () => {
   test("milter-test --timeout 1 gives up after a second of progress frames", async () => {
     const spec = await fakeMilter({ E: progressForever });
     const started = Date.now();
-    const result = await cli(["--timeout", "1", spec, eml]);
+    const result = await cliInProcess(["--timeout", "1", spec, eml]);
     expect(result.stderr).toMatch(/within 1000 ms/);
     expect(result.code).toBe(1);
     expect(Date.now() - started).toBeLessThan(5000);
@@ -192,7 +140,7 @@ describe("what one message may cost", () => {
 
   test("milter-test reports endless modifications as an error", async () => {
     const spec = await fakeMilter({ E: (_, s) => flood(s, encodeFrame("h", bytes("X-A\0v\0"))) });
-    const result = await cli([spec, eml]);
+    const result = await cliInProcess([spec, eml]);
     expect(result.stderr).toMatch(/more than 10000 modifications/);
     expect(result.code).toBe(1);
   }, 20_000);
@@ -292,32 +240,71 @@ describe("malformed frames from the milter", () => {
   });
 
   test("milter-test: a replycode that is no SMTP reply is a protocol error, not a verdict", async () => {
-    const result = await cli([await fakeMilter({ M: (send) => send("y", "hello\0") }), eml]);
+    const result = await cliInProcess([await fakeMilter({ M: (send) => send("y", "hello\0") }), eml]);
     expect(result.stderr).toMatch(/malformed replycode frame from the milter: "hello"/);
     expect(result.stdout).not.toContain("verdict");
     expect(result.code).toBe(1);
   });
 
   test("milter-test: a 2-byte insheader frame is named, not a DataView error", async () => {
-    const result = await cli([await fakeMilter({ E: (send) => send("i", "\0\0") }), eml]);
+    const result = await cliInProcess([await fakeMilter({ E: (send) => send("i", "\0\0") }), eml]);
     expect(result.stderr).toMatch(/malformed insheader frame from the milter/);
     expect(result.stderr).not.toMatch(/DataView/);
     expect(result.code).toBe(1);
   });
 
   test("a short negotiation answer", async () => {
-    const path = join(dir, "short-o.sock");
-    const server = createServer((socket) => {
-      sockets.add(socket);
-      socket.on("data", () => socket.write(encodeFrame("O", u32(6))));
-    });
-    servers.push(server);
-    await new Promise<void>((resolve) => server.listen(path, resolve));
-    await expect(MilterClient.open(`unix:${path}`)).rejects.toMatchObject({
+    const spec = await fakeMilter({ O: (send) => send("O", u32(6)) });
+    await expect(MilterClient.open(spec)).rejects.toMatchObject({
       kind: "protocol",
       message: expect.stringContaining("malformed negotiation frame from the milter"),
     });
   });
+});
+
+describe("what a hostile milter gets printed", () => {
+  const ESC = "\x1b";
+  /** Terminal controls: clear the screen, set the window title, an 8-bit CSI, a right-to-left override. */
+  const CONTROLS = `${ESC}[2J${ESC}]0;pwned\x07\u009b31m\u202e`;
+  // deno-lint-ignore no-control-regex -- control characters are what this looks for
+  const RAW = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]/;
+
+  test("reply text and modifications reach the terminal escaped, and start no line of their own", async () => {
+    const spec = await fakeMilter({
+      E: (send) => {
+        send("h", `X-Evil\0${CONTROLS}\nverdict: accepted\0`);
+        send("q", `held\r\nverdict: accepted\0`);
+        send("y", `550 5.7.1 no ${CONTROLS}\0`);
+      },
+    });
+    const result = await cliInProcess([spec, eml]);
+    expect(result.stdout).not.toMatch(RAW);
+    expect(result.stdout.match(/^verdict: .*/gm)).toEqual(["verdict: rejected"]);
+    expect(result.stdout).toContain(
+      "eom      replycode 550 5.7.1 no \\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{9b}31m\\u{202e}\n",
+    );
+    expect(result.stdout).toContain("addheader X-Evil: \\u{1b}[2J");
+    expect(result.stdout).toContain("quarantine held\\r\\nverdict: accepted\n");
+    expect(result.code).toBe(2);
+  });
+
+  test("--json: the same characters escaped in the JSON, which still reads back to what the milter sent", async () => {
+    const spec = await fakeMilter({ E: (send) => [send("h", `X-Evil\0${CONTROLS}\0`), send("a")] });
+    const result = await cliInProcess(["--json", spec, eml]);
+    expect(result.stdout).not.toMatch(RAW);
+    expect(JSON.parse(result.stdout).modifications).toEqual([{ type: "addheader", name: "X-Evil", value: CONTROLS }]);
+  });
+
+  test.each(["550 5.7.1 no\nverdict: accepted", "550 5.7.1 no\rverdict: accepted", "550 5.7.1 a\r\n550 b\n"])(
+    "a reply %j with a bare LF or CR is a protocol error, not a verdict",
+    async (reply) => {
+      const result = await cliInProcess([await fakeMilter({ M: (send) => send("y", `${reply}\0`) }), eml]);
+      expect(result.stderr).toMatch(/malformed replycode frame from the milter/);
+      expect(result.stderr.trimEnd().split("\n")).toHaveLength(1);
+      expect(result.stdout).not.toContain("verdict");
+      expect(result.code).toBe(1);
+    },
+  );
 });
 
 describe("one error class", () => {

@@ -8,7 +8,7 @@
 import { spawn } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { mkdtempSync } from "node:fs";
-import { createServer } from "node:http";
+import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -209,24 +209,47 @@ interface Classifier {
   url: string;
   /** Each request received: its content type and body. */
   received: { type: string | undefined; body: string }[];
+  /** The bytes of the last "endless" answer that the socket took before the filter hung up. */
+  endless: { written: number; closed: Promise<void> };
   close(): Promise<void>;
 }
 
 const SCORES: Record<string, number> = { ham: 0.5, spam: 9.8, quarantine: 6.2 };
 
+/** Writes JSON white space to `response` as fast as it is read, until the reader hangs up; counts what was taken. */
+function endlessAnswer(response: ServerResponse, endless: Classifier["endless"]): void {
+  const chunk = " ".repeat(65536);
+  endless.written = 0;
+  endless.closed = new Promise((resolve) => response.once("close", resolve));
+  response.writeHead(200, { "content-type": "application/json" }).write("{");
+  const pump = (): void => {
+    while (!response.destroyed && endless.written < 2 ** 31) {
+      endless.written += chunk.length;
+      if (!response.write(chunk)) return void response.once("drain", pump);
+    }
+  };
+  pump();
+}
+
 /**
  * The classifier service on 127.0.0.1: its verdict is the message's
  * Subject, "error" answers HTTP 500, "nonsense" a JSON that is not a
- * verdict, and "hang" nothing at all.
+ * verdict, "hang" nothing at all, "huge" a ham verdict padded to 1 MB, and
+ * "endless" white space that never ends.
  */
 async function classifier(): Promise<Classifier> {
   const received: Classifier["received"] = [];
+  const endless: Classifier["endless"] = { written: 0, closed: Promise.resolve() };
   const server = createServer((request, response) => {
     let body = "";
     request.setEncoding("latin1").on("data", (text: string) => body += text).on("end", () => {
       received.push({ type: request.headers["content-type"], body });
       const subject = /^Subject: (.*)\r$/m.exec(body)?.[1];
       if (subject === "hang") return;
+      if (subject === "endless") return endlessAnswer(response, endless);
+      if (subject === "huge") {
+        return void response.end(JSON.stringify({ verdict: "ham", score: SCORES.ham, pad: "x".repeat(1_000_000) }));
+      }
       if (subject === "error") return void response.writeHead(500).end("overloaded");
       const answer = subject === "nonsense" ? { verdict: "maybe" } : { verdict: subject, score: SCORES[subject!] };
       response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
@@ -236,6 +259,7 @@ async function classifier(): Promise<Classifier> {
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/classify`,
     received,
+    endless,
     close: () => {
       server.closeAllConnections(); // the hanging requests
       return new Promise((resolve) => server.close(() => resolve()));
@@ -320,6 +344,21 @@ describe("classify", () => {
     expect(result.reply).toEqual(TEMPFAIL);
     expect(elapsed).toBeGreaterThanOrEqual(TIMEOUT - 50);
     expect(elapsed).toBeLessThan(TIMEOUT + 2_500); // callbackTimeout is 8 s
+  });
+
+  test("an answer over 64 KiB tempfails with 451, even one that would parse as a verdict", async () => {
+    const result = await send("huge");
+    expect(result.reply).toEqual(TEMPFAIL);
+    expect(result.modifications).toEqual([]);
+  });
+
+  test("an answer that never ends tempfails at once, the filter having read no more than its bound", async () => {
+    const [result, elapsed] = await timed(send("endless"));
+    expect(result.reply).toEqual(TEMPFAIL);
+    expect(elapsed).toBeLessThan(TIMEOUT); // not the timeout: the bound ended it
+    await service.endless.closed; // the filter hung up
+    // What the sockets took in all: the bound and the kernel's buffers, not the stream (unbounded: ~1 GB).
+    expect(service.endless.written).toBeLessThan(16 * 1024 * 1024);
   });
 
   test("only the first MAX_MESSAGE_BYTES of a large message are sent", async () => {

@@ -7,6 +7,7 @@
  */
 
 import { readFile } from "node:fs/promises";
+import { isIPv4, isIPv6 } from "node:net";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import type { SockAddr } from "../convert.ts";
@@ -56,8 +57,10 @@ the file, or from standard input when it is "-" or absent.
   --helo NAME            HELO/EHLO argument (default: the client host name)
   --from ADDR            envelope sender (default: the From: address, else <>)
   --rcpt ADDR            envelope recipient, repeatable (default: the To: and Cc: addresses)
-  --macro [STAGE:]N=V    a macro, repeatable; STAGE is connect (default), helo,
-                         envfrom, envrcpt, data, eoh or eom; e.g. --macro eom:i=4Fq2
+  --macro [STAGE:]N=V    a macro, repeatable, over the defaults (Postfix's; see the
+                         README); STAGE is connect (default), helo, envfrom,
+                         envrcpt, data, header, eoh, body or eom; N is one
+                         character or {name}; e.g. --macro eom:i=4Fq2
   --actions LIST         actions to offer, comma-separated Flag names (default: all)
   --steps LIST           protocol steps to offer, comma-separated Step names (default: all)
   --timeout SECONDS      wait at most this long for each stage's final reply,
@@ -70,7 +73,7 @@ Exit code: 0 accepted, 2 rejected, 3 tempfailed, 4 discarded, 5 quarantined,
 limits, bad message), 64 bad usage.
 `;
 
-const STAGES = ["connect", "helo", "envfrom", "envrcpt", "data", "eoh", "eom"] as const;
+const STAGES = ["connect", "helo", "envfrom", "envrcpt", "data", "header", "eoh", "body", "eom"] as const;
 type MacroStage = (typeof STAGES)[number];
 
 /** Why a run ends without a verdict: what to print, the exit code, and whether the usage text follows. */
@@ -98,24 +101,57 @@ function names<T extends string>(list: string, valid: (v: unknown) => v is T, wh
   return out as T[];
 }
 
-/** `[stage:]name=value` → the stage and the macro. */
+/** A macro name as libmilter knows them: one character, or a name in braces (`i`, `{client_addr}`). */
+const MACRO_NAME = /^(?:[^\s{}:=]|\{[^\s{}]+\})$/u;
+
+/**
+ * `[stage:]name=value` → the stage and the macro.
+ *
+ * @throws {CliError} (usage) for a stage that is not one, or a name that is
+ * not one character or `{name}`: `Eom:i=1` and `eom:=x` are errors, not
+ * connect macros named `Eom:i` and `eom:`.
+ */
 export function parseMacro(spec: string): [MacroStage, string, string] {
-  const match = spec.match(/^(?:([a-z]+):)?([^=]+)=(.*)$/s);
-  if (!match) throw usage(`--macro ${JSON.stringify(spec)} is not [stage:]name=value`);
-  const stage = (match[1] ?? "connect") as MacroStage;
-  if (!STAGES.includes(stage)) {
-    throw usage(`--macro stage ${JSON.stringify(match[1])} is not one of ${STAGES}`);
+  const equals = spec.indexOf("=");
+  if (equals < 0) throw usage(`--macro ${JSON.stringify(spec)} is not [stage:]name=value`);
+  const head = spec.slice(0, equals);
+  const colon = head.startsWith("{") ? -1 : head.indexOf(":");
+  const stage = colon < 0 ? "connect" : head.slice(0, colon);
+  const name = head.slice(colon + 1);
+  if (!(STAGES as readonly string[]).includes(stage)) {
+    throw usage(`--macro ${JSON.stringify(spec)}: stage ${JSON.stringify(stage)} is not one of ${STAGES.join(", ")}`);
   }
-  return [stage, match[2], match[3]];
+  if (!MACRO_NAME.test(name)) {
+    throw usage(`--macro ${JSON.stringify(spec)}: name ${JSON.stringify(name)} is not one character or {name}`);
+  }
+  return [stage as MacroStage, name, spec.slice(equals + 1)];
 }
 
-/** The client address option as the connect stage sends it. */
+/**
+ * The client address option as the connect stage sends it.
+ *
+ * @throws {CliError} (usage) for anything but an IPv4 or IPv6 address, `unix:/path` or `none`.
+ */
 export function parseClientAddr(value: string, port: number): SockAddr | null {
   if (value === "none") return null;
-  if (value.startsWith("unix:")) return { family: "unix", path: value.slice(5) };
-  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(value)) return { family: "inet", address: value, port };
-  if (value.includes(":")) return { family: "inet6", address: value, port };
+  if (/^unix:\/./.test(value)) return { family: "unix", path: value.slice(5) };
+  if (isIPv4(value)) return { family: "inet", address: value, port };
+  if (isIPv6(value)) return { family: "inet6", address: value, port };
   throw usage(`--client-addr ${JSON.stringify(value)} is not an IPv4 or IPv6 address, unix:/path or none`);
+}
+
+/**
+ * `--timeout` in milliseconds.
+ *
+ * @throws {CliError} (usage) unless it is a plain positive decimal number of
+ * seconds: `Infinity`, `1e309` and `0` are errors, not a wait without end.
+ */
+export function parseTimeout(value: string): number {
+  const seconds = /^\d+(\.\d+)?$/.test(value) ? Number(value) : NaN;
+  if (!(seconds > 0 && Number.isFinite(seconds * 1000))) {
+    throw usage(`--timeout ${JSON.stringify(value)} is not a positive number of seconds`);
+  }
+  return seconds * 1000;
 }
 
 /** The verdict of the last reply, as an MTA acts on it. */
@@ -134,6 +170,31 @@ export function verdict(last: Reply, modifications: readonly Modification[]): Ve
     default:
       return modifications.some((m) => m.type === "quarantine") ? "quarantined" : "accepted";
   }
+}
+
+/** Format characters that reorder what a terminal shows (bidirectional marks, embeddings, isolates), DEL and C1 controls. */
+const FORMAT_CHARS = "\\u007f-\\u009f\\u061c\\u200e\\u200f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069";
+/** What a terminal may act on: those, and C0 controls. */
+const UNSAFE = new RegExp(`[\\u0000-\\u001f${FORMAT_CHARS}]`, "gu");
+/** What JSON.stringify leaves as it is (it escapes C0 controls in strings) and a terminal may act on. */
+const UNSAFE_IN_JSON = new RegExp(`[${FORMAT_CHARS}]`, "gu");
+const SHORT_ESCAPES: Readonly<Record<string, string>> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+/**
+ * `text` safe to print on a terminal: control and bidirectional format
+ * characters as escapes (`\n`, `\r`, `\t`, `\u{1b}`), so that what a milter
+ * sends can neither drive the terminal nor start a line of its own.
+ */
+export function printable(text: string): string {
+  return text.replace(UNSAFE, (c) => SHORT_ESCAPES[c] ?? `\\u{${c.codePointAt(0)!.toString(16)}}`);
+}
+
+/** `value` as indented JSON, with the characters {@linkcode printable} escapes and JSON.stringify does not as `\uXXXX`. */
+function printableJson(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(
+    UNSAFE_IN_JSON,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }
 
 /** One line per reply: `stage  action [text]` (the text as the report holds it: see {@linkcode shownReply}). */
@@ -218,10 +279,19 @@ function formatText(report: Report): string {
     }
   }
   out.push(`verdict: ${report.verdict}`);
-  return `${out.join("\n")}\n`;
+  return `${out.map(printable).join("\n")}\n`;
 }
 
+/**
+ * The process's streams. A reader that goes away (`milter-test … | head`)
+ * leaves the verdict as it was: EPIPE on stdout ends the output quietly.
+ */
 function processIO(): CliIO {
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") return;
+    process.stderr.write(`milter-test: cannot write the report: ${error.message}\n`);
+    process.exitCode = EXIT.error;
+  });
   return {
     stdout: (text) => void process.stdout.write(text),
     stderr: (text) => void process.stderr.write(text),
@@ -294,13 +364,13 @@ export async function main(argv: readonly string[], io: CliIO = processIO()): Pr
     const message = await loadMessage(run.file, io);
     const envelope = envelopeOf(message, run);
     const report = await exchange(await openClient(run), run, message, envelope);
-    io.stdout(run.json ? `${JSON.stringify(report, null, 2)}\n` : formatText(report));
+    io.stdout(run.json ? `${printableJson(report)}\n` : formatText(report));
     return EXIT[report.verdict];
   } catch (error) {
     const failure = error instanceof CliError
       ? error
       : new CliError(error instanceof Error ? error.message : String(error));
-    io.stderr(`milter-test: ${failure.message}\n${failure.showUsage ? `\n${USAGE}` : ""}`);
+    io.stderr(`milter-test: ${printable(failure.message)}\n${failure.showUsage ? `\n${USAGE}` : ""}`);
     return failure.exit;
   }
 }
@@ -353,10 +423,8 @@ function checkSocket(socket: string): void {
 
 /** The client's options from `--timeout`, `--actions` and `--steps`. */
 function clientOptions(o: Parsed["values"]): ClientOptions {
-  const timeout = Number(o.timeout);
-  if (!(timeout > 0)) throw usage("--timeout must be a positive number of seconds");
   return {
-    timeout: timeout * 1000,
+    timeout: parseTimeout(o.timeout!),
     ...(o.actions !== undefined && { actions: names(o.actions, isFlag, "action") }),
     ...(o.steps !== undefined && { steps: names(o.steps, isStep, "step") }),
   };
@@ -379,7 +447,7 @@ function parseMacros(specs: readonly string[]): StageMacros {
  */
 async function loadMessage(file: string, io: CliIO): Promise<ParsedMessage> {
   try {
-    return parseMessage(file === "-" ? await io.readStdin() : new Uint8Array(await readFile(file)));
+    return parseMessage(file === "-" ? await io.readStdin() : await readFile(file));
   } catch (error) {
     const where = file === "-" ? "from standard input" : file;
     throw new CliError(`cannot read the message ${where}: ${(error as Error).message}`);
@@ -387,19 +455,32 @@ async function loadMessage(file: string, io: CliIO): Promise<ParsedMessage> {
 }
 
 /**
- * The envelope: `--from` and `--rcpt`, else the From:, To: and Cc: addresses.
+ * The envelope: `--from` and `--rcpt`, else the From:, To: and Cc:
+ * addresses (RFC 5322 address lists; the first From: address).
  *
- * @throws {CliError} (bad usage) when there is no recipient at all.
+ * @throws {CliError} (bad usage) when there is no recipient at all, or a
+ * header the envelope is taken from is not an address list.
  */
 function envelopeOf(message: ParsedMessage, run: Run): Envelope {
-  const header = (name: string): string[] =>
-    message.headers.filter(([n]) => n.toLowerCase() === name).map(([, v]) => v);
-  const from = run.from ?? header("from").flatMap(addresses)[0] ?? "<>";
-  const rcpt = run.rcpt ?? [...header("to"), ...header("cc")].flatMap(addresses);
+  const from = run.from ?? headerAddresses(message, ["From"], "--from")[0] ?? "<>";
+  const rcpt = run.rcpt ?? headerAddresses(message, ["To", "Cc"], "--rcpt");
   if (rcpt.length === 0) {
     throw new CliError("no recipient: give --rcpt, or a To: or Cc: header with an address", EXIT.usage, false);
   }
   return { from, rcpt };
+}
+
+/**
+ * The addresses of the header fields `names`.
+ *
+ * @throws {CliError} (bad usage) naming the field and the `option` that would do without it.
+ */
+function headerAddresses(message: ParsedMessage, names: readonly string[], option: string): string[] {
+  try {
+    return names.flatMap((name) => addresses(message.headers, name));
+  } catch (error) {
+    throw new CliError(`${(error as Error).message}: give ${option}`, EXIT.usage, false);
+  }
 }
 
 /**
@@ -442,41 +523,72 @@ async function session(
   const helo = await client.helo(run.helo, run.macros.helo);
   replies.push({ stage: "helo", reply: helo });
   if (endsExchange(helo)) return { replies, result: null };
-  const leadingSpace = client.negotiated.steps.includes("HDR_LEADSPC");
   const result = await client.message(
     {
       from: envelope.from,
       rcpt: envelope.rcpt,
-      headers: message.headers.map(([n, v]) => [n, headerValue(v, leadingSpace)]),
+      headers: sentHeaders(message, client.negotiated.steps.includes("HDR_LEADSPC")),
       body: message.body,
     },
     messageMacros(run, envelope.from),
   );
-  replies.push(...result.replies);
+  for (const reply of result.replies) replies.push(reply); // not push(...): 200,000 headers overflow the stack
   return { replies, result };
 }
 
-/** The connect macros Postfix sends by default, then the user's over them. */
+/** The message's header fields as the MTA sends them, one at a time. */
+function* sentHeaders(message: ParsedMessage, leadingSpace: boolean): Generator<[Uint8Array, Uint8Array]> {
+  for (const [name, value] of message.headers) yield [name, headerValue(value, leadingSpace)];
+}
+
+/** The host name milter-test gives itself, as Postfix gives its myhostname. */
+const MY_HOSTNAME = "milter-test.localhost";
+
+/**
+ * The connect macros of Postfix 3.7's default `milter_connect_macros`
+ * (`j {daemon_name} {daemon_addr} v _`), then the user's over them. Not
+ * `{client_addr}` nor `{client_name}`: Postfix sends them only when
+ * configured to.
+ */
 function connectMacros(run: Run): Macros {
   const address = run.addr && "address" in run.addr ? run.addr.address : null;
   return {
-    j: "milter-test.localhost",
-    "{daemon_name}": "milter-test",
+    j: MY_HOSTNAME,
+    "{daemon_name}": MY_HOSTNAME,
+    "{daemon_addr}": run.addr?.family === "inet6" ? "::1" : "127.0.0.1",
+    v: "milter-test",
     _: `${run.host} [${address ?? "unknown"}]`,
-    ...(address !== null && { "{client_addr}": address, "{client_name}": run.host }),
     ...run.macros.connect,
   };
 }
 
-/** The message's macros (a queue id at MAIL FROM and end of message, as Postfix gives), then the user's. */
+/** The domain of `<local@domain>`, or "" for `<>`. */
+const domainOf = (address: string): string => address.replace(/^<|>$/g, "").replace(/^.*@/s, "");
+
+/**
+ * The message's macros as a stock Postfix 3.7 sends them (its default
+ * `milter_*_macros`, without TLS or SASL, whose macros it sends only with a
+ * value): `{mail_addr} {mail_host} {mail_mailer}` at MAIL FROM, `{rcpt_addr}
+ * {rcpt_host} {rcpt_mailer}` at each RCPT TO, with the queue id `i` once a
+ * recipient was accepted (Postfix opens the queue file then), and `i` at
+ * DATA, each header, end of headers, each body chunk and end of message.
+ * Then the user's, stage by stage.
+ */
 function messageMacros(run: Run, from: string): MessageMacros {
-  const id = queueId();
+  const i = queueId();
+  const envelope = (kind: "mail" | "rcpt", address: string): Macros => ({
+    [`{${kind}_addr}`]: address.replace(/^<|>$/g, ""),
+    ...(address !== "<>" && { [`{${kind}_host}`]: domainOf(address), [`{${kind}_mailer}`]: "smtp" }),
+  });
+  const queued = (stage: MacroStage): Macros => ({ i, ...run.macros[stage] });
   return {
-    envfrom: { i: id, "{mail_addr}": from.replace(/^<|>$/g, ""), ...run.macros.envfrom },
-    envrcpt: run.macros.envrcpt,
-    data: run.macros.data,
-    eoh: run.macros.eoh,
-    eom: { i: id, ...run.macros.eom },
+    envfrom: { ...envelope("mail", from), ...run.macros.envfrom },
+    envrcpt: (rcpt, accepted) => ({ ...(accepted > 0 && { i }), ...envelope("rcpt", rcpt), ...run.macros.envrcpt }),
+    data: queued("data"),
+    header: queued("header"),
+    eoh: queued("eoh"),
+    body: queued("body"),
+    eom: queued("eom"),
   };
 }
 

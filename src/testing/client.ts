@@ -20,9 +20,9 @@ import {
   decodeModification,
   decodeNegotiation,
   decodeReply,
-  encodeFrame,
   endsExchange,
   type Frame,
+  frameHead,
   FrameReader,
   MAX_FRAME,
   MilterClientError,
@@ -147,8 +147,12 @@ export interface MessageInput {
   fromArgs?: string[];
   /** The envelope recipients, each with its angle brackets. */
   rcpt: string[];
-  /** The header fields in order, as `[name, value]`. */
-  headers: [string, string][];
+  /**
+   * The header fields in order, as `[name, value]`: strings are sent as
+   * UTF-8, byte arrays as they are (a Latin-1 value, say). Any iterable: a
+   * large message's fields need not be in one array.
+   */
+  headers: Iterable<readonly [string | Uint8Array, string | Uint8Array]>;
   /** The body, with CRLF line ends (a string is sent as UTF-8). */
   body: Uint8Array | string;
 }
@@ -157,12 +161,20 @@ export interface MessageInput {
 export interface MessageMacros {
   /** Sent before MAIL FROM. */
   envfrom?: Macros;
-  /** Sent before each RCPT TO. */
-  envrcpt?: Macros;
+  /**
+   * Sent before each RCPT TO; as a function, those for one recipient, given
+   * how many recipients were accepted before it (Postfix sends the queue id
+   * `i` only once one was).
+   */
+  envrcpt?: Macros | ((rcpt: string, accepted: number) => Macros);
   /** Sent before DATA. */
   data?: Macros;
+  /** Sent before each header. */
+  header?: Macros;
   /** Sent before end of headers. */
   eoh?: Macros;
+  /** Sent before each body chunk. */
+  body?: Macros;
   /** Sent before end of message. */
   eom?: Macros;
 }
@@ -190,6 +202,8 @@ export class MilterClient {
   #waiter: (() => void) | null = null;
   #ended: MilterClientError | null = null;
   #negotiated: Negotiated | null = null;
+  /** The first command sent that was longer than libmilter reads, said for an error message; null while none was. */
+  #oversized: string | null = null;
 
   private constructor(socket: Socket, options: ClientOptions, limits: Limits) {
     this.#socket = socket;
@@ -198,13 +212,11 @@ export class MilterClient {
     this.#reader = new FrameReader(limits.maxFrame);
     socket.on("data", (chunk: Uint8Array) => this.#receive(chunk));
     socket.on("close", () => {
-      this.#ended ??= new MilterClientError("closed", "milter closed the connection");
+      this.#ended ??= this.#closed("");
       this.#wake();
     });
     socket.on("error", (error) => {
-      this.#ended ??= new MilterClientError("closed", `milter closed the connection (${error.message})`, {
-        cause: error,
-      });
+      this.#ended ??= this.#closed(` (${error.message})`, error);
       this.#wake();
     });
   }
@@ -294,7 +306,30 @@ export class MilterClient {
 
   #send(code: string, data?: Uint8Array): void {
     if (this.#ended) throw this.#ended;
-    this.#socket.write(encodeFrame(code, data));
+    if (data && data.length > this.#maxDataSize()) {
+      this.#oversized ??= `a ${STAGE_OF[code]} command of ${data.length} bytes`;
+    }
+    // The head, then the payload as it is: a body chunk is not copied into a frame of its own.
+    this.#socket.cork();
+    this.#socket.write(frameHead(code, data?.length ?? 0));
+    if (data && data.length > 0) this.#socket.write(data);
+    this.#socket.uncork();
+  }
+
+  /**
+   * The longest command (payload after its letter) libmilter reads: 65,535
+   * bytes, or what the milter negotiated with MDS_256K or MDS_1M.
+   */
+  #maxDataSize(): number {
+    if (!this.#negotiated) return Infinity;
+    return this.#has("MDS_1M") ? 1024 * 1024 - 1 : this.#has("MDS_256K") ? 256 * 1024 - 1 : 65535;
+  }
+
+  /** The error of a connection the milter closed; after a command longer than libmilter reads, it says so. */
+  #closed(detail: string, cause?: unknown): MilterClientError {
+    const why = this.#oversized === null ? "" : `, after ${this.#oversized}: libmilter reads at most ` +
+      `${this.#maxDataSize()} bytes in one command and closes the connection on a longer one`;
+    return new MilterClientError("closed", `milter closed the connection${detail}${why}`, { cause });
   }
 
   async #negotiate(options: ClientOptions): Promise<void> {
@@ -397,15 +432,15 @@ export class MilterClient {
   }
 
   /**
-   * Sends body bytes in chunks of at most 65,535 bytes (as MTAs do); returns
-   * the reply to the last chunk sent, stopping early at a reply other than
-   * continue.
+   * Sends body bytes in chunks of at most 65,535 bytes (as MTAs do), with
+   * `macros` before each; returns the reply to the last chunk sent, stopping
+   * early at a reply other than continue.
    */
-  async body(content: Uint8Array | string): Promise<Reply> {
+  async body(content: Uint8Array | string, macros?: Macros): Promise<Reply> {
     const bytes = typeof content === "string" ? new TextEncoder().encode(content) : content;
     let reply: Reply = { action: "continue" };
     for (let at = 0; at < bytes.length; at += 65535) {
-      reply = await this.#command("B", bytes.subarray(at, at + 65535), "NOBODY", "NR_BODY");
+      reply = await this.#command("B", bytes.subarray(at, at + 65535), "NOBODY", "NR_BODY", macros);
       if (reply.action !== "continue" && reply.action !== "noreply") break;
     }
     return reply;
@@ -487,7 +522,8 @@ export class MilterClient {
     if (done("envfrom", await this.envfrom(input.from, input.fromArgs ?? [], macros.envfrom))) return early();
     let accepted = 0;
     for (const rcpt of input.rcpt) {
-      const reply = await this.envrcpt(rcpt, [], macros.envrcpt);
+      const rcptMacros = typeof macros.envrcpt === "function" ? macros.envrcpt(rcpt, accepted) : macros.envrcpt;
+      const reply = await this.envrcpt(rcpt, [], rcptMacros);
       replies.push({ stage: "envrcpt", reply });
       // A refusal (permanent or temporary) is of that recipient only: the MTA goes on with the others.
       if (refusesRecipient(reply)) continue;
@@ -496,9 +532,11 @@ export class MilterClient {
     }
     if (accepted === 0) return early();
     if (done("data", await this.data(macros.data))) return early();
-    for (const [name, value] of input.headers) if (done("header", await this.header(name, value))) return early();
+    for (const [name, value] of input.headers) {
+      if (done("header", await this.header(name, value, macros.header))) return early();
+    }
     if (done("eoh", await this.eoh(macros.eoh))) return early();
-    const body = await this.body(input.body);
+    const body = await this.body(input.body, macros.body);
     if (body.action !== "skip" && done("body", body)) return early();
     const result = await this.eom(macros.eom);
     replies.push({ stage: "eom", reply: result.reply });

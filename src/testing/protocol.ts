@@ -66,13 +66,17 @@ export interface Frame {
   readonly data: Uint8Array;
 }
 
-/** Encodes a frame: 32-bit big-endian length (letter included), letter, payload. */
-export function encodeFrame(code: string, data: Uint8Array = new Uint8Array(0)): Uint8Array {
-  const out = new Uint8Array(5 + data.length);
-  new DataView(out.buffer).setUint32(0, data.length + 1);
+/** The first 5 bytes of a frame whose payload is `size` bytes: 32-bit big-endian length (letter included), letter. */
+export function frameHead(code: string, size: number): Uint8Array {
+  const out = new Uint8Array(5);
+  new DataView(out.buffer).setUint32(0, size + 1);
   out[4] = code.charCodeAt(0);
-  out.set(data, 5);
   return out;
+}
+
+/** Encodes a frame: its head (see {@linkcode frameHead}), then its payload. */
+export function encodeFrame(code: string, data: Uint8Array = new Uint8Array(0)): Uint8Array {
+  return concat([frameHead(code, data.length), data]);
 }
 
 /** Concatenates byte arrays. */
@@ -452,12 +456,14 @@ const ACTIONS: Readonly<Record<string, Action>> = {
 /**
  * Whether `text` is an SMTP reply an MTA takes from a milter: each line a
  * 4xx or 5xx code, the same on every line, then a space or a dash (lines
- * joined by CRLF, as `smfi_setmlreply` joins them).
+ * joined by CRLF, as `smfi_setmlreply` joins them), and no CR or LF but in
+ * those CRLFs (a bare one would start a line of the milter's making, as
+ * libmilter's `smfi_setreply` refuses).
  */
 export function isSmtpReply(text: string): boolean {
   const code = text.slice(0, 3);
   return /^[45]\d\d$/.test(code) &&
-    text.split("\r\n").every((line) => /^\d{3}[ -]/.test(line) && line.startsWith(code));
+    text.split("\r\n").every((line) => /^\d{3}[ -][^\r\n]*$/.test(line) && line.startsWith(code));
 }
 
 /**
