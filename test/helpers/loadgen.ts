@@ -25,7 +25,7 @@ export function buildLoadgen(): { start: (spec: string, args: string[]) => Load;
   const binary = join(dir, "loadgen");
   execFileSync("gcc", ["-O2", "-pthread", "-o", binary, join(ROOT, "bench/load/loadgen.c")]);
   return {
-    start(spec, args) {
+    start(spec: string, args: string[]): Load {
       const child = spawn(binary, [spec, ...args], { stdio: ["ignore", "pipe", "ignore"] });
       let out = "";
       child.stdout!.setEncoding("utf8").on("data", (text: string) => out += text);
@@ -33,12 +33,12 @@ export function buildLoadgen(): { start: (spec: string, args: string[]) => Load;
       return {
         child,
         output,
-        stop: async () => {
+        stop: async (): Promise<void> => {
           child.kill("SIGKILL");
           await output;
         },
       };
     },
-    remove: () => rmSync(dir, { recursive: true, force: true }),
+    remove: (): void => rmSync(dir, { recursive: true, force: true }),
   };
 }
