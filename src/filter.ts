@@ -30,25 +30,21 @@ import {
   writeULong,
 } from "../ffi/memory.ts";
 import type { Later } from "../ffi/load.ts";
-import type { PipelinedSymbol, PipelineStats, QueuedCall } from "../ffi/shim.ts";
-import type { CallbackHandler, CallbackHandlers, CallbackSymbol, SmfiDesc } from "../ffi/symbols.ts";
-import { decodeSockAddr, escapeReplyText, macroKey, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
+import { PIPELINED_SYMBOLS, type PipelinedSymbol, type PipelineStats, type QueuedCall } from "../ffi/shim.ts";
 import {
-  CALLBACK_NAMES,
-  type CallbackName,
-  type Ctx,
-  enter,
-  isOpen,
-  leave,
-  release,
-  runInvocation,
-  type Session,
-  sessionAt,
-} from "./ctx.ts";
+  CALLBACK_SYMBOLS,
+  type CallbackHandler,
+  type CallbackHandlers,
+  type CallbackSymbol,
+  type SmfiDesc,
+} from "../ffi/symbols.ts";
+import { decodeSockAddr, escapeReplyText, macroKey, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
+import { type Ctx, enter, isOpen, leave, release, runInvocation, type Session, sessionAt } from "./ctx.ts";
 import { describe, fail, isThenable, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
 import { report, reportFor } from "./report.ts";
+import { CALLBACK_NAMES, type CallbackName, stageOf, STAGES } from "./stages.ts";
 import { writeStderr } from "./runtime.ts";
 import {
   decodeMask,
@@ -159,35 +155,11 @@ export const empty: Readonly<Filter> = Object.freeze({
   flags: Object.freeze([]) as unknown as Flag[],
 });
 
-/** The NO* step libmilter asks for when a stage's callback is absent. */
-const STEP_OF_ABSENT: Partial<Record<CallbackName, Step>> = {
-  connect: "NOCONNECT",
-  helo: "NOHELO",
-  envfrom: "NOMAIL",
-  envrcpt: "NORCPT",
-  header: "NOHDRS",
-  eoh: "NOEOH",
-  body: "NOBODY",
-  unknown: "NOUNKNOWN",
-  data: "NODATA",
-};
-
-/** The NR_* step that promises no reply to a stage (negotiated in `negotiate`). */
-const NO_REPLY_STEP: Partial<Record<CallbackName, Step>> = {
-  connect: "NR_CONN",
-  helo: "NR_HELO",
-  envfrom: "NR_MAIL",
-  envrcpt: "NR_RCPT",
-  data: "NR_DATA",
-  unknown: "NR_UNKN",
-  header: "NR_HDR",
-  eoh: "NR_EOH",
-  body: "NR_BODY",
-};
-const NO_REPLY_MASK = encodeMask(STEP_BITS, Object.values(NO_REPLY_STEP));
-
-/** Stages whose failure concerns the whole connection, not one message. */
-const CONNECTION_STAGES: ReadonlySet<CallbackName> = new Set(["connect", "helo"]);
+/** The NR_* steps: the stages a connection may promise no reply to. */
+const NO_REPLY_MASK = encodeMask(
+  STEP_BITS,
+  CALLBACK_NAMES.flatMap((name) => STAGES[name].noReplyStep ?? []),
+);
 
 /** A filter callback as register read it. */
 // deno-lint-ignore no-explicit-any
@@ -253,10 +225,7 @@ function readFilter(filter: unknown): Registration {
       fail("register", `filter.${key} must be a function, null or absent, got ${describe(cb)}`);
     }
   }
-  const absent = CALLBACK_NAMES.flatMap((key) => {
-    const step = STEP_OF_ABSENT[key];
-    return step && !callbacks[key] ? [step] : [];
-  });
+  const absent = CALLBACK_NAMES.flatMap((key) => callbacks[key] ? [] : STAGES[key].absentStep ?? []);
   return Object.freeze({
     self: filter,
     name,
@@ -307,7 +276,7 @@ export function register(filter: Filter): void {
     xxfi_flags: r.flags,
   };
   const pointers = lib.registerCallbacks(TRAMPOLINE_HANDLERS);
-  for (const name of CALLBACK_NAMES) desc[`xxfi_${name}`] = wanted(r, name) ? pointers[`xxfi_${name}`] : null;
+  for (const { name, symbol } of Object.values(STAGES)) desc[symbol] = wanted(r, name) ? pointers[symbol] : null;
   const rc = lib.functions.smfi_register(desc as unknown as SmfiDesc);
   if (rc !== MI_SUCCESS) {
     fail(
@@ -362,8 +331,8 @@ export function isRegistered(): boolean {
 
 /** Whether `session` negotiated no reply for `callback`'s stage. */
 function silent(session: Session, callback: CallbackName): boolean {
-  const step = NO_REPLY_STEP[callback];
-  return step !== undefined && (session.noReply & STEP_BITS[step]) !== 0;
+  const step = STAGES[callback].noReplyStep;
+  return step !== null && (session.noReply & STEP_BITS[step]) !== 0;
 }
 
 /**
@@ -381,13 +350,13 @@ function statCode(callback: CallbackName, value: unknown, noReply: boolean): num
   if (stat === "All" && callback !== "negotiate") bad("not a Stat"); // All is negotiate's alone
   if (noReply) {
     if (stat !== "Continue" && stat !== "No_reply") {
-      bad(`but its stage was negotiated as ${NO_REPLY_STEP[callback]} (no reply): answer Continue or No_reply`);
+      bad(`but its stage was negotiated as ${STAGES[callback].noReplyStep} (no reply): answer Continue or No_reply`);
     }
     return SMFIS_NOREPLY;
   }
   if (stat === "Skip" && callback !== "body") bad("which only body may answer");
-  if (stat === "No_reply" && !IGNORED_ANSWER.has(callback)) {
-    bad(`but the filter did not negotiate ${NO_REPLY_STEP[callback] ?? "a no-reply step"} for this stage`);
+  if (stat === "No_reply" && STAGES[callback].failure !== "ignored") {
+    bad(`but the filter did not negotiate ${STAGES[callback].noReplyStep ?? "a no-reply step"} for this stage`);
   }
   return STAT_CODES[stat];
 }
@@ -396,9 +365,6 @@ function statCode(callback: CallbackName, value: unknown, noReply: boolean): num
 function failureReply(filterName: string): string {
   return escapeReplyText(`mail filter ${filterName || "(unnamed)"} failed; try again later`);
 }
-
-/** Callbacks whose answer libmilter ignores or that no SMTP reply follows. */
-const IGNORED_ANSWER: ReadonlySet<CallbackName> = new Set(["negotiate", "abort", "close"]);
 
 /** What kind of failure `error` is, for any thrown value (a revoked Proxy makes `instanceof` throw). */
 function kindOf(error: unknown): "bad-return" | "exception" | "timeout" {
@@ -430,14 +396,13 @@ function tempfail(ptr: Pointer, filterName: string): number {
 function answerFailure(session: Session, callback: CallbackName, filterName: string): number {
   // A pipelined call is silent whatever its session says: libmilter has moved on.
   if (silent(session, callback) || session.queued !== null) {
-    if (session.failed !== "connection") session.failed = CONNECTION_STAGES.has(callback) ? "connection" : "message";
+    if (session.failed !== "connection") {
+      session.failed = STAGES[callback].failure === "connection" ? "connection" : "message";
+    }
     return SMFIS_NOREPLY;
   }
-  return IGNORED_ANSWER.has(callback) ? SMFIS_TEMPFAIL : tempfail(session.ptr, filterName);
+  return STAGES[callback].failure === "ignored" ? SMFIS_TEMPFAIL : tempfail(session.ptr, filterName);
 }
-
-/** Stages where Tempfail refuses one command and the message goes on (libmilter's CT_IGNO). */
-const KEEPS_MESSAGE: ReadonlySet<CallbackName> = new Set(["envrcpt", "unknown"]);
 
 /**
  * The answer owed for a failure remembered at an earlier no-reply stage, or
@@ -448,12 +413,13 @@ const KEEPS_MESSAGE: ReadonlySet<CallbackName> = new Set(["envrcpt", "unknown"])
  * Tempfail was answered at a stage where it ends the message.
  */
 function owed(session: Session, callback: CallbackName, filterName: string): number | null {
-  if (session.failed === null || IGNORED_ANSWER.has(callback)) {
+  const { failure } = STAGES[callback];
+  if (session.failed === null || failure === "ignored") {
     if (callback === "abort" && session.failed === "message") session.failed = null;
     return null;
   }
   if (silent(session, callback) || session.queued !== null) return SMFIS_NOREPLY;
-  if (session.failed === "message" && !KEEPS_MESSAGE.has(callback)) session.failed = null;
+  if (session.failed === "message" && failure !== "command") session.failed = null; // Tempfail here ends the message
   return tempfail(session.ptr, filterName);
 }
 
@@ -622,13 +588,6 @@ export function pipelineStats(): PipelineStats | null {
   return lifecycle.pipelining ? native("main").later?.pipelineStats() ?? null : null;
 }
 
-/** The callbacks the shim can pipeline. */
-const PIPELINED: Readonly<Record<PipelinedSymbol, CallbackName>> = {
-  xxfi_header: "header",
-  xxfi_eoh: "eoh",
-  xxfi_body: "body",
-};
-
 /** The token of a call no libmilter thread waits for. */
 const NO_TOKEN = -1;
 
@@ -662,9 +621,9 @@ export function startPipeline(bytes: number, macros: readonly string[]): boolean
  */
 function pipelineStages(session: Session, r: Registration): void {
   if (!lifecycle.pipelining) return;
-  const symbols = (Object.keys(PIPELINED) as PipelinedSymbol[]).filter((symbol) => {
-    const callback = PIPELINED[symbol];
-    return r.callbacks[callback] !== undefined && silent(session, callback);
+  const symbols = PIPELINED_SYMBOLS.filter((symbol) => {
+    const { name } = stageOf(symbol);
+    return r.callbacks[name] !== undefined && silent(session, name);
   });
   native("negotiate").later?.pipeline(session.ptr, symbols);
 }
@@ -855,7 +814,7 @@ function resumeNegotiated(session: Session, callback: CallbackName, r: Registrat
   const negotiated = closedNegotiations.get(session.ptr);
   closedNegotiations.delete(session.ptr);
   if (callback === "negotiate" || !r.negotiates) return true;
-  if (negotiated === undefined) return IGNORED_ANSWER.has(callback);
+  if (negotiated === undefined) return STAGES[callback].failure === "ignored";
   session.actions = negotiated.actions;
   session.noReply = negotiated.noReply;
   pipelineStages(session, r);
@@ -964,5 +923,5 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
 
 /** The guarded trampoline of every callback, registered once per process. */
 const TRAMPOLINE_HANDLERS: CallbackHandlers = Object.fromEntries(
-  CALLBACK_NAMES.map((name) => [`xxfi_${name}`, trampoline(`xxfi_${name}`)]),
+  CALLBACK_SYMBOLS.map((symbol) => [symbol, trampoline(symbol)]),
 );
