@@ -20,7 +20,7 @@ import koffi from "koffi";
 import process from "node:process";
 import * as Milter from "../mod.ts";
 import type { CallbackHandler, CallbackSymbol } from "../ffi/symbols.ts";
-import { trampoline } from "../src/filter.ts";
+import { trampoline } from "../src/trampolines.ts";
 import { native } from "../src/native.ts";
 import { benchFilter } from "./filters/bench-filter.ts";
 

@@ -9,7 +9,8 @@
 import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import type { Libc } from "./libc.ts";
 import { type BlockingCalls, blockingCalls } from "./thread.ts";
-import { functionAddress, openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
+import { functionAddress, pinLibrary } from "./dl.ts";
+import { openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
 import {
   CALLBACK_PROTOTYPES,
   type CallbackHandler,
@@ -223,19 +224,6 @@ function declareTypes(): CallbackTypes {
   return typesDeclared;
 }
 
-const RTLD_NOW = 0x2;
-const RTLD_NODELETE = 0x1000; // glibc, musl and FreeBSD agree
-
-/**
- * Makes the library impossible to unload. libmilter's worker threads sleep
- * inside its code for the life of the process; a runtime that finalizes
- * koffi's library handle at exit (Deno does) would otherwise unmap that code
- * under them and crash the process on its way out.
- */
-function pin(libc: Libc, name: string): void {
-  libc.dlopen?.(name, RTLD_NOW | RTLD_NODELETE);
-}
-
 /** A koffi binding as this module calls it: any arguments, and `.async` for the worker. */
 interface Bound {
   // deno-lint-ignore no-explicit-any
@@ -351,15 +339,25 @@ function registerAll(
   >;
 }
 
+/** What {@linkcode openLibmilter} needs beside the library's path: what the environment says, and the missing hook. */
+export interface LoadFrom {
+  /** Called for an optional function the library lacks. */
+  readonly missing: MissingHook;
+  /** A shim object to load instead of the prebuilt one (`MILTER_SHIM_PATH`). */
+  readonly shimPath: string | undefined;
+}
+
 /** The {@linkcode Libmilter} of an opened library. */
-function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAsyncCalls: number): Libmilter {
+function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCalls: number): Libmilter {
+  const { missing, shimPath } = from;
   const callbackTypes = declareTypes();
-  const opened = openShim();
+  const opened = openShim(shimPath);
   const shim = "reason" in opened ? null : opened;
   const shimReason = "reason" in opened ? opened.reason : null;
   let registeredAll: Record<CallbackSymbol, Pointer | null> | undefined;
   const libc = bindOptional(lib, LIBC_PROTOTYPES);
-  pin(libc, path);
+  // libmilter's worker threads sleep inside its code for the life of the process: never unloaded.
+  pinLibrary(path);
   const required = bind(lib, FUNCTION_PROTOTYPES);
   /** A blocking `int fn(void)` on koffi's worker thread, a thread of the runtime's pool. */
   const onWorker = (symbol: "smfi_main" | "smfi_stop"): Promise<number> =>
@@ -396,13 +394,14 @@ function libmilter(lib: LibraryHandle, path: string, missing: MissingHook, maxAs
 
 /**
  * Opens libmilter: the file named by `envPath` when given, otherwise the
- * first of {@linkcode LIBRARY_CANDIDATES} that loads. A library that lacks
- * one of the optional functions still loads; calling that function calls
- * `missing` instead.
+ * first of {@linkcode LIBRARY_CANDIDATES} that loads, and with it the native
+ * shim (`from.shimPath`, else the prebuilt object; see `openShim`). A library
+ * that lacks one of the optional functions still loads; calling that
+ * function calls `from.missing` instead.
  *
  * @throws {LoadFailure} listing every name tried and why it failed.
  */
-export function openLibmilter(envPath: string | undefined, missing: MissingHook): Libmilter {
+export function openLibmilter(envPath: string | undefined, from: LoadFrom): Libmilter {
   const maxAsyncCalls = configureKoffi();
   const names = envPath ? [envPath] : LIBRARY_CANDIDATES;
   const attempts: LoadAttempt[] = [];
@@ -415,7 +414,7 @@ export function openLibmilter(envPath: string | undefined, missing: MissingHook)
       continue;
     }
     try {
-      return libmilter(lib, name, missing, maxAsyncCalls);
+      return libmilter(lib, name, from, maxAsyncCalls);
     } catch (error) {
       lib.unload();
       attempts.push({

@@ -26,6 +26,8 @@
 import koffi, { type TypeObject } from "koffi";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
+import { pinLibrary, runsOnGlibc } from "./dl.ts";
+import { CALLBACK_SYMBOLS } from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
 export const SHIM_ABI = 5;
@@ -209,12 +211,16 @@ export interface PipelineStats {
 export const TAKE_BATCH = 256;
 
 /** The words `milter_shim_take_batch` writes per call (SHIM_CALL_WORDS). */
-const CALL_WORDS = 7;
+export const CALL_WORDS = 7;
 
-/** Each pipelined callback's index in `struct smfiDesc` (CB_* in milter_shim.c). */
-const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = { xxfi_header: 4, xxfi_eoh: 5, xxfi_body: 6 };
+/** The callbacks the shim can pipeline (its `PIPELINABLE`). */
+export const PIPELINED_SYMBOLS: readonly PipelinedSymbol[] = ["xxfi_header", "xxfi_eoh", "xxfi_body"];
+/** Each pipelined callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
+const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = Object.fromEntries(
+  PIPELINED_SYMBOLS.map((symbol) => [symbol, CALLBACK_SYMBOLS.indexOf(symbol)]),
+) as Record<PipelinedSymbol, number>;
 const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = Object.fromEntries(
-  Object.entries(PIPELINED_INDEX).map(([symbol, index]) => [index, symbol]),
+  PIPELINED_SYMBOLS.map((symbol) => [PIPELINED_INDEX[symbol], symbol]),
 ) as Record<number, PipelinedSymbol>;
 
 /** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
@@ -262,71 +268,20 @@ export interface ShimUnavailable {
 }
 
 /** `MILTER_SHIM_PENDING` in ffi/shim/milter_shim.c. */
-const PENDING = 0x10000;
+export const PENDING = 0x10000;
 
 /** How many callbacks `struct smfiDesc` has, and `milter_shim_wrap` takes. */
-const CALLBACKS = 13;
+const CALLBACKS = CALLBACK_SYMBOLS.length;
 
-/** <dlfcn.h> flags; glibc and musl agree on these values. */
-const RTLD_NOW = 0x2;
-const RTLD_NOLOAD = 0x4;
-const RTLD_NODELETE = 0x1000;
-
-interface Dl {
-  readonly dlopen: (name: string, flags: number) => bigint | null;
-  readonly dlsym: (handle: bigint | null, symbol: string) => bigint | null;
-  readonly dlerror: () => string | null;
-  /** Whether the process runs on glibc (`gnu_get_libc_version` exists), as opposed to musl. */
-  readonly glibc: boolean;
-}
-
-let dl: Dl | null | undefined;
-
-/**
- * libc's dynamic-loader functions, bound through koffi. `libc.so.6` names
- * glibc's C library, and on musl any `libc.*` name resolves to musl itself.
- * glibc before 2.34 keeps `dlopen` and `dlsym` in `libdl.so.2` instead.
- */
-function libdl(): Dl | null {
-  if (dl !== undefined) return dl;
-  dl = null;
-  let libc;
-  try {
-    libc = koffi.load("libc.so.6");
-  } catch {
-    return dl;
-  }
-  let glibc = true;
-  try {
-    libc.func("const char *gnu_get_libc_version(void)");
-  } catch {
-    glibc = false;
-  }
-  for (const lib of [libc, "libdl.so.2"]) {
-    try {
-      const handle = typeof lib === "string" ? koffi.load(lib) : lib;
-      dl = {
-        dlopen: handle.func("void *dlopen(const char *filename, int flags)"),
-        dlsym: handle.func("void *dlsym(void *handle, const char *symbol)"),
-        dlerror: handle.func("const char *dlerror(void)"),
-        glibc,
-      };
-      break;
-    } catch {
-      continue;
-    }
-  }
-  return dl;
-}
-
-/** `process.env[name]`, or `undefined` where the runtime forbids reading it (Deno without `--allow-env`). */
-function readEnv(name: string): string | undefined {
-  try {
-    return process.env[name];
-  } catch {
-    return undefined;
-  }
-}
+/** What `milter_shim_pipeline_stat(which)` gives, in `which` order. */
+export const PIPELINE_STATS: readonly (keyof PipelineStats)[] = [
+  "bytes",
+  "peakBytes",
+  "waits",
+  "connections",
+  "rings",
+  "calls",
+];
 
 /**
  * This process's platform as a {@linkcode PREBUILT_TARGETS} name, e.g.
@@ -337,9 +292,9 @@ function readEnv(name: string): string | undefined {
  */
 export function shimTarget(): string | null {
   if (process.platform !== "linux") return null;
-  const d = libdl();
-  if (d === null) return null;
-  return `linux-${process.arch}-${d.glibc ? "gnu" : "musl"}`;
+  const glibc = runsOnGlibc();
+  if (glibc === null) return null;
+  return `linux-${process.arch}-${glibc ? "gnu" : "musl"}`;
 }
 
 /** The command that builds an object on a platform without a prebuilt one, from the source beside this module. */
@@ -361,8 +316,8 @@ function prebuiltPath(target: string): string | ShimUnavailable {
 let opened: Shim | ShimUnavailable | undefined;
 
 /**
- * Loads the shim for this process, once: the file named by
- * `MILTER_SHIM_PATH` when set, otherwise the prebuilt object for
+ * Loads the shim for this process, once: the file `fromEnv` names (the
+ * value of `MILTER_SHIM_PATH`, read by the caller) when set, otherwise the prebuilt object for
  * {@linkcode shimTarget}. The object is pinned in memory for the life of the
  * process (`RTLD_NODELETE`): a runtime that finalizes koffi's library handles
  * at exit (Deno does) would otherwise unmap code that the milter's thread
@@ -371,13 +326,12 @@ let opened: Shim | ShimUnavailable | undefined;
  * @returns the shim, or why there is none: an unsupported platform, a missing
  *   or unloadable file, or an ABI other than {@linkcode SHIM_ABI}.
  */
-export function openShim(): Shim | ShimUnavailable {
-  opened ??= load();
+export function openShim(fromEnv?: string): Shim | ShimUnavailable {
+  opened ??= load(fromEnv || undefined);
   return opened;
 }
 
-function load(): Shim | ShimUnavailable {
-  const fromEnv = readEnv(SHIM_PATH_ENV) || undefined;
+function load(fromEnv: string | undefined): Shim | ShimUnavailable {
   let path: string;
   if (fromEnv !== undefined) {
     path = fromEnv;
@@ -405,9 +359,8 @@ function load(): Shim | ShimUnavailable {
   } catch (error) {
     return { reason: `cannot load the milter shim ${path}: ${messageOf(error)}; ${rebuild}` };
   }
-  const d = libdl();
-  if (d === null || !d.dlopen(path, RTLD_NOW | RTLD_NODELETE)) {
-    const why = d === null ? "libc's dlopen is not reachable" : d.dlerror() ?? "dlopen failed";
+  const why = pinLibrary(path);
+  if (why !== null) {
     return { reason: `cannot pin the milter shim ${path} in memory: ${why}` };
   }
   let abi: number;
@@ -572,10 +525,9 @@ function load(): Shim | ShimUnavailable {
       return symval(call.address, index);
     },
     pipelineStats(): PipelineStats {
-      const [bytes, peakBytes, waits, connections, rings, calls] = [0, 1, 2, 3, 4, 5].map((which) =>
-        Number(stat(which))
-      );
-      return { bytes, peakBytes, waits, connections, rings, calls };
+      return Object.fromEntries(
+        PIPELINE_STATS.map((name, which) => [name, Number(stat(which))]),
+      ) as unknown as PipelineStats;
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       startOnThread(start, "milter_shim_start_main", mainFn, done);
@@ -632,25 +584,6 @@ function load(): Shim | ShimUnavailable {
       throw new Error(`${name}: cannot start the thread (error ${errnoName(rc)})`);
     }
   }
-}
-
-/**
- * The address of `symbol` in a library this process has already loaded
- * (`dlopen(libraryPath, RTLD_NOW | RTLD_NOLOAD)` and `dlsym`), as a BigInt
- * for C function-pointer parameters; `null` when the library is not loaded,
- * lacks the symbol, or the dynamic loader is out of reach. The library's
- * reference count goes up by one for good, so the address stays valid.
- *
- * @param libraryPath the name or path the library was loaded under, e.g. `"libmilter.so.1.0.1"`.
- * @param symbol the C name, e.g. `"smfi_main"`.
- */
-export function functionAddress(libraryPath: string, symbol: string): bigint | null {
-  const d = libdl();
-  if (d === null) return null;
-  const handle = d.dlopen(libraryPath, RTLD_NOW | RTLD_NOLOAD);
-  if (!handle) return null;
-  const address = d.dlsym(handle, symbol);
-  return typeof address === "bigint" && address !== 0n ? address : null;
 }
 
 function messageOf(error: unknown): string {

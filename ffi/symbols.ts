@@ -134,6 +134,13 @@ export const CALLBACK_PROTOTYPES = {
 export type CallbackSymbol = keyof typeof CALLBACK_PROTOTYPES;
 
 /**
+ * The callbacks in `struct smfiDesc` order: a callback's position here is its
+ * index in `milter_shim_wrap`'s arrays and the shim's `CB_*`
+ * (`test/contract.test.ts` checks them against `ffi/shim/milter_shim.c`).
+ */
+export const CALLBACK_SYMBOLS: readonly CallbackSymbol[] = Object.keys(CALLBACK_PROTOTYPES) as CallbackSymbol[];
+
+/**
  * The JS function that handles callback `K`: libmilter's arguments, then the
  * token of this call. Through the native shim the token identifies the call
  * for an answer given later (`Later.reply`); without the shim it is `-1`, and
@@ -256,9 +263,6 @@ export const LIBC_PROTOTYPES = {
   ),
   getsockname: declare<(fd: number, addr: Uint8Array, len: number[]) => number>()(
     "int getsockname(int fd, void *addr, _Inout_ uint32_t *len)",
-  ),
-  dlopen: declare<(filename: string, flags: number) => Pointer | null>()(
-    "void *dlopen(const char *filename, int flags)",
   ),
 };
 

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { functionAddress, type Shim } from "./shim.ts";
+import { functionAddress } from "./dl.ts";
+import type { Shim } from "./shim.ts";
 
 /** libmilter's functions `int fn(void)` that block. */
 export type BlockingSymbol = "smfi_main" | "smfi_stop";

@@ -17,7 +17,8 @@
 
 import { cStringBytes } from "../ffi/libc.ts";
 import { MAX_LINES, setmlreply as callSetmlreply } from "../ffi/setmlreply.ts";
-import { active, CALLBACK_NAMES, type CallbackName, type Session } from "./ctx.ts";
+import { active, type Session } from "./ctx.ts";
+import { CALLBACK_NAMES, type CallbackName } from "./stages.ts";
 import { check, describe, fail, requireInt } from "./error.ts";
 import type { Libmilter } from "../ffi/load.ts";
 import type { QueuedCall, ShimWrite } from "../ffi/shim.ts";

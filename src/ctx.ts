@@ -25,26 +25,7 @@ import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
 import { describe, fail, milterError } from "./error.ts";
 import { report } from "./report.ts";
-
-/** The callbacks of a filter, in `struct smfiDesc` order. */
-export const CALLBACK_NAMES = [
-  "connect",
-  "helo",
-  "envfrom",
-  "envrcpt",
-  "header",
-  "eoh",
-  "body",
-  "eom",
-  "abort",
-  "close",
-  "unknown",
-  "data",
-  "negotiate",
-] as const;
-
-/** The name of a callback of a filter. */
-export type CallbackName = (typeof CALLBACK_NAMES)[number];
+import type { CallbackName } from "./stages.ts";
 
 const TOKEN = Symbol("Ctx");
 

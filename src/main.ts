@@ -12,7 +12,10 @@ import { findTcpListener, setTcpNoDelay } from "../ffi/libc.ts";
 import type { Libmilter } from "../ffi/load.ts";
 import { allSessions, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, milterError, requireInt } from "./error.ts";
-import { abandonPending, isRegistered, startPipeline } from "./filter.ts";
+import { abandonPending } from "./calls.ts";
+import { startPipeline } from "./pipeline.ts";
+import { isRegistered } from "./registration.ts";
+import { runQueued } from "./trampolines.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
@@ -398,7 +401,7 @@ function start(options: MainOptions): Promise<void> {
     }
     if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
     try {
-      startPipeline(pipelineBytes, pipelineMacros);
+      startPipeline(pipelineBytes, pipelineMacros, runQueued);
     } catch (error) {
       fail("main", `cannot start the pipeline's thread: ${describe(error)}`, { cause: error });
     }

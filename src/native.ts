@@ -8,6 +8,7 @@
 import { INSTALL_HINTS, type Libmilter, LIBMILTER_PATH_ENV, LoadFailure, openLibmilter } from "../ffi/load.ts";
 import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { fail } from "./error.ts";
+import { SHIM_PATH_ENV } from "../ffi/shim.ts";
 import { env } from "./runtime.ts";
 
 let loaded: Libmilter | undefined;
@@ -31,7 +32,10 @@ function missingFunction(symbol: OptionalSymbol, path: string): never {
 export function native(fn: string): Libmilter {
   if (loaded) return loaded;
   try {
-    loaded = openLibmilter(env(LIBMILTER_PATH_ENV) || undefined, missingFunction);
+    loaded = openLibmilter(env(LIBMILTER_PATH_ENV) || undefined, {
+      missing: missingFunction,
+      shimPath: env(SHIM_PATH_ENV),
+    });
   } catch (error) {
     if (!(error instanceof LoadFailure)) throw error;
     const tried = error.attempts.map((a) => `  ${a.name}: ${a.error}`).join("\n");

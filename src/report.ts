@@ -5,7 +5,8 @@
  * @module
  */
 
-import type { CallbackName, Ctx } from "./ctx.ts";
+import type { Ctx } from "./ctx.ts";
+import type { CallbackName } from "./stages.ts";
 import { describe, fail } from "./error.ts";
 import { writeStderr } from "./runtime.ts";
 

@@ -6,7 +6,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { MilterClient } from "../src/testing/mod.ts";
-import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
+import { type FilterProcess, killAll, NO_SHIM, script, startFilter } from "./helpers/filter.ts";
 
 afterAll(killAll);
 const REPLY = { action: "replycode", text: "451 4.3.0 mail filter scripted failed; try again later", smtpCode: 451 };
@@ -47,8 +47,16 @@ describe("with a reporter installed by the program", () => {
     expect(reported.message).toBe(`the envrcpt callback returned ${described}, not a Stat`);
   });
 
-  test("a Promise answer is awaited (see async.test.ts)", async () => {
-    expect(await rcptWith({ stat: "Reject", promise: true })).toEqual({ action: "reject" });
+  // One test in both projects of vitest.config.ts: with the shim (see async.test.ts) and without it.
+  test("a Promise answer is awaited; without the shim it fails with 451, naming what is missing", async () => {
+    if (!NO_SHIM) {
+      expect(await rcptWith({ stat: "Reject", promise: true })).toEqual({ action: "reject" });
+      return;
+    }
+    expect(await rcptWith({ stat: "Reject", promise: true })).toEqual(REPLY);
+    const reported = await filter.waitFor((e) => e.event === "reported" && e.message.includes("needs the native shim"));
+    expect(reported).toMatchObject({ cb: "envrcpt", kind: "bad-return" });
+    expect(reported.message).toMatch(/cannot load the milter shim .*no-shim.*check MILTER_SHIM_PATH/);
   });
 
   test("failures at every stage tempfail, and the filter keeps serving", async () => {

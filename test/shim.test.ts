@@ -31,7 +31,8 @@ import process from "node:process";
 import { promisify } from "node:util";
 import koffi from "koffi";
 import { afterAll, describe, expect, test, type TestContext } from "vitest";
-import { functionAddress, openShim, PREBUILT_TARGETS, SHIM_ABI, shimTarget } from "../ffi/shim.ts";
+import { functionAddress } from "../ffi/dl.ts";
+import { openShim, PREBUILT_TARGETS, SHIM_ABI, shimTarget } from "../ffi/shim.ts";
 import { command, ROOT, type Runtime, RUNTIMES } from "./helpers/runtimes.ts";
 
 const run = promisify(execFile);

@@ -33,6 +33,17 @@ export interface StartOptions {
 
 const live = new Set<FilterProcess>();
 
+/**
+ * With MILTER_TEST_NO_SHIM set (the `no-shim` project of vitest.config.ts),
+ * every filter runs as on a platform without a prebuilt shim: the shim path
+ * names a file that does not exist, and the binding falls back to calling
+ * libmilter's callbacks directly.
+ */
+export const NO_SHIM: boolean = process.env.MILTER_TEST_NO_SHIM === "1";
+const SHIM_ENV: Record<string, string> = NO_SHIM
+  ? { MILTER_SHIM_PATH: "/nonexistent/milter-test-no-shim/libmilter_shim.so" }
+  : {};
+
 /** A free TCP port on the loopback interface of `host`. */
 export function freePort(host = "127.0.0.1"): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -170,7 +181,7 @@ export async function startFilter(options: StartOptions = {}): Promise<FilterPro
   const [cmd, args] = command(runtime, join(ROOT, "test/fixtures", options.fixture ?? "scripted.ts"));
   const child = spawn(cmd, args, {
     cwd: ROOT,
-    env: { ...process.env, SOCKET: spec, MILTER_SOCKET: spec, ...options.env },
+    env: { ...process.env, SOCKET: spec, MILTER_SOCKET: spec, ...SHIM_ENV, ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const filter = new FilterProcess(child, spec, dir);

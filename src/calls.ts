@@ -1,0 +1,146 @@
+/**
+ * One call of a filter callback, from libmilter's side: opening the
+ * connection's session, the answer owed for an earlier failure, the
+ * callback, its failure, an answer that comes later (a Promise), and the
+ * end of the call.
+ *
+ * @module
+ */
+
+import { SMFIS_TEMPFAIL } from "../ffi/constants.ts";
+import type { Pointer } from "../ffi/memory.ts";
+import type { QueuedCall } from "../ffi/shim.ts";
+import { BadReturn, CallbackTimeout, type Deferred } from "./answers.ts";
+import { enter, isOpen, leave, release, runInvocation, type Session } from "./ctx.ts";
+import { failure, owed } from "./failure.ts";
+import { lifecycle } from "./lifecycle.ts";
+import { native } from "./native.ts";
+import { keepNegotiated, refuseUnnegotiated, resumeNegotiated } from "./negotiation.ts";
+import { queueDone } from "./pipeline.ts";
+import { registered, type Registration } from "./registration.ts";
+import type { CallbackName } from "./stages.ts";
+
+/**
+ * Runs one callback for the connection at `ptr`: opens the session, calls
+ * `body`, and turns anything that escapes into the failure policy. A body
+ * that answers with a Promise keeps the session in its callback until the
+ * Promise settles (or `callbackTimeout` passes), and libmilter's thread
+ * parked in the shim until then: see {@linkcode answerLater}.
+ */
+export function dispatch(
+  callback: CallbackName,
+  ptr: Pointer,
+  token: number,
+  body: (session: Session, r: Registration) => number | Deferred,
+  queued: QueuedCall | null = null,
+): number {
+  const r = registered();
+  const opening = !isOpen(ptr);
+  const session = enter(ptr, callback, r.flags);
+  const resumed = !opening || resumeNegotiated(session, callback, r);
+  session.token = token;
+  session.queued = queued;
+  let answer: number;
+  try {
+    // A connection that starts while main is stopping is refused at its
+    // first callback (negotiate or connect), so the MTA tempfails it; so is
+    // a session whose connection's negotiation was lost.
+    if (opening && lifecycle.phase !== "running" && callback !== "close") answer = SMFIS_TEMPFAIL;
+    else if (!resumed) answer = refuseUnnegotiated(session, callback, r);
+    else {
+      const result = owed(session, callback, r.name) ?? runInvocation(session, () => body(session, r));
+      if (typeof result !== "number") return answerLater(session, callback, token, result, queued);
+      answer = result;
+    }
+  } catch (error) {
+    answer = failure(session, callback, error);
+  }
+  end(session, callback);
+  return answer;
+}
+
+/** Ends a callback: its Ctx is unusable until the next one, and for good after close. */
+export function end(session: Session, callback: CallbackName): void {
+  leave(session);
+  if (callback !== "close") return;
+  keepNegotiated(session, registered());
+  release(session);
+}
+
+/**
+ * Answers a callback whose value is a Promise: libmilter's thread waits in
+ * the shim (the handler returns its pending code) until the Promise settles
+ * or `callbackTimeout` passes, whichever comes first; then the answer is
+ * computed while the Ctx is still usable, and given to the shim. What comes
+ * after that changes nothing. Without the shim a Promise cannot be waited
+ * for: the callback fails, naming the platform. A pipelined call (`queued`)
+ * has no thread waiting: its settlement lets the connection's next queued
+ * call run instead.
+ */
+function answerLater(
+  session: Session,
+  callback: CallbackName,
+  token: number,
+  deferred: Deferred,
+  queued: QueuedCall | null,
+): number {
+  const lib = native("main");
+  const later = lib.later;
+  if (later === null || (token < 0 && queued === null)) {
+    deferred.promise.then(undefined, () => {}); // abandoned: its rejection must not go unhandled
+    const why = lib.laterUnavailable ?? "this callback was registered without the native shim";
+    const code = failure(
+      session,
+      callback,
+      new BadReturn(`the ${callback} callback returned a Promise, which needs the native shim: ${why}`),
+    );
+    end(session, callback);
+    return code;
+  }
+  let settled = false;
+  const answer = (compute: () => number): void => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    session.pending = null;
+    let code: number;
+    try {
+      code = compute();
+    } catch (error) {
+      code = failure(session, callback, error);
+    }
+    end(session, callback);
+    if (queued === null) later.reply(token, code);
+    else queueDone(later, session, queued);
+  };
+  const timeoutMs = lifecycle.callbackTimeoutMs;
+  const timer = timeoutMs === null ? undefined : setTimeout(() =>
+    answer(() => {
+      throw new CallbackTimeout(
+        `the ${callback} callback's Promise did not settle within callbackTimeout (${timeoutMs / 1000} s)`,
+      );
+    }), timeoutMs);
+  session.pending = () =>
+    answer(() => {
+      throw new CallbackTimeout(`the ${callback} callback's Promise was still pending when libmilter stopped`);
+    });
+  // Adopted into a native Promise: a thenable's then() then runs in a later
+  // microtask, so it can neither answer while this callback is still on the
+  // stack nor throw into it (a throw becomes a rejection).
+  new Promise((resolve) => resolve(deferred.promise)).then(
+    (value) => answer(() => deferred.settle(value)),
+    (error) =>
+      answer(() => {
+        throw error;
+      }),
+  );
+  return later.pending;
+}
+
+/**
+ * Answers every callback still waiting for its Promise with Tempfail: when
+ * libmilter stops, no Promise may keep one of its threads parked.
+ */
+export function abandonPending(sessions: Iterable<Session>): void {
+  for (const session of [...sessions]) session.pending?.();
+}

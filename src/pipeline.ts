@@ -1,0 +1,125 @@
+/**
+ * The pipeline: at a stage a connection negotiated as no reply (header, eoh,
+ * body), the shim answers libmilter at once and queues the call; the bell
+ * the shim rings brings the queued calls here, run in order per connection.
+ *
+ * @module
+ */
+
+import type { Later } from "../ffi/load.ts";
+import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall } from "../ffi/shim.ts";
+import { silent } from "./answers.ts";
+import { macroKey } from "./convert.ts";
+import { type Session, sessionAt } from "./ctx.ts";
+import { reportInternal } from "./failure.ts";
+import { lifecycle } from "./lifecycle.ts";
+import { native } from "./native.ts";
+import type { Registration } from "./registration.ts";
+import { stageOf } from "./stages.ts";
+
+/** Runs one queued call through its stage's callback; returns the shim's pending code when it answered later. */
+export type QueuedRunner = (session: Session, call: QueuedCall) => number;
+
+let runQueued: QueuedRunner = () => {
+  throw new Error("milter binding: the pipeline runs no call before startPipeline");
+};
+
+/**
+ * @internal What the pipeline holds and has held, `null` when it is off:
+ * for tests and monitoring.
+ */
+export function pipelineStats(): PipelineStats | null {
+  return lifecycle.pipelining ? native("main").later?.pipelineStats() ?? null : null;
+}
+
+/**
+ * Turns pipelining on for the process, before main starts libmilter: at a
+ * stage negotiated as no reply (header, eoh, body), the shim answers
+ * libmilter at once, and the filter's callback runs when the JS thread gets
+ * to it, in order with the connection's other callbacks. Off without the
+ * shim, or when `bytes` (the bound per connection) is 0. The `macros` are
+ * captured for each pipelined call, for getsymval. `run` runs one queued
+ * call through its callback (`trampolines.ts`).
+ *
+ * @returns whether pipelining is on.
+ * @throws {Error} when the shim cannot start its thread.
+ */
+export function startPipeline(bytes: number, macros: readonly string[], run: QueuedRunner): boolean {
+  const later = native("main").later;
+  if (later === null || bytes === 0) return false;
+  runQueued = run;
+  const captured = later.bindPipeline(() => ring(later), bytes, macros);
+  lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
+  lifecycle.pipelining = true;
+  return true;
+}
+
+/**
+ * Tells the shim which stages of this connection to pipeline: those it
+ * negotiated as no reply that the filter has a callback for, among header,
+ * eoh and body. Every negotiate says it, so that a context address a later
+ * connection reuses never inherits an earlier connection's choice. Should
+ * the shim refuse (memory), the stages run while libmilter waits, as
+ * without pipelining.
+ */
+export function pipelineStages(session: Session, r: Registration): void {
+  if (!lifecycle.pipelining) return;
+  const symbols = PIPELINED_SYMBOLS.filter((symbol) => {
+    const { name } = stageOf(symbol);
+    return r.callbacks[name] !== undefined && silent(session, name);
+  });
+  native("negotiate").later?.pipeline(session.ptr, symbols);
+}
+
+/**
+ * The bell the shim rings while calls are queued: takes a batch of them and
+ * runs them, oldest first. A connection whose earlier call is still running
+ * (its Promise pending) keeps the new one in its backlog. The calls that
+ * are through go back to the shim together, at the end.
+ */
+function ring(later: Later): void {
+  const finished: QueuedCall[] = [];
+  try {
+    for (const call of later.take()) {
+      const session = sessionAt(call.ctx);
+      if (session === undefined) finished.push(call); // main has ended and released every session
+      else if (session.backlog !== null) session.backlog.push(call);
+      else {
+        session.backlog = [];
+        runQueue(session, call, finished);
+      }
+    }
+  } catch (error) {
+    reportInternal("the pipeline's bell", error);
+  } finally {
+    later.done(finished);
+  }
+}
+
+/**
+ * Runs a connection's queued calls from `call` on, in order, until one
+ * answers with a Promise (its settlement goes on from there, see
+ * {@linkcode queueDone}) or none is left. Each call through is added to
+ * `finished`, for the caller to give back to the shim, which lets the
+ * connection's next replying stage go on.
+ */
+function runQueue(session: Session, call: QueuedCall | undefined, finished: QueuedCall[]): void {
+  const pending = native("main").later?.pending;
+  while (call !== undefined) {
+    // After main ended (every session released), queued calls are only given back.
+    if (!session.closed && runQueued(session, call) === pending) return;
+    finished.push(call);
+    call = session.backlog?.shift();
+  }
+  session.backlog = null;
+}
+
+/** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
+export function queueDone(later: Later, session: Session, call: QueuedCall): void {
+  const finished = [call];
+  try {
+    runQueue(session, session.backlog?.shift(), finished);
+  } finally {
+    later.done(finished);
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * The contract between the TypeScript side and the native shim, checked
+ * against the C source (`ffi/shim/milter_shim.c`): the callbacks' order
+ * (`CB_*`) against the one table of stages, what the shim can pipeline, the
+ * pending code, the words of a queued call, the write kinds (`OP_*`) and
+ * their libmilter functions, the statistics' order, and the libmilter codes
+ * the shim answers with itself. Change one side alone and this fails.
+ */
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, test } from "vitest";
+import * as C from "../ffi/constants.ts";
+import { CALL_WORDS, PENDING, PIPELINE_STATS, PIPELINED_SYMBOLS, WRITE_FUNCTIONS, WRITE_KINDS } from "../ffi/shim.ts";
+import { CALLBACK_SYMBOLS } from "../ffi/symbols.ts";
+import { CALLBACK_NAMES, STAGES } from "../src/stages.ts";
+import { ROOT } from "./helpers/runtimes.ts";
+
+const source = readFileSync(join(ROOT, "ffi/shim/milter_shim.c"), "utf8");
+
+/** The members of the C enum whose first member is `first`, in order. */
+function enumMembers(first: string): string[] {
+  const body = new RegExp(`enum\\s*{\\s*(${first}[^}]*)}`).exec(source)?.[1];
+  if (body === undefined) throw new Error(`no enum starting with ${first} in milter_shim.c`);
+  return body.split("\n").map((line) => /^\s*([A-Z][A-Za-z_]*)/.exec(line.replace(/\/\*.*?\*\//g, ""))?.[1])
+    .filter((name): name is string => name !== undefined);
+}
+
+/** The value of `#define name value`. */
+function define(name: string): string {
+  const value = new RegExp(`#define ${name}\\s+(\\S+)`).exec(source)?.[1];
+  if (value === undefined) throw new Error(`no #define ${name} in milter_shim.c`);
+  return value;
+}
+
+describe("the shim and the table of stages agree", () => {
+  test("CB_* is struct smfiDesc order, the order of the stages", () => {
+    const members = enumMembers("CB_connect").filter((m) => m.startsWith("CB_"));
+    expect(members.map((m) => m.slice("CB_".length))).toEqual([...CALLBACK_NAMES]);
+    expect(CALLBACK_SYMBOLS.map((s) => s.slice("xxfi_".length))).toEqual([...CALLBACK_NAMES]);
+    expect(Object.values(STAGES).map((s) => s.index)).toEqual(CALLBACK_NAMES.map((_, i) => i));
+  });
+
+  test("what the shim pipelines (PIPELINABLE) is what the stages say", () => {
+    const full = /#define PIPELINABLE \(([^)]*)\)/.exec(source)![1];
+    expect([...full.matchAll(/CB_(\w+)/g)].map((m) => m[1])).toEqual(
+      CALLBACK_NAMES.filter((name) => STAGES[name].pipelinable),
+    );
+    expect(PIPELINED_SYMBOLS.map((s) => s.slice("xxfi_".length))).toEqual(
+      CALLBACK_NAMES.filter((name) => STAGES[name].pipelinable),
+    );
+  });
+});
+
+describe("the constants both sides use", () => {
+  test("the pending code, the words of a queued call", () => {
+    expect(Number(define("MILTER_SHIM_PENDING"))).toBe(PENDING);
+    expect(Number(define("SHIM_CALL_WORDS"))).toBe(CALL_WORDS);
+  });
+
+  test("the libmilter codes the shim answers with itself", () => {
+    expect(Number(define("SHIM_SMFIS_TEMPFAIL"))).toBe(C.SMFIS_TEMPFAIL);
+    expect(Number(define("SHIM_SMFIS_NOREPLY"))).toBe(C.SMFIS_NOREPLY);
+  });
+
+  test("OP_* are the write kinds, in the order of their libmilter functions", () => {
+    const ops = enumMembers("OP_addheader").filter((m) => m.startsWith("OP_")).map((m) => m.slice("OP_".length));
+    expect(ops).toEqual(WRITE_FUNCTIONS.map((fn) => fn.slice("smfi_".length)));
+    // OP_addheader is 1 and each next one more; setreply is the shim's own, not a kind JS posts.
+    expect(Object.entries(WRITE_KINDS)).toEqual(ops.slice(0, -1).map((op, i) => [op, i + 1]));
+  });
+
+  test("milter_shim_pipeline_stat's order", () => {
+    const stats = /stats\[\] = \{([^}]*)\}/.exec(source)![1].split(",").map((s) => s.trim().replace("&stat_", ""));
+    const names: Record<string, string> = {
+      bytes: "bytes",
+      peak: "peakBytes",
+      waits: "waits",
+      conns: "connections",
+      rings: "rings",
+      queued: "calls",
+    };
+    expect(stats.map((s) => names[s])).toEqual([...PIPELINE_STATS]);
+  });
+});
