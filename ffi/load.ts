@@ -69,57 +69,29 @@ export interface Libmilter {
    * `bench/profile.ts`, which calls the pointer itself.
    */
   registerCallback<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): Pointer;
-  /** Answers given after the handler returned, through the shim; `null` where there is none. */
-  readonly later: Later | null;
-  /** Why {@linkcode Libmilter.later} is `null`: the platform, and the command that builds the shim. */
-  readonly laterUnavailable: string | null;
-  /** libmilter's blocking functions (`smfi_main`, `smfi_stop`), run off the JS thread; see `ffi/thread.ts`. */
-  readonly blocking: BlockingCalls;
-}
-
-/**
- * The answers of callbacks given after their handler returned: a handler
- * returns {@linkcode Later.pending}, libmilter's thread stays parked in the
- * shim, and {@linkcode Later.reply} answers it with the token the handler got.
- */
-export interface Later {
-  /** What a handler returns to answer later. */
-  readonly pending: number;
-  /** Answers the waiting call of `token` with `code`; `false` when no call waits under that token. */
-  reply(token: number, code: number): boolean;
-  /** How many calls wait for an answer now. */
-  waiting(): number;
+  /** The native shim (answers given later, writes on each connection's thread, the pipeline); `null` where there is none. */
+  readonly shim: Shim | null;
+  /** Why {@linkcode Libmilter.shim} is `null`: the platform, and the command that builds the shim. */
+  readonly shimUnavailable: string | null;
   /**
-   * Has the shim do libmilter's writes to the MTA (addheader, replacebody,
-   * …) on each connection's own thread, posted with {@linkcode Later.post}.
+   * Gives the shim libmilter's write functions (`Shim.bindWrites`): it then
+   * does the writes posted with `Shim.post` on each connection's own thread.
    * When one fails, the shim sets the reply `451 4.3.0 <failureText>`,
    * answers Tempfail, and calls `onFailure` (on the JS thread, while
    * libmilter's thread still waits) with the connection's context and the
-   * write. Once per process.
+   * write. Once per process; nothing without the shim.
    */
   bindWrites(failureText: string, onFailure: (ctx: Pointer, write: ShimWrite["kind"]) => void): void;
-  /** Hands `write` to the thread of the call `token` names; `false` when that call takes no more writes. */
-  post(token: number, write: ShimWrite): boolean;
   /**
-   * Has the shim answer the no-reply stages it is told to pipeline at once
-   * and queue their calls: `bell` runs on the JS thread whenever calls wait
-   * for {@linkcode Later.take}; each queued call keeps the values `macros`
-   * had for it ({@linkcode Later.symval}). Once per process, before main.
+   * Turns the shim's pipeline on (`Shim.bindPipeline`), with libmilter's
+   * `smfi_getsymval` to capture `macros` for each queued call.
    *
-   * @returns the macros captured: `macros`, or none where libmilter's
-   *   `smfi_getsymval` cannot be reached.
+   * @returns the macros captured: `macros`, or none where `smfi_getsymval` cannot be reached.
+   * @throws {Error} without the shim, or when it cannot start its thread.
    */
   bindPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): readonly string[];
-  /** The value of `macros[index]` (of bindPipeline) captured for a queued call. */
-  symval: Shim["symval"];
-  /** Pipelines these callbacks of the connection at `ctx` (from its negotiate handler); `false` when it cannot. */
-  pipeline: Shim["pipeline"];
-  /** The queued calls, oldest first (a batch of them). */
-  take: Shim["take"];
-  /** Ends queued calls once their callbacks are through. */
-  done: Shim["done"];
-  /** What the pipeline holds. */
-  pipelineStats: Shim["pipelineStats"];
+  /** libmilter's blocking functions (`smfi_main`, `smfi_stop`), run off the JS thread; see `ffi/thread.ts`. */
+  readonly blocking: BlockingCalls;
 }
 
 /** Called for an optional function this build lacks, in place of it; throws. */
@@ -287,35 +259,29 @@ function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>,
   }
 }
 
-/** {@linkcode Libmilter.later} through `shim`, for the library loaded from `path`. */
-function later(shim: Shim, path: string): Later {
-  const kinds = Object.fromEntries(Object.entries(WRITE_KINDS).map(([name, kind]) => [kind, name])) as Record<
-    number,
-    ShimWrite["kind"]
-  >;
+/** The write kinds by their `OP_*` number. */
+const WRITE_NAMES = Object.fromEntries(Object.entries(WRITE_KINDS).map(([name, kind]) => [kind, name])) as Record<
+  number,
+  ShimWrite["kind"]
+>;
+
+/** {@linkcode Libmilter.bindWrites} and {@linkcode Libmilter.bindPipeline} for the library loaded from `path`. */
+function shimBindings(shim: Shim | null, path: string): Pick<Libmilter, "bindWrites" | "bindPipeline"> {
   return {
-    pending: shim.pendingCode,
-    reply: shim.reply,
-    waiting: shim.pending,
-    post: shim.post,
+    bindWrites: (failureText, onFailure) =>
+      shim?.bindWrites(
+        WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),
+        failureText,
+        (ctx, kind) => onFailure(ctx, WRITE_NAMES[kind]),
+      ),
     bindPipeline: (bell, boundBytes, macros) => {
+      if (shim === null) throw new Error("no native shim: nothing can be pipelined");
       // Without smfi_getsymval's address nothing can be captured.
       const getsymval = functionAddress(path, "smfi_getsymval");
       const captured = getsymval === null ? [] : macros;
       shim.bindPipeline(bell, boundBytes, getsymval, captured);
       return captured;
     },
-    symval: shim.symval,
-    pipeline: shim.pipeline,
-    take: shim.take,
-    done: shim.done,
-    pipelineStats: shim.pipelineStats,
-    bindWrites: (failureText, onFailure) =>
-      shim.bindWrites(
-        WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),
-        failureText,
-        (ctx, kind) => onFailure(ctx, kinds[kind]),
-      ),
   };
 }
 
@@ -386,8 +352,9 @@ function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCal
     registerCallback: (symbol, handler) =>
       koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
-    later: shim === null ? null : later(shim, path),
-    laterUnavailable: shim === null ? shimReason : null,
+    shim,
+    shimUnavailable: shim === null ? shimReason : null,
+    ...shimBindings(shim, path),
     blocking: blockingCalls(path, opened, onWorker),
   };
 }

@@ -110,7 +110,7 @@ export interface Shim {
    */
   reply(token: number, code: number): boolean;
   /** How many wrapped calls wait for a {@linkcode reply} right now (`milter_shim_pending`). */
-  pending(): number;
+  waiting(): number;
   /**
    * Gives the shim libmilter's write functions (`milter_shim_bind_writes`),
    * in {@linkcode WRITE_FUNCTIONS} order, each an address or `null`; the
@@ -455,7 +455,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
       // A fraction would be truncated on its way to int64_t, onto another token.
       return Number.isSafeInteger(token) && reply(token, code) === 0;
     },
-    pending(): number {
+    waiting(): number {
       return pending();
     },
     bindWrites(functions, failureText, onFailure): void {

@@ -171,7 +171,7 @@ class Op {
   write(session: Session, write: ShimWrite, direct: () => number, why?: () => string): void {
     const lib = native(this.name);
     const optional = OPTIONAL_WRITES[write.kind];
-    const later = optional && !lib.has(optional) ? null : lib.later; // a missing function raises its own error
+    const later = optional && !lib.has(optional) ? null : lib.shim; // a missing function raises its own error
     if (later === null || session.token < 0) return this.check(direct(), why);
     if (!later.post(session.token, write)) this.fail("the callback has already answered; nothing was sent");
   }
@@ -242,7 +242,7 @@ function captured(session: Session, call: QueuedCall, name: string): string | nu
         "add it there, or read it in a stage that replies and keep it with setpriv",
     );
   }
-  return native(GETSYMVAL.name).later!.symval(call, index!);
+  return native(GETSYMVAL.name).shim!.symval(call, index!);
 }
 
 /**

@@ -85,10 +85,10 @@ function answerLater(
   queued: QueuedCall | null,
 ): number {
   const lib = native("main");
-  const later = lib.later;
+  const later = lib.shim;
   if (later === null || (token < 0 && queued === null)) {
     deferred.promise.then(undefined, () => {}); // abandoned: its rejection must not go unhandled
-    const why = lib.laterUnavailable ?? "this callback was registered without the native shim";
+    const why = lib.shimUnavailable ?? "this callback was registered without the native shim";
     const code = failure(
       session,
       callback,
@@ -102,7 +102,7 @@ function answerLater(
     if (settled) return;
     settled = true;
     clearTimeout(timer);
-    session.pending = null;
+    session.abandon = null;
     let code: number;
     try {
       code = compute();
@@ -120,7 +120,7 @@ function answerLater(
         `the ${callback} callback's Promise did not settle within callbackTimeout (${timeoutMs / 1000} s)`,
       );
     }), timeoutMs);
-  session.pending = () =>
+  session.abandon = () =>
     answer(() => {
       throw new CallbackTimeout(`the ${callback} callback's Promise was still pending when libmilter stopped`);
     });
@@ -134,7 +134,7 @@ function answerLater(
         throw error;
       }),
   );
-  return later.pending;
+  return later.pendingCode;
 }
 
 /**
@@ -142,5 +142,5 @@ function answerLater(
  * libmilter stops, no Promise may keep one of its threads parked.
  */
 export function abandonPending(sessions: Iterable<Session>): void {
-  for (const session of [...sessions]) session.pending?.();
+  for (const session of [...sessions]) session.abandon?.();
 }

@@ -83,7 +83,7 @@ export interface Session {
    */
   failed: "connection" | "message" | null;
   /** While the running callback's Promise is pending: answers it with Tempfail at once (when libmilter stops). */
-  pending: (() => void) | null;
+  abandon: (() => void) | null;
   /** The shim's token of the running callback, for writes done by its own thread; -1 when there is none. */
   token: number;
   /**
@@ -121,7 +121,7 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
       raw: [],
       noReply: 0,
       failed: null,
-      pending: null,
+      abandon: null,
       token: -1,
       queued: null,
       backlog: null,

@@ -220,7 +220,7 @@ export function register(filter: Filter): void {
   }
   setRegistered(r);
   reportFor(r.name);
-  lib.later?.bindWrites(failureReply(r.name), writeFailed);
+  lib.bindWrites(failureReply(r.name), writeFailed);
 }
 
 /**

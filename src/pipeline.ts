@@ -6,8 +6,7 @@
  * @module
  */
 
-import type { Later } from "../ffi/load.ts";
-import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall } from "../ffi/shim.ts";
+import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall, type Shim } from "../ffi/shim.ts";
 import { silent } from "./answers.ts";
 import { macroKey } from "./convert.ts";
 import { type Session, sessionAt } from "./ctx.ts";
@@ -29,7 +28,7 @@ let runQueued: QueuedRunner = () => {
  * for tests and monitoring.
  */
 export function pipelineStats(): PipelineStats | null {
-  return lifecycle.pipelining ? native("main").later?.pipelineStats() ?? null : null;
+  return lifecycle.pipelining ? native("main").shim?.pipelineStats() ?? null : null;
 }
 
 /**
@@ -45,10 +44,11 @@ export function pipelineStats(): PipelineStats | null {
  * @throws {Error} when the shim cannot start its thread.
  */
 export function startPipeline(bytes: number, macros: readonly string[], run: QueuedRunner): boolean {
-  const later = native("main").later;
+  const lib = native("main");
+  const later = lib.shim;
   if (later === null || bytes === 0) return false;
   runQueued = run;
-  const captured = later.bindPipeline(() => ring(later), bytes, macros);
+  const captured = lib.bindPipeline(() => ring(later), bytes, macros);
   lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
   lifecycle.pipelining = true;
   return true;
@@ -68,7 +68,7 @@ export function pipelineStages(session: Session, r: Registration): void {
     const { name } = stageOf(symbol);
     return r.callbacks[name] !== undefined && silent(session, name);
   });
-  native("negotiate").later?.pipeline(session.ptr, symbols);
+  native("negotiate").shim?.pipeline(session.ptr, symbols);
 }
 
 /**
@@ -77,7 +77,7 @@ export function pipelineStages(session: Session, r: Registration): void {
  * (its Promise pending) keeps the new one in its backlog. The calls that
  * are through go back to the shim together, at the end.
  */
-function ring(later: Later): void {
+function ring(later: Shim): void {
   const finished: QueuedCall[] = [];
   try {
     for (const call of later.take()) {
@@ -104,7 +104,7 @@ function ring(later: Later): void {
  * connection's next replying stage go on.
  */
 function runQueue(session: Session, call: QueuedCall | undefined, finished: QueuedCall[]): void {
-  const pending = native("main").later?.pending;
+  const pending = native("main").shim?.pendingCode;
   while (call !== undefined) {
     // After main ended (every session released), queued calls are only given back.
     if (!session.closed && runQueued(session, call) === pending) return;
@@ -115,7 +115,7 @@ function runQueue(session: Session, call: QueuedCall | undefined, finished: Queu
 }
 
 /** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
-export function queueDone(later: Later, session: Session, call: QueuedCall): void {
+export function queueDone(later: Shim, session: Session, call: QueuedCall): void {
   const finished = [call];
   try {
     runQueue(session, session.backlog?.shift(), finished);

@@ -14,7 +14,7 @@
  *   libmilter serves on the shim's thread under Node, Deno and Bun, stops
  *   with done(0), and process.exit() ends a process running it at once
  *   (the reason the shim exists: through koffi's `.async`, Node hangs);
- *   Shim.wrap/reply/pending work through koffi in each runtime;
+ *   Shim.wrap/reply/waiting work through koffi in each runtime;
  * - on arm64: the same, in an arm64 Node under qemu with Debian's arm64
  *   libmilter, provisioned by scripts/arm64-sysroot.sh.
  *

@@ -494,6 +494,36 @@ static void set_failure_reply(void *ctx)
 		setreply(ctx, "451", "4.3.0", failure_text);
 }
 
+/* Where alloc_copies() put its copies, and how large the allocation is. */
+struct copies {
+	char *a, *b;	      /* copies of the strings, NULL for NULL */
+	unsigned char *bytes; /* a copy of the bytes, NULL for NULL */
+	size_t len;	      /* their length (0 without bytes) */
+	size_t size;	      /* of the whole allocation */
+};
+
+/*
+ * One allocation: `head` bytes (a struct, for the caller), then copies of the
+ * C strings a and b and of len bytes at `bytes` (each may be NULL), which
+ * `out` points at. NULL when memory runs out.
+ */
+static void *alloc_copies(size_t head, const char *a, const char *b, const unsigned char *bytes, size_t len,
+			  struct copies *out)
+{
+	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
+	size_t lbytes = bytes != NULL ? len : 0;
+	char *block = malloc(head + la + lb + lbytes);
+	if (block == NULL)
+		return NULL;
+	char *tail = block + head;
+	out->a = a != NULL ? memcpy(tail, a, la) : NULL;
+	out->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
+	out->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
+	out->len = lbytes;
+	out->size = head + la + lb + lbytes;
+	return block;
+}
+
 /* Does one write on the calling thread; returns libmilter's result (0 = MI_SUCCESS). */
 static int op_run(void *ctx, const struct op *op)
 {
@@ -729,23 +759,20 @@ static struct conn *conn_find(const void *ctx)
 static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, const char *b,
 					  const unsigned char *bytes, size_t len)
 {
-	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
-	size_t lbytes = bytes != NULL ? len : 0;
-	size_t size = sizeof(struct milter_shim_call) + la + lb + lbytes;
-	struct milter_shim_call *call = malloc(size);
+	struct copies copies;
+	struct milter_shim_call *call = alloc_copies(sizeof *call, a, b, bytes, len, &copies);
 	if (call == NULL)
 		return NULL;
-	char *tail = (char *)(call + 1);
 	call->ctx = ctx;
 	call->callback = cb;
-	call->a = a != NULL ? memcpy(tail, a, la) : NULL;
-	call->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
-	call->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
-	call->len = lbytes;
+	call->a = copies.a;
+	call->b = copies.b;
+	call->bytes = copies.bytes;
+	call->len = copies.len;
 	call->next = NULL;
 	call->conn = NULL;
 	call->snap = NULL;
-	call->size = size;
+	call->size = copies.size;
 	return call;
 }
 
@@ -1355,19 +1382,17 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 {
 	if (kind < OP_addheader || kind > OP_progress || len < 0)
 		return -1;
-	size_t la = a != NULL ? strlen(a) + 1 : 0, lb = b != NULL ? strlen(b) + 1 : 0;
-	size_t lbytes = bytes != NULL ? (size_t)len : 0;
-	struct op *op = malloc(sizeof *op + la + lb + lbytes);
+	struct copies copies;
+	struct op *op = alloc_copies(sizeof *op, a, b, bytes, (size_t)len, &copies);
 	if (op == NULL)
 		return -2;
-	char *tail = (char *)(op + 1);
 	op->next = NULL;
 	op->kind = kind;
 	op->index = index;
 	op->len = len;
-	op->a = a != NULL ? memcpy(tail, a, la) : NULL;
-	op->b = b != NULL ? memcpy(tail + la, b, lb) : NULL;
-	op->bytes = bytes != NULL ? memcpy(tail + la + lb, bytes, lbytes) : NULL;
+	op->a = copies.a;
+	op->b = copies.b;
+	op->bytes = copies.bytes;
 	int rc = -1;
 	pthread_mutex_lock(&pool_lock);
 	struct slot *slot = slot_of_token(token);
