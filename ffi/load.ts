@@ -12,6 +12,7 @@ import { type BlockingCalls, blockingCalls } from "./thread.ts";
 import { functionAddress, pinLibrary } from "./dl.ts";
 import { openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
 import {
+  bindAll,
   CALLBACK_PROTOTYPES,
   type CallbackHandler,
   type CallbackHandlers,
@@ -204,13 +205,6 @@ interface Bound {
   async(...args: any[]): void;
 }
 
-/** Binds every declaration of `table`; throws when one is missing. */
-function bind<T extends Record<string, Declared<unknown>>>(lib: LibraryHandle, table: T): Signatures<T> {
-  const out: Record<string, unknown> = {};
-  for (const [name, declared] of Object.entries(table)) out[name] = lib.func(declared.c);
-  return out as Signatures<T>;
-}
-
 /** Binds every declaration of `table` that the library has; `null` for the others. */
 function bindOptional<T extends Record<string, Declared<unknown>>>(
   lib: LibraryHandle,
@@ -324,7 +318,7 @@ function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCal
   const libc = bindOptional(lib, LIBC_PROTOTYPES);
   // libmilter's worker threads sleep inside its code for the life of the process: never unloaded.
   pinLibrary(path);
-  const required = bind(lib, FUNCTION_PROTOTYPES);
+  const required = bindAll(lib, FUNCTION_PROTOTYPES);
   /** A blocking `int fn(void)` on koffi's worker thread, a thread of the runtime's pool. */
   const onWorker = (symbol: "smfi_main" | "smfi_stop"): Promise<number> =>
     new Promise<number>((resolve, reject) =>

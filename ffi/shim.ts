@@ -27,7 +27,7 @@ import koffi, { type TypeObject } from "koffi";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { pinLibrary, runsOnGlibc } from "./dl.ts";
-import { CALLBACK_SYMBOLS } from "./symbols.ts";
+import { bindAll, CALLBACK_SYMBOLS, declare, type Signatures } from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
 export const SHIM_ABI = 5;
@@ -213,6 +213,90 @@ export const TAKE_BATCH = 256;
 /** The words `milter_shim_take_batch` writes per call (SHIM_CALL_WORDS). */
 export const CALL_WORDS = 7;
 
+/**
+ * The shim's exports, each with the signature of its binding (its arity
+ * checked against the prototype when this file compiles; `test/contract.test.ts`
+ * checks the prototypes against `milter_shim.c` and the export list of
+ * `scripts/build-shim.sh`). A function pointer the shim calls back (`done`,
+ * `failed`, `bell`) is a `void *` here: a callback registered with koffi
+ * under {@linkcode callbackTypes}.
+ */
+export const SHIM_PROTOTYPES = {
+  milter_shim_abi: declare<() => number>()("int milter_shim_abi(void)"),
+  milter_shim_start_main: declare<(mainFn: bigint, done: unknown) => number>()(
+    "int milter_shim_start_main(void *main_fn, void *done)",
+  ),
+  milter_shim_run_milter: declare<(mainFn: bigint, done: unknown) => number>()(
+    "int milter_shim_run_milter(void *main_fn, void *done)",
+  ),
+  milter_shim_exit: declare<(code: number) => void>()("void milter_shim_exit(int code)"),
+  // koffi copies a JS array into a C array for a pointer parameter, and back into the same JS array for an _Out_ one.
+  milter_shim_wrap: declare<(js: (bigint | null)[], out: (bigint | null)[]) => number>()(
+    "int milter_shim_wrap(void **js, _Out_ void **out)",
+  ),
+  milter_shim_reply: declare<(token: number, code: number) => number>()(
+    "int milter_shim_reply(int64_t token, int code)",
+  ),
+  milter_shim_pending: declare<() => number>()("int milter_shim_pending(void)"),
+  milter_shim_bind_writes: declare<(fns: (bigint | null)[], text: string, failed: unknown) => number>()(
+    "int milter_shim_bind_writes(void **fns, const char *text, void *failed)",
+  ),
+  milter_shim_post: declare<
+    (
+      token: number,
+      kind: number,
+      index: number,
+      a: string | null,
+      b: string | null,
+      bytes: Uint8Array | null,
+      len: number,
+    ) => number
+  >()(
+    "int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b, const uint8_t *bytes, int len)",
+  ),
+  milter_shim_bind_pipeline: declare<
+    (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number) => number
+  >()("int milter_shim_bind_pipeline(void *bell, size_t bound, void *getsymval, const char **names, int count)"),
+  milter_shim_pipeline: declare<(ctx: bigint, mask: number) => number>()(
+    "int milter_shim_pipeline(void *ctx, unsigned int mask)",
+  ),
+  milter_shim_take_batch: declare<(out: BigUint64Array, max: number) => number>()(
+    "int milter_shim_take_batch(uint64_t *out, int max)",
+  ),
+  milter_shim_done_batch: declare<(calls: BigUint64Array, n: number) => void>()(
+    "void milter_shim_done_batch(const uint64_t *calls, int n)",
+  ),
+  milter_shim_symval: declare<(call: bigint, index: number) => string | null>()(
+    "const char *milter_shim_symval(void *call, int index)",
+  ),
+  milter_shim_pipeline_stat: declare<(which: number) => number | bigint>()(
+    "int64_t milter_shim_pipeline_stat(int which)",
+  ),
+};
+
+/** The koffi types of the functions the shim calls back. */
+interface CallbackTypes {
+  /** `void done(int rc)`: start_main's and run_milter's. */
+  readonly done: TypeObject;
+  /** `void failed(void *ctx, int kind)`: bind_writes'. */
+  readonly failed: TypeObject;
+  /** `void bell(void)`: bind_pipeline's. */
+  readonly bell: TypeObject;
+}
+
+/**
+ * Declares {@linkcode CallbackTypes}. Anonymous, so that two copies of this
+ * module (source and dist) in one process do not declare the same type name
+ * twice.
+ */
+function callbackTypes(): CallbackTypes {
+  return {
+    done: koffi.pointer(koffi.proto("void (int rc)")),
+    failed: koffi.pointer(koffi.proto("void (void *ctx, int kind)")),
+    bell: koffi.pointer(koffi.proto("void (void)")),
+  };
+}
+
 /** The callbacks the shim can pipeline (its `PIPELINABLE`). */
 export const PIPELINED_SYMBOLS: readonly PipelinedSymbol[] = ["xxfi_header", "xxfi_eoh", "xxfi_body"];
 /** Each pipelined callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
@@ -365,68 +449,18 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
   }
   let abi: number;
   try {
-    abi = lib.func("int milter_shim_abi(void)")() as number;
+    abi = (lib.func(SHIM_PROTOTYPES.milter_shim_abi.c) as () => number)();
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
   if (abi !== SHIM_ABI) {
     return { reason: `the milter shim ${path} has ABI version ${abi}, this module needs ${SHIM_ABI}; ${rebuild}` };
   }
-  let start: (mainFn: bigint, done: unknown) => number;
-  let runMilter: (mainFn: bigint, done: unknown) => number;
-  let exit: (code: number) => void;
-  let doneType: TypeObject;
-  let wrap: (js: (bigint | null)[], out: (bigint | null)[]) => number;
-  let reply: (token: number, code: number) => number;
-  let pending: () => number;
-  let bindWrites: (fns: (bigint | null)[], text: string, failed: unknown) => number;
-  let post: (
-    token: number,
-    kind: number,
-    index: number,
-    a: string | null,
-    b: string | null,
-    bytes: Uint8Array | null,
-    len: number,
-  ) => number;
-  let failedType: TypeObject;
-  let bellType: TypeObject;
-  let bindPipeline: (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number) => number;
-  let symval: (call: bigint, index: number) => string | null;
-  let pipeline: (ctx: bigint, mask: number) => number;
-  let take: (out: BigUint64Array, max: number) => number;
-  let done: (calls: BigUint64Array, n: number) => void;
-  let stat: (which: number) => number | bigint;
+  let fn: Signatures<typeof SHIM_PROTOTYPES>;
+  let types: CallbackTypes;
   try {
-    // Anonymous, so that two copies of this module (source and dist) in one
-    // process do not declare the same type name twice.
-    doneType = koffi.pointer(koffi.proto("void (int rc)"));
-    start = lib.func("milter_shim_start_main", "int", ["void *", doneType]);
-    runMilter = lib.func("milter_shim_run_milter", "int", ["void *", doneType]);
-    exit = lib.func("void milter_shim_exit(int code)");
-    // koffi copies a JS array into a C array for a pointer parameter, and
-    // back into the same JS array for an _Out_ one.
-    wrap = lib.func("int milter_shim_wrap(void **js, _Out_ void **out)");
-    reply = lib.func("int milter_shim_reply(int64_t token, int code)");
-    pending = lib.func("int milter_shim_pending(void)");
-    failedType = koffi.pointer(koffi.proto("void (void *ctx, int kind)"));
-    bindWrites = lib.func("milter_shim_bind_writes", "int", ["void **", "const char *", failedType]);
-    post = lib.func(
-      "int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b, const uint8_t *bytes, int len)",
-    );
-    bellType = koffi.pointer(koffi.proto("void (void)"));
-    bindPipeline = lib.func("milter_shim_bind_pipeline", "int", [
-      bellType,
-      "size_t",
-      "void *",
-      "const char **",
-      "int",
-    ]);
-    symval = lib.func("const char *milter_shim_symval(void *call, int index)");
-    pipeline = lib.func("int milter_shim_pipeline(void *ctx, unsigned int mask)");
-    take = lib.func("int milter_shim_take_batch(uint64_t *out, int max)");
-    done = lib.func("void milter_shim_done_batch(const uint64_t *calls, int n)");
-    stat = lib.func("int64_t milter_shim_pipeline_stat(int which)");
+    fn = bindAll(lib, SHIM_PROTOTYPES);
+    types = callbackTypes();
   } catch (error) {
     return { reason: `${path} is not a milter shim: ${messageOf(error)}; ${rebuild}` };
   }
@@ -445,7 +479,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         throw new Error(`milter_shim_wrap: ${handlers.length} handlers given, expected ${CALLBACKS}`);
       }
       const out: (bigint | null)[] = new Array(CALLBACKS).fill(null);
-      if (wrap([...handlers], out) !== 0) {
+      if (fn.milter_shim_wrap([...handlers], out) !== 0) {
         throw new Error("milter_shim_wrap: the shim's wrappers are already in use (one set of handlers per process)");
       }
       // koffi gives a null pointer back as null; 0n would be the same to C.
@@ -453,15 +487,15 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     },
     reply(token: number, code: number): boolean {
       // A fraction would be truncated on its way to int64_t, onto another token.
-      return Number.isSafeInteger(token) && reply(token, code) === 0;
+      return Number.isSafeInteger(token) && fn.milter_shim_reply(token, code) === 0;
     },
     waiting(): number {
-      return pending();
+      return fn.milter_shim_pending();
     },
     bindWrites(functions, failureText, onFailure): void {
       // Kept for the life of the process: the shim calls it from libmilter's threads.
-      const failed = koffi.register((ctx: bigint, kind: number) => onFailure(ctx, kind), failedType);
-      if (bindWrites([...functions], failureText, failed) !== 0) {
+      const failed = koffi.register((ctx: bigint, kind: number) => onFailure(ctx, kind), types.failed);
+      if (fn.milter_shim_bind_writes([...functions], failureText, failed) !== 0) {
         koffi.unregister(failed);
         throw new Error("milter_shim_bind_writes: the shim refused libmilter's write functions");
       }
@@ -469,7 +503,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     post(token, write): boolean {
       if (!Number.isSafeInteger(token)) return false;
       const bytes = write.bytes ?? null;
-      return post(
+      return fn.milter_shim_post(
         token,
         WRITE_KINDS[write.kind],
         write.index ?? 0,
@@ -481,8 +515,8 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     },
     bindPipeline(bell, boundBytes, getsymval, macros): void {
       // Kept for the life of the process: the pump thread rings it until exit.
-      const registered = koffi.register(bell, bellType);
-      const rc = bindPipeline(registered, boundBytes, getsymval, [...macros], macros.length);
+      const registered = koffi.register(bell, types.bell);
+      const rc = fn.milter_shim_bind_pipeline(registered, boundBytes, getsymval, [...macros], macros.length);
       if (rc !== 0) {
         koffi.unregister(registered);
         throw new Error(`milter_shim_bind_pipeline: error ${errnoName(rc)}`);
@@ -490,10 +524,10 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     },
     pipeline(ctx, callbacks): boolean {
       const mask = callbacks.reduce((bits, symbol) => bits | 1 << PIPELINED_INDEX[symbol], 0);
-      return pipeline(ctx, mask) === 0;
+      return fn.milter_shim_pipeline(ctx, mask) === 0;
     },
     take(): QueuedCall[] {
-      const n = take(words, TAKE_BATCH);
+      const n = fn.milter_shim_take_batch(words, TAKE_BATCH);
       const calls: QueuedCall[] = new Array(n);
       for (let i = 0, w = 0; i < n; i++, w += CALL_WORDS) {
         outstanding.add(words[w]);
@@ -515,28 +549,28 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         if (!outstanding.delete(call.address)) continue;
         addresses[n++] = call.address;
         if (n === TAKE_BATCH) {
-          done(addresses, n);
+          fn.milter_shim_done_batch(addresses, n);
           n = 0;
         }
       }
-      if (n > 0) done(addresses, n);
+      if (n > 0) fn.milter_shim_done_batch(addresses, n);
     },
     symval(call, index): string | null {
-      return symval(call.address, index);
+      return fn.milter_shim_symval(call.address, index);
     },
     pipelineStats(): PipelineStats {
       return Object.fromEntries(
-        PIPELINE_STATS.map((name, which) => [name, Number(stat(which))]),
+        PIPELINE_STATS.map((name, which) => [name, Number(fn.milter_shim_pipeline_stat(which))]),
       ) as unknown as PipelineStats;
     },
     startMain(mainFn: bigint, done: (rc: number) => void): void {
-      startOnThread(start, "milter_shim_start_main", mainFn, done);
+      startOnThread(fn.milter_shim_start_main, "milter_shim_start_main", mainFn, done);
     },
     runMilter(mainFn: bigint, done: (rc: number) => void): void {
-      startOnThread(runMilter, "milter_shim_run_milter", mainFn, done);
+      startOnThread(fn.milter_shim_run_milter, "milter_shim_run_milter", mainFn, done);
     },
     exit(code: number): void {
-      exit(code);
+      fn.milter_shim_exit(code);
     },
   };
 
@@ -567,7 +601,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     };
     let registered: bigint;
     try {
-      registered = koffi.register(relay, doneType);
+      registered = koffi.register(relay, types.done);
     } catch (error) {
       clearInterval(keepAlive);
       throw error;

@@ -69,6 +69,16 @@ export function declare<F extends (...args: never[]) => unknown>(): <const S ext
 /** The TypeScript signatures of a table of declarations. */
 export type Signatures<T> = { [K in keyof T]: T[K] extends Declared<infer F> ? F : never };
 
+/** Binds every declaration of `table` in `lib` (a koffi library); throws when one is missing. */
+export function bindAll<T extends Record<string, Declared<unknown>>>(
+  lib: { func(c: string): unknown },
+  table: T,
+): Signatures<T> {
+  const out: Record<string, unknown> = {};
+  for (const [name, declared] of Object.entries(table)) out[name] = lib.func(declared.c);
+  return out as Signatures<T>;
+}
+
 /** The number of parameters prototype `c` declares (`...` counts as one), as {@linkcode ArityMatches} counts them. */
 export function declaredArity(c: string): number {
   const params = c.slice(c.indexOf("(") + 1, c.lastIndexOf(")")).trim();

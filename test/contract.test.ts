@@ -11,8 +11,16 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, test } from "vitest";
 import * as C from "../ffi/constants.ts";
-import { CALL_WORDS, PENDING, PIPELINE_STATS, PIPELINED_SYMBOLS, WRITE_FUNCTIONS, WRITE_KINDS } from "../ffi/shim.ts";
-import { CALLBACK_SYMBOLS } from "../ffi/symbols.ts";
+import {
+  CALL_WORDS,
+  PENDING,
+  PIPELINE_STATS,
+  PIPELINED_SYMBOLS,
+  SHIM_PROTOTYPES,
+  WRITE_FUNCTIONS,
+  WRITE_KINDS,
+} from "../ffi/shim.ts";
+import { CALLBACK_SYMBOLS, declaredArity } from "../ffi/symbols.ts";
 import { CALLBACK_NAMES, STAGES } from "../src/stages.ts";
 import { ROOT } from "./helpers/runtimes.ts";
 
@@ -81,5 +89,45 @@ describe("the constants both sides use", () => {
       queued: "calls",
     };
     expect(stats.map((s) => names[s])).toEqual([...PIPELINE_STATS]);
+  });
+});
+
+/** Every `MILTER_SHIM_EXPORT` function of the C file: its return type and how many parameters it takes. */
+function cExports(): Map<string, { returns: string; arity: number }> {
+  const found = new Map<string, { returns: string; arity: number }>();
+  for (const match of source.matchAll(/MILTER_SHIM_EXPORT\s+([\w\s*]+?)\s*\b(milter_shim_\w+)\(/g)) {
+    let depth = 1;
+    let commas = 0;
+    let i = match.index! + match[0].length;
+    const start = i;
+    for (; depth > 0; i++) {
+      if (source[i] === "(") depth++;
+      else if (source[i] === ")") depth--;
+      else if (source[i] === "," && depth === 1) commas++;
+    }
+    const params = source.slice(start, i - 1).trim();
+    found.set(match[2], {
+      returns: match[1].replace(/\s+/g, " ").replace(/\s*\*$/, " *").trim(),
+      arity: params === "void" ? 0 : commas + 1,
+    });
+  }
+  return found;
+}
+
+describe("the shim's exports", () => {
+  test("one prototype per export, with the C definition's return type and arity", () => {
+    const exports = cExports();
+    expect([...exports.keys()].sort()).toEqual(Object.keys(SHIM_PROTOTYPES).sort());
+    for (const [name, declared] of Object.entries(SHIM_PROTOTYPES)) {
+      const c = exports.get(name)!;
+      expect({ name, returns: declared.c.slice(0, declared.c.indexOf(name)).trim(), arity: declaredArity(declared.c) })
+        .toEqual({ name, returns: c.returns, arity: c.arity });
+    }
+  });
+
+  test("scripts/build-shim.sh exports exactly those", () => {
+    const script = readFileSync(join(ROOT, "scripts/build-shim.sh"), "utf8");
+    const listed = /^EXPORTS="([^"]*)"/m.exec(script)![1].split(/\s+/);
+    expect(listed.sort()).toEqual(Object.keys(SHIM_PROTOTYPES).sort());
   });
 });
