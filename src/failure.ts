@@ -27,6 +27,22 @@ export function tempfail(ptr: Pointer, filterName: string): number {
 }
 
 /**
+ * Remembers a failure that could not be answered at its own stage (a stage
+ * negotiated as no reply, or a pipelined call), to be answered at the next
+ * stage that replies ({@linkcode owed}): for the rest of the connection, or
+ * of the message. A connection's failure is never narrowed to a message's.
+ * With {@linkcode forgetMessage}, the only changes of `Session.failed`.
+ */
+export function remember(session: Session, scope: "connection" | "message"): void {
+  if (session.failed !== "connection") session.failed = scope;
+}
+
+/** Ends a message's failure (at abort, or once Tempfail ended the message); a connection's stays. */
+function forgetMessage(session: Session): void {
+  if (session.failed === "message") session.failed = null;
+}
+
+/**
  * What a failure answers. At a stage negotiated as no reply, libmilter would
  * turn Tempfail into silence and then lose track of the message, so the
  * failure is remembered and answered at the next stage that replies: for
@@ -36,9 +52,7 @@ export function tempfail(ptr: Pointer, filterName: string): number {
 export function answerFailure(session: Session, callback: CallbackName, filterName: string): number {
   // A pipelined call is silent whatever its session says: libmilter has moved on.
   if (silent(session, callback) || session.queued !== null) {
-    if (session.failed !== "connection") {
-      session.failed = STAGES[callback].failure === "connection" ? "connection" : "message";
-    }
+    remember(session, STAGES[callback].failure === "connection" ? "connection" : "message");
     return SMFIS_NOREPLY;
   }
   return STAGES[callback].failure === "ignored" ? SMFIS_TEMPFAIL : tempfail(session.ptr, filterName);
@@ -55,11 +69,11 @@ export function answerFailure(session: Session, callback: CallbackName, filterNa
 export function owed(session: Session, callback: CallbackName, filterName: string): number | null {
   const { failure } = STAGES[callback];
   if (session.failed === null || failure === "ignored") {
-    if (callback === "abort" && session.failed === "message") session.failed = null;
+    if (callback === "abort") forgetMessage(session);
     return null;
   }
   if (silent(session, callback) || session.queued !== null) return SMFIS_NOREPLY;
-  if (session.failed === "message" && failure !== "command") session.failed = null; // Tempfail here ends the message
+  if (failure !== "command") forgetMessage(session); // Tempfail here ends the message
   return tempfail(session.ptr, filterName);
 }
 

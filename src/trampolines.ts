@@ -29,7 +29,7 @@ import { dispatch } from "./calls.ts";
 import { decodeSockAddr, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import type { Session } from "./ctx.ts";
 import { isThenable } from "./error.ts";
-import { reportInternal } from "./failure.ts";
+import { remember, reportInternal } from "./failure.ts";
 import { answerNegotiate } from "./negotiation.ts";
 import type { CallbackName } from "./stages.ts";
 import { decodeMask, FLAG_BITS, STEP_BITS } from "./variants.ts";
@@ -55,7 +55,7 @@ export function runQueued(session: Session, call: QueuedCall): number {
     return QUEUED[call.symbol](call);
   } catch (error) {
     reportInternal(call.symbol, error);
-    if (session.failed === null) session.failed = "message";
+    remember(session, "message");
     return SMFIS_NOREPLY;
   }
 }
