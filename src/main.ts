@@ -344,16 +344,24 @@ export function main(options: MainOptions = {}): Promise<void> {
   }
 }
 
-function start(options: MainOptions): Promise<void> {
-  if (typeof options !== "object" || options === null) {
-    fail("main", `expected options or nothing, got ${describe(options)}`);
-  }
-  if (lifecycle.phase === "stopped") {
-    fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
-  }
-  if (lifecycle.phase !== "idle") fail("main", "already running");
-  if (!isRegistered()) fail("main", "no filter registered; call register first");
-  if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
+/** {@linkcode MainOptions} checked, with their defaults, as main uses them. */
+interface Settings {
+  /** `drainTimeout` in ms, `null` for as long as connections take. */
+  readonly drainTimeoutMs: number | null;
+  readonly maxConnections: number | undefined;
+  /** `callbackTimeout` in ms, `null` for no bound. */
+  readonly callbackTimeoutMs: number | null;
+  readonly pipelineBytes: number;
+  readonly pipelineMacros: readonly string[];
+  readonly signals: boolean;
+}
+
+/**
+ * Checks main's options and fills in their defaults.
+ *
+ * @throws {MilterError} naming the first option that is not valid.
+ */
+function readOptions(options: MainOptions): Settings {
   const drain = options.drainTimeout ?? 30;
   if (typeof drain !== "number" || !(drain >= 0)) {
     fail("main", `drainTimeout must be a number of seconds >= 0, got ${describe(drain)}`);
@@ -379,9 +387,30 @@ function start(options: MainOptions): Promise<void> {
       fail("main", `pipelineMacros must hold non-empty macro names without NUL, got ${describe(name)}`);
     }
   }
+  return {
+    drainTimeoutMs: timerDelay(drain),
+    maxConnections: options.maxConnections,
+    callbackTimeoutMs: timerDelay(callbackTimeout),
+    pipelineBytes,
+    pipelineMacros,
+    signals: options.signals ?? true,
+  };
+}
+
+function start(options: MainOptions): Promise<void> {
+  if (typeof options !== "object" || options === null) {
+    fail("main", `expected options or nothing, got ${describe(options)}`);
+  }
+  if (lifecycle.phase === "stopped") {
+    fail("main", "libmilter has already run and stopped; it cannot be restarted in this process");
+  }
+  if (lifecycle.phase !== "idle") fail("main", "already running");
+  if (!isRegistered()) fail("main", "no filter registered; call register first");
+  if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
+  const settings = readOptions(options);
   const lib = native("main");
-  drainTimeoutMs = timerDelay(drain);
-  lifecycle.callbackTimeoutMs = timerDelay(callbackTimeout);
+  drainTimeoutMs = settings.drainTimeoutMs;
+  lifecycle.callbackTimeoutMs = settings.callbackTimeoutMs;
   // Create the socket now rather than inside smfi_main, so that a unix
   // socket gets its permissions (and an inet one TCP_NODELAY) before
   // libmilter accepts any connection on it.
@@ -390,7 +419,7 @@ function start(options: MainOptions): Promise<void> {
   let limit: FileLimit | null = null;
   let removeSignals: () => void = () => {};
   try {
-    limit = applyConnectionLimit(lib, options.maxConnections);
+    limit = applyConnectionLimit(lib, settings.maxConnections);
     if (limit === null) {
       writeStderr(
         `milter: cannot bound connections on this system (no setrlimit); more than ${
@@ -399,9 +428,9 @@ function start(options: MainOptions): Promise<void> {
           "MTA commands in flight at once would exceed koffi's relay pool and end the process",
       );
     }
-    if (options.signals ?? true) removeSignals = onStopSignals(() => stop());
+    if (settings.signals) removeSignals = onStopSignals(() => stop());
     try {
-      startPipeline(pipelineBytes, pipelineMacros, runQueued);
+      startPipeline(settings.pipelineBytes, settings.pipelineMacros, runQueued);
     } catch (error) {
       fail("main", `cannot start the pipeline's thread: ${describe(error)}`, { cause: error });
     }
