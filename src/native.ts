@@ -52,3 +52,12 @@ export function native(fn: string): Libmilter {
   }
   return loaded;
 }
+
+/**
+ * @internal Makes {@linkcode native} return `lib` instead of loading
+ * libmilter: for in-process tests of the binding's callback logic against a
+ * fake native side (`test/logic.test.ts`).
+ */
+export function useNative(lib: Libmilter): void {
+  loaded = lib;
+}

@@ -1,0 +1,133 @@
+/**
+ * The callback logic in-process, against a fake native side that records
+ * what would reach libmilter: what each stage accepts as an answer
+ * (answers.ts), and the failure policy's states (failure.ts) through a
+ * message: a failure at a no-reply stage answered at the next stage that
+ * replies, a recipient's Tempfail keeping the message's failure, abort
+ * forgetting it, a connection's failure lasting. Every stage's facts come
+ * from the one table of stages. The same behaviour against real libmilter
+ * is in noreply.test.ts and policy.test.ts; these run in milliseconds.
+ */
+
+import { beforeAll, describe, expect, test } from "vitest";
+import { SMFIS_NOREPLY, SMFIS_TEMPFAIL } from "../ffi/constants.ts";
+import type { Libmilter } from "../ffi/load.ts";
+import { BadReturn, statCode } from "../src/answers.ts";
+import { enter, leave, type Session } from "../src/ctx.ts";
+import { answerFailure, owed } from "../src/failure.ts";
+import { useNative } from "../src/native.ts";
+import { CALLBACK_NAMES, type CallbackName, STAGES } from "../src/stages.ts";
+import { type Stat, STAT_CODES, STEP_BITS } from "../src/variants.ts";
+
+const STAT_NAMES = Object.keys(STAT_CODES) as Stat[];
+
+/** The replies the fake libmilter was asked to set: [ctx, rcode, xcode, text]. */
+const replies: unknown[][] = [];
+
+beforeAll(() => {
+  useNative({
+    functions: { smfi_setreply: (...args: unknown[]) => replies.push(args) && 0 },
+  } as unknown as Libmilter);
+});
+
+/** What statCode answers, or "bad" for a BadReturn. */
+function code(callback: CallbackName, stat: unknown, noReply = false): number | "bad" {
+  try {
+    return statCode(callback, stat, noReply);
+  } catch (error) {
+    if (error instanceof BadReturn) return "bad";
+    throw error;
+  }
+}
+
+describe("answers: what each stage accepts", () => {
+  test.each([...CALLBACK_NAMES])("%s", (callback) => {
+    for (const stat of STAT_NAMES) {
+      const expected = (stat === "All" && callback !== "negotiate") ||
+          (stat === "Skip" && callback !== "body") ||
+          (stat === "No_reply" && STAGES[callback].failure !== "ignored")
+        ? "bad"
+        : STAT_CODES[stat];
+      expect({ stat, code: code(callback, stat) }).toEqual({ stat, code: expected });
+    }
+    expect(code(callback, "continue")).toBe("bad");
+    expect(code(callback, 0)).toBe("bad");
+  });
+
+  test("at a stage negotiated as no reply only Continue and No_reply, both sent as no reply", () => {
+    for (const callback of CALLBACK_NAMES.filter((c) => STAGES[c].noReplyStep !== null)) {
+      for (const stat of STAT_NAMES) {
+        const expected = stat === "Continue" || stat === "No_reply" ? SMFIS_NOREPLY : "bad";
+        expect({ callback, stat, code: code(callback, stat, true) }).toEqual({ callback, stat, code: expected });
+      }
+    }
+  });
+});
+
+describe("failure: what is owed after a failure", () => {
+  let next = 1n;
+  /** A fresh session that negotiated `steps` as no reply. */
+  function session(...steps: (keyof typeof STEP_BITS)[]): Session {
+    const s = enter(0x1000n * next++, "negotiate", 0);
+    s.noReply = steps.reduce((bits, step) => bits | STEP_BITS[step], 0);
+    leave(s);
+    return s;
+  }
+  /** Runs `callback`'s owed answer as dispatch does: the code, or "callback" when the filter's callback runs. */
+  function at(s: Session, callback: CallbackName): number | "callback" {
+    enter(s.ptr, callback, 0);
+    const answer = owed(s, callback, "logic");
+    leave(s);
+    return answer ?? "callback";
+  }
+  /** A failure of `callback`, as dispatch's failure path answers it. */
+  function fails(s: Session, callback: CallbackName): number {
+    enter(s.ptr, callback, 0);
+    const answer = answerFailure(s, callback, "logic");
+    leave(s);
+    return answer;
+  }
+
+  test("a header failure under NR_HDR is silent there and answered 451 at end of headers, once", () => {
+    const s = session("NR_HDR");
+    replies.length = 0;
+    expect(fails(s, "header")).toBe(SMFIS_NOREPLY);
+    expect(s.failed).toBe("message");
+    expect(at(s, "header")).toBe(SMFIS_NOREPLY); // the next headers: silent, the callback not called
+    expect(at(s, "eoh")).toBe(SMFIS_TEMPFAIL);
+    expect(replies).toEqual([[s.ptr, "451", "4.3.0", "mail filter logic failed; try again later"]]);
+    expect(s.failed).toBeNull(); // Tempfail at eoh ends the message
+    expect(at(s, "envfrom")).toBe("callback"); // the next message is the filter's again
+  });
+
+  test("a recipient's Tempfail does not end the message's failure; abort forgets it", () => {
+    const s = session("NR_MAIL");
+    expect(fails(s, "envfrom")).toBe(SMFIS_NOREPLY);
+    expect(at(s, "envrcpt")).toBe(SMFIS_TEMPFAIL); // failure "command": this recipient only
+    expect(s.failed).toBe("message");
+    expect(at(s, "envrcpt")).toBe(SMFIS_TEMPFAIL);
+    expect(at(s, "abort")).toBe("callback"); // abort runs, and ends the message
+    expect(s.failed).toBeNull();
+  });
+
+  test("a failure at connect under NR_CONN lasts for the connection; a message's never narrows it", () => {
+    const s = session("NR_CONN", "NR_HDR");
+    expect(fails(s, "connect")).toBe(SMFIS_NOREPLY);
+    expect(s.failed).toBe("connection");
+    expect(fails(s, "header")).toBe(SMFIS_NOREPLY);
+    expect(s.failed).toBe("connection");
+    for (const callback of ["helo", "envfrom", "eom"] as const) expect(at(s, callback)).toBe(SMFIS_TEMPFAIL);
+    expect(at(s, "abort")).toBe("callback");
+    expect(s.failed).toBe("connection");
+  });
+
+  test("a failure where a reply follows answers 451 at once; where the answer is ignored, nothing is set", () => {
+    const s = session();
+    replies.length = 0;
+    expect(fails(s, "envrcpt")).toBe(SMFIS_TEMPFAIL);
+    expect(replies).toHaveLength(1);
+    expect(fails(s, "close")).toBe(SMFIS_TEMPFAIL);
+    expect(replies).toHaveLength(1);
+    expect(s.failed).toBeNull();
+  });
+});
