@@ -168,7 +168,6 @@ static void js_leave(void)
 	pthread_mutex_unlock(&pool_lock);
 }
 
-
 /* ---- smfi_main on a thread of its own ------------------------------------
  *
  * Why: smfi_main() blocks until the milter stops. Run from JavaScript through
@@ -196,7 +195,7 @@ struct shim_main {
 	int close; /* milter_shim_run_milter: close the shim when main_fn returns */
 };
 
-static void shim_close(int level);
+static int shim_close(int level);
 
 static void *shim_main_thread(void *arg)
 {
@@ -378,7 +377,7 @@ struct slot {
 	void *ctx;		  /* the wrapper call's SMFICTX */
 	struct op *head, *tail;	  /* writes posted and not done yet, in order */
 	int failed;		  /* OP_* of the first write libmilter refused, 0 if none */
-	int refused;		  /* the reply came from shim_close(), not from JS */
+	int refused;		  /* answered by shim_close(), not by JS: answer_without_js() decides */
 };
 
 static struct slot *pool_blocks[SHIM_MAX_BLOCKS];
@@ -553,13 +552,17 @@ static int op_run(void *ctx, const struct op *op)
 	}
 }
 
+static int answer_without_js(void *ctx, int cb);
+
 /*
- * Ends a wrapper call: rc is what the JS handler returned. Does the writes
- * posted meanwhile; when rc is PENDING, waits for the reply (unless it came
- * already, while the handler still ran), doing each write posted in the
- * meantime, and answers with the reply's code. Gives the slot back.
+ * Ends a wrapper call of callback cb (a CB_*): rc is what the JS handler
+ * returned. Does the writes posted meanwhile; when rc is PENDING, waits for
+ * the reply (unless it came already, while the handler still ran), doing
+ * each write posted in the meantime, and answers with the reply's code, or
+ * as a wrapper that cannot call JS when shim_close() answered it. Gives the
+ * slot back.
  */
-static int slot_finish(struct slot *slot, int rc)
+static int slot_finish(struct slot *slot, int cb, int rc)
 {
 	pthread_mutex_lock(&pool_lock);
 	js_leave_locked(); /* the handler has returned */
@@ -600,16 +603,15 @@ static int slot_finish(struct slot *slot, int rc)
 	slot->next_free = pool_free;
 	pool_free = slot;
 	pthread_mutex_unlock(&pool_lock);
-	if (failed || refused)
-		set_failure_reply(ctx);
 	if (failed) {
+		set_failure_reply(ctx);
 		if (on_failure != NULL && js_enter(SHIM_CLOSED)) {
 			on_failure(ctx, failed);
 			js_leave();
 		}
-		rc = SHIM_SMFIS_TEMPFAIL;
+		return SHIM_SMFIS_TEMPFAIL;
 	}
-	return rc;
+	return refused ? answer_without_js(ctx, cb) : rc;
 }
 
 /*
@@ -831,12 +833,12 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	}
 	struct milter_shim_call *call = NULL;
 	struct snap *fresh = NULL, *stale = NULL;
-	if ((conn->mask & 1u << cb) && closed != SHIM_OPEN) {
-		/* Nothing runs it any more: answered as no reply, the message is tempfailed at its next replying stage. */
-		pthread_mutex_unlock(&pool_lock);
-		return 1;
-	}
 	if (conn->mask & 1u << cb) {
+		if (closed != SHIM_OPEN) {
+			/* Nothing runs it any more: answered as no reply, the message is tempfailed at its next replying stage. */
+			pthread_mutex_unlock(&pool_lock);
+			return 1;
+		}
 		/*
 		 * Copied and captured unlocked. conn stays, and so do its mask and
 		 * its snap: only this connection's own (this) thread changes them.
@@ -1194,7 +1196,7 @@ static int answer_without_js(void *ctx, int cb)
 		if (slot != NULL) {                                               \
 			int64_t token = slot_token(slot);                         \
 			slot->ctx = ctx;                                          \
-			rc = slot_finish(slot, js args);                          \
+			rc = slot_finish(slot, CB_##name, js args);               \
 		} else {                                                          \
 			rc = answer_without_js(ctx, CB_##name);                   \
 		}                                                                 \
@@ -1421,14 +1423,14 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 /*
  * Closes the shim to `level`: no thread enters JS any more (but for
  * run_milter's done while only SHIM_CLOSED). Every wrapper waiting for a
- * reply is answered (answer_without_js's answer, set by slot_finish), queued
+ * reply is answered (as answer_without_js() answers, by slot_finish), queued
  * calls not taken are dropped (their connections' wrappers go on), every
  * wrapper waiting on its connection's queue and the pump are woken. With
  * SHIM_CLOSED, also waits until no thread is inside JS: the JS thread is
  * free meanwhile, and answers those calls. Returns how many threads are
  * still inside JS (0 after SHIM_CLOSED).
  */
-static void shim_close(int level)
+static int shim_close(int level)
 {
 	pthread_mutex_lock(&pool_lock);
 	if (closed < level)
@@ -1438,7 +1440,6 @@ static void shim_close(int level)
 		if (slot->state != SLOT_WAITING)
 			continue;
 		slot->state = SLOT_ANSWERED;
-		slot->code = SHIM_SMFIS_TEMPFAIL;
 		slot->refused = 1;
 		pool_waiting--;
 		pthread_cond_signal(&slot->answered);
@@ -1454,6 +1455,7 @@ static void shim_close(int level)
 	if (level == SHIM_CLOSED)
 		while (in_js > 0)
 			pthread_cond_wait(&js_left, &pool_lock);
+	int inside = in_js;
 	pthread_mutex_unlock(&pool_lock);
 	while (dropped != NULL) {
 		struct milter_shim_call *next = dropped->next;
@@ -1461,6 +1463,7 @@ static void shim_close(int level)
 		free(dropped);
 		dropped = next;
 	}
+	return inside;
 }
 
 /**
@@ -1473,10 +1476,6 @@ static void shim_close(int level)
  */
 MILTER_SHIM_EXPORT void milter_shim_exit(int code)
 {
-	shim_close(SHIM_EXITING);
-	pthread_mutex_lock(&pool_lock);
-	int inside = in_js;
-	pthread_mutex_unlock(&pool_lock);
-	if (inside > 0)
+	if (shim_close(SHIM_EXITING) > 0)
 		_exit(code);
 }
