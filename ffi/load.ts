@@ -347,7 +347,7 @@ function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCal
       koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
     shim,
-    shimUnavailable: shim === null ? shimReason : null,
+    shimUnavailable: shimReason,
     ...shimBindings(shim, path),
     blocking: blockingCalls(path, opened, onWorker),
   };

@@ -132,7 +132,9 @@ class Op {
   notPipelined(session: Session, why: string): Session {
     if (session.queued !== null) {
       this.fail(
-        `the ${session.callback} callback is pipelined (its stage was negotiated as no reply, so libmilter ` +
+        `the ${
+          session.invocation!.callback
+        } callback is pipelined (its stage was negotiated as no reply, so libmilter ` +
           `does not wait for it): ${why}`,
       );
     }
@@ -142,8 +144,9 @@ class Op {
   /** The session of `ctx`, checked to be running one of the `allowed` callbacks. */
   inCallback(ctx: unknown, allowed: readonly CallbackName[]): Session {
     const session = this.session(ctx);
-    if (!allowed.includes(session.callback!)) {
-      this.fail(`only allowed in ${allowed.join(" or ")}, not in ${session.callback}`);
+    const { callback } = session.invocation!;
+    if (!allowed.includes(callback)) {
+      this.fail(`only allowed in ${allowed.join(" or ")}, not in ${callback}`);
     }
     return session;
   }

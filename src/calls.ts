@@ -60,7 +60,7 @@ export function dispatch(
 }
 
 /** Ends a callback: its Ctx is unusable until the next one, and for good after close. */
-export function end(session: Session, callback: CallbackName): void {
+function end(session: Session, callback: CallbackName): void {
   leave(session);
   if (callback !== "close") return;
   keepNegotiated(session, registered());

@@ -63,9 +63,7 @@ export interface Invocation {
 export interface Session {
   readonly ptr: Pointer;
   readonly ctx: Ctx;
-  /** The callback running for this connection now, or `null` between callbacks. */
-  callback: CallbackName | null;
-  /** The call of {@linkcode Session.callback} running now, `null` between callbacks. */
+  /** The call of a callback running for this connection now (which callback: its `callback`), `null` between callbacks. */
   invocation: Invocation | null;
   /** Set once `close` has returned (or main has ended); the pointer is then dead. */
   closed: boolean;
@@ -113,7 +111,6 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
     session = {
       ptr,
       ctx: new Ctx(TOKEN, nextId++),
-      callback: null,
       invocation: null,
       closed: false,
       priv: null,
@@ -129,7 +126,6 @@ export function enter(ptr: Pointer, callback: CallbackName, actions: number): Se
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
-  session.callback = callback;
   session.invocation = { session, callback, over: false };
   return session;
 }
@@ -160,7 +156,6 @@ export function isOpen(ptr: Pointer): boolean {
 export function leave(session: Session): void {
   if (session.invocation !== null) session.invocation.over = true;
   session.invocation = null;
-  session.callback = null;
   session.raw = [];
   session.token = -1;
   session.queued = null;
@@ -206,7 +201,7 @@ export function active(fn: string, ctx: unknown): Session {
   if (session.closed) fail(fn, `${session.ctx} belongs to a connection that has closed`);
   const from = invocations.getStore();
   if (from !== undefined && from.session === session && from.over) stale(fn, from);
-  if (session.callback === null) {
+  if (session.invocation === null) {
     fail(
       fn,
       `${session.ctx} is used outside its callbacks (from a timer, a promise or another connection's callback); ` +

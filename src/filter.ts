@@ -12,8 +12,7 @@ import { MI_SUCCESS, SMFI_VERSION } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
 import type { SmfiDesc } from "../ffi/symbols.ts";
 import { failureReply } from "./answers.ts";
-import type { Ctx } from "./ctx.ts";
-import { sessionAt } from "./ctx.ts";
+import { type Ctx, enter, leave, sessionAt } from "./ctx.ts";
 import type { SockAddr } from "./convert.ts";
 import { describe, fail, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
@@ -233,7 +232,7 @@ export function register(filter: Filter): void {
 function writeFailed(ptr: Pointer, write: string): void {
   const session = sessionAt(ptr);
   if (!session || !isRegistered()) return;
-  session.callback = "eom";
+  enter(ptr, "eom", session.actions); // for the reporter, a call of eom of its own
   try {
     report(
       milterError(
@@ -244,6 +243,6 @@ function writeFailed(ptr: Pointer, write: string): void {
       { callback: "eom", ctx: session.ctx, kind: "exception" },
     );
   } finally {
-    session.callback = null;
+    leave(session);
   }
 }

@@ -74,7 +74,6 @@ export function setErrorReporter(fn: ErrorReporter | null): void {
   reporter = fn ?? defaultReporter;
 }
 
-/** Reports one failure; never throws. */
 /** The registered filter's name, for {@linkcode ErrorInfo.filter}. */
 let filterName = "";
 

@@ -43,7 +43,7 @@ export function trampoline<K extends CallbackSymbol>(symbol: K): CallbackHandler
 }
 
 /** The token of a call no libmilter thread waits for. */
-export const NO_TOKEN = -1;
+const NO_TOKEN = -1;
 
 /**
  * Runs one queued call through its stage's callback. A failure of the
