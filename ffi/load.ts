@@ -10,7 +10,17 @@ import koffi, { type LibraryHandle, type TypeObject } from "koffi";
 import type { Libc } from "./libc.ts";
 import { type BlockingCalls, blockingCalls } from "./thread.ts";
 import { functionAddress, pinLibrary } from "./dl.ts";
-import { openShim, type Shim, type ShimWrite, WRITE_FUNCTIONS, WRITE_KINDS } from "./shim.ts";
+import {
+  openShim,
+  PENDING,
+  type PipelinedSymbol,
+  type PipelineStats,
+  type QueuedCall,
+  type Shim,
+  type ShimWrite,
+  WRITE_FUNCTIONS,
+  WRITE_KINDS,
+} from "./shim.ts";
 import {
   bindAll,
   CALLBACK_PROTOTYPES,
@@ -57,7 +67,7 @@ export interface Libmilter {
   /**
    * Registers the handlers as C function pointers for `smfi_register`, one
    * per callback (`null` where there is no handler). Where the native shim is
-   * available ({@linkcode Libmilter.later}), libmilter gets the shim's wrappers,
+   * available ({@linkcode Libmilter.relay}), libmilter gets the shim's wrappers,
    * which pass each handler a token and can wait for an answer given later;
    * otherwise the handlers themselves, with the token `-1`. The registrations
    * live as long as the process: libmilter keeps the pointers. The first call
@@ -70,29 +80,86 @@ export interface Libmilter {
    * `bench/profile.ts`, which calls the pointer itself.
    */
   registerCallback<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): Pointer;
-  /** The native shim (answers given later, writes on each connection's thread, the pipeline); `null` where there is none. */
-  readonly shim: Shim | null;
-  /** Why {@linkcode Libmilter.shim} is `null`: the platform, and the command that builds the shim. */
-  readonly shimUnavailable: string | null;
   /**
-   * Gives the shim libmilter's write functions (`Shim.bindWrites`): it then
-   * does the writes posted with `Shim.post` on each connection's own thread.
-   * When one fails, the shim sets the reply `451 4.3.0 <failureText>`,
-   * answers Tempfail, and calls `onFailure` (on the JS thread, while
-   * libmilter's thread still waits) with the connection's context and the
-   * write. Once per process; nothing without the shim.
+   * How answers, writes and queued calls pass between the JS thread and
+   * libmilter's threads: through the native shim, or, where no shim object
+   * fits the platform, directly (writes on the JS thread; no answer given
+   * later; no pipeline). Chosen once, when the library loads.
+   */
+  readonly relay: Relay;
+  /** libmilter's blocking functions (`smfi_main`, `smfi_stop`), run off the JS thread; see `ffi/thread.ts`. */
+  readonly blocking: BlockingCalls;
+}
+
+/**
+ * The one interface the facade answers, writes and pipelines through
+ * ({@linkcode Libmilter.relay}); what it does without the shim is said per
+ * member.
+ */
+export interface Relay {
+  /** `null` through the shim; otherwise why there is none: the platform, and the command that builds the shim. */
+  readonly withoutShim: string | null;
+  /**
+   * What a handler returns to answer later, through {@linkcode reply}
+   * (`Shim.pendingCode`); never a libmilter status.
+   */
+  readonly pendingCode: number;
+  /**
+   * Why the call `token` names cannot be answered later, `null` when it can
+   * (through the shim, a call its wrapper made). Ask before returning
+   * {@linkcode pendingCode}.
+   */
+  cannotWait(token: number): string | null;
+  /** Answers the call `token` names, which returned {@linkcode pendingCode}. */
+  reply(token: number, code: number): void;
+  /**
+   * Gives the relay libmilter's write functions (`Shim.bindWrites`): a write
+   * then runs on its connection's own thread. When one fails, the reply is
+   * set to `451 4.3.0 <failureText>`, the call answers Tempfail, and
+   * `onFailure` runs (on the JS thread, while libmilter's thread still waits)
+   * with the connection's context and the write. Once per process; nothing
+   * without the shim.
    */
   bindWrites(failureText: string, onFailure: (ctx: Pointer, write: ShimWrite["kind"]) => void): void;
   /**
-   * Turns the shim's pipeline on (`Shim.bindPipeline`), with libmilter's
-   * `smfi_getsymval` to capture `macros` for each queued call.
-   *
-   * @returns the macros captured: `macros`, or none where `smfi_getsymval` cannot be reached.
-   * @throws {Error} without the shim, or when it cannot start its thread.
+   * Sends `write` for the call `token` names: posted to its connection's
+   * thread through the shim (0 when posted, `null` when that call takes no
+   * more writes), otherwise `direct()` runs here and its status is returned.
    */
-  bindPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): readonly string[];
-  /** libmilter's blocking functions (`smfi_main`, `smfi_stop`), run off the JS thread; see `ffi/thread.ts`. */
-  readonly blocking: BlockingCalls;
+  write(token: number, write: ShimWrite, direct: () => number): number | null;
+  /**
+   * Turns the pipeline on (`Shim.bindPipeline`), with libmilter's
+   * `smfi_getsymval` to capture `macros` for each queued call; `bell` runs
+   * on the JS thread while calls are queued.
+   *
+   * @returns the macros captured (`macros`, or none where `smfi_getsymval`
+   *   cannot be reached); `null`, doing nothing, without the shim.
+   * @throws {Error} when the shim cannot start its thread.
+   */
+  startPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): readonly string[] | null;
+  /** Pipelines `callbacks` of the connection at `ctx` from now on (`Shim.pipeline`); nothing without the shim. */
+  pipeline(ctx: Pointer, callbacks: readonly PipelinedSymbol[]): void;
+  /** The queued calls, oldest first (`Shim.take`); none without the shim. */
+  take(): QueuedCall[];
+  /** Ends calls {@linkcode take} gave (`Shim.done`). */
+  done(calls: readonly QueuedCall[]): void;
+  /** The value `macros[index]` of {@linkcode startPipeline} had for a queued call, `null` if unsent. */
+  symval(call: QueuedCall, index: number): string | null;
+  /** The pipeline's figures, `null` without the shim. */
+  pipelineStats(): PipelineStats | null;
+  /**
+   * Has negotiation answered without a round trip to JS, as libmilter does
+   * without a negotiate callback (`Shim.negotiateItself`): the action
+   * `flags`, the NO* steps of absent callbacks. Once, before `smfi_main`.
+   *
+   * @returns whether it will be: `false` without the shim, or where
+   *   `smfi_setpriv` cannot be reached (JS then answers negotiate).
+   */
+  negotiateItself(flags: number): boolean;
+  /** Refuses new connections at negotiate from now on, where {@linkcode negotiateItself} answers it. */
+  refuseNew(): void;
+  /** Connections admitted at a negotiate JS did not see, not yet closed once: 0 where JS sees every negotiate. */
+  admitted(): number;
 }
 
 /** Called for an optional function this build lacks, in place of it; throws. */
@@ -259,23 +326,65 @@ const WRITE_NAMES = Object.fromEntries(Object.entries(WRITE_KINDS).map(([name, k
   ShimWrite["kind"]
 >;
 
-/** {@linkcode Libmilter.bindWrites} and {@linkcode Libmilter.bindPipeline} for the library loaded from `path`. */
-function shimBindings(shim: Shim | null, path: string): Pick<Libmilter, "bindWrites" | "bindPipeline"> {
+/** The {@linkcode Relay} through `shim`, for the library loaded from `path`. */
+function shimRelay(shim: Shim, path: string): Relay {
   return {
+    withoutShim: null,
+    pendingCode: shim.pendingCode,
+    cannotWait: (token) => token < 0 ? "this callback was registered without the native shim" : null,
+    reply: (token, code) => void shim.reply(token, code),
     bindWrites: (failureText, onFailure) =>
-      shim?.bindWrites(
+      shim.bindWrites(
         WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),
         failureText,
         (ctx, kind) => onFailure(ctx, WRITE_NAMES[kind]),
       ),
-    bindPipeline: (bell, boundBytes, macros) => {
-      if (shim === null) throw new Error("no native shim: nothing can be pipelined");
+    write: (token, write, direct) => token < 0 ? direct() : shim.post(token, write) ? 0 : null,
+    startPipeline: (bell, boundBytes, macros) => {
       // Without smfi_getsymval's address nothing can be captured.
       const getsymval = functionAddress(path, "smfi_getsymval");
       const captured = getsymval === null ? [] : macros;
       shim.bindPipeline(bell, boundBytes, getsymval, captured);
       return captured;
     },
+    pipeline: (ctx, callbacks) => void shim.pipeline(ctx, callbacks),
+    take: () => shim.take(),
+    done: (calls) => shim.done(calls),
+    symval: (call, index) => shim.symval(call, index),
+    pipelineStats: () => shim.pipelineStats(),
+    negotiateItself: (flags) => {
+      const setpriv = functionAddress(path, "smfi_setpriv");
+      const getpriv = functionAddress(path, "smfi_getpriv");
+      if (setpriv === null || getpriv === null) return false;
+      shim.negotiateItself(flags, setpriv, getpriv);
+      return true;
+    },
+    refuseNew: () => shim.refuseNew(),
+    admitted: () => shim.admitted(),
+  };
+}
+
+/** The {@linkcode Relay} where there is no shim (`reason` says why): everything on the JS thread. */
+function directRelay(reason: string): Relay {
+  const none = (): never => {
+    throw new Error(`no native shim: ${reason}`);
+  };
+  return {
+    withoutShim: reason,
+    pendingCode: PENDING,
+    cannotWait: () => reason,
+    reply: none,
+    bindWrites: () => {},
+    write: (_token, _write, direct) => direct(),
+    startPipeline: () => null,
+    pipeline: () => {},
+    take: () => [],
+    done: () => {},
+    symval: none,
+    pipelineStats: () => null,
+    negotiateItself: () => false,
+    refuseNew: () => {},
+    admitted: () => 0,
   };
 }
 
@@ -346,9 +455,7 @@ function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCal
     registerCallback: (symbol, handler) =>
       koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
-    shim,
-    shimUnavailable: shimReason,
-    ...shimBindings(shim, path),
+    relay: shim === null ? directRelay(shimReason!) : shimRelay(shim, path),
     blocking: blockingCalls(path, opened, onWorker),
   };
 }

@@ -30,7 +30,7 @@ import { pinLibrary, runsOnGlibc } from "./dl.ts";
 import { bindAll, CALLBACK_SYMBOLS, declare, type Signatures } from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 5;
+export const SHIM_ABI = 6;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -167,6 +167,25 @@ export interface Shim {
   done(calls: readonly QueuedCall[]): void;
   /** The pipeline's figures (`milter_shim_pipeline_stat`). */
   pipelineStats(): PipelineStats;
+  /**
+   * Makes the negotiate wrapper answer without calling JS
+   * (`milter_shim_negotiate_itself`), as libmilter does without a negotiate
+   * callback: `flags` (the registered actions) and the steps libmilter
+   * pre-filled; new connections refused with Tempfail after
+   * {@linkcode refuseNew}. `setpriv` and `getpriv` are the addresses of
+   * libmilter's `smfi_setpriv` and `smfi_getpriv`, with which the shim marks
+   * the connections it admits. Once, before `smfi_main`.
+   *
+   * @throws {Error} when the shim refuses (a second call, a missing function).
+   */
+  negotiateItself(flags: number, setpriv: bigint, getpriv: bigint): void;
+  /** From now on the negotiate wrapper of {@linkcode negotiateItself} refuses new connections (`milter_shim_refuse_new`). */
+  refuseNew(): void;
+  /**
+   * How many connections the negotiate wrapper admitted that have not reached
+   * their first close (`milter_shim_admitted`): some JS may not have seen yet.
+   */
+  admitted(): number;
 }
 
 /** The callbacks the shim can pipeline. */
@@ -272,6 +291,11 @@ export const SHIM_PROTOTYPES = {
   milter_shim_pipeline_stat: declare<(which: number) => number | bigint>()(
     "int64_t milter_shim_pipeline_stat(int which)",
   ),
+  milter_shim_negotiate_itself: declare<(flags: number, setpriv: bigint, getpriv: bigint) => number>()(
+    "int milter_shim_negotiate_itself(unsigned long flags, void *setpriv, void *getpriv)",
+  ),
+  milter_shim_refuse_new: declare<() => void>()("void milter_shim_refuse_new(void)"),
+  milter_shim_admitted: declare<() => number>()("int milter_shim_admitted(void)"),
 };
 
 /** The koffi types of the functions the shim calls back. */
@@ -563,6 +587,13 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         PIPELINE_STATS.map((name, which) => [name, Number(fn.milter_shim_pipeline_stat(which))]),
       ) as unknown as PipelineStats;
     },
+    negotiateItself(flags: number, setpriv: bigint, getpriv: bigint): void {
+      if (fn.milter_shim_negotiate_itself(flags, setpriv, getpriv) !== 0) {
+        throw new Error("milter_shim_negotiate_itself refused (called twice, or a function is missing)");
+      }
+    },
+    refuseNew: () => fn.milter_shim_refuse_new(),
+    admitted: () => fn.milter_shim_admitted(),
     startMain(mainFn: bigint, done: (rc: number) => void): void {
       startOnThread(fn.milter_shim_start_main, "milter_shim_start_main", mainFn, done);
     },

@@ -174,9 +174,10 @@ class Op {
   write(session: Session, write: ShimWrite, direct: () => number, why?: () => string): void {
     const lib = native(this.name);
     const optional = OPTIONAL_WRITES[write.kind];
-    const later = optional && !lib.has(optional) ? null : lib.shim; // a missing function raises its own error
-    if (later === null || session.token < 0) return this.check(direct(), why);
-    if (!later.post(session.token, write)) this.fail("the callback has already answered; nothing was sent");
+    if (optional && !lib.has(optional)) return this.check(direct(), why); // raises the missing function's error
+    const sent = lib.relay.write(session.invocation?.token ?? -1, write, direct);
+    if (sent === null) this.fail("the callback has already answered; nothing was sent");
+    this.check(sent, why);
   }
 }
 
@@ -245,7 +246,7 @@ function captured(session: Session, call: QueuedCall, name: string): string | nu
         "add it there, or read it in a stage that replies and keep it with setpriv",
     );
   }
-  return native(GETSYMVAL.name).shim!.symval(call, index!);
+  return native(GETSYMVAL.name).relay.symval(call, index!);
 }
 
 /**
@@ -524,7 +525,7 @@ export function setsymlist(ctx: Ctx, stage: Stage, macros: string): void {
 export function rawargs(ctx: Ctx): Uint8Array[] {
   const session = RAWARGS.session(ctx);
   const { libc } = native(RAWARGS.name);
-  return session.raw.map((ptr) =>
+  return (session.invocation?.raw ?? []).map((ptr) =>
     cStringBytes(libc, ptr) ?? RAWARGS.fail("this C library has no strlen reachable through libmilter")
   );
 }

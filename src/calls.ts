@@ -11,7 +11,7 @@ import { SMFIS_TEMPFAIL } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
 import { BadReturn, CallbackTimeout, type Deferred } from "./answers.ts";
-import { enter, isOpen, leave, release, runInvocation, type Session } from "./ctx.ts";
+import { enter, type Invocation, isOpen, leave, release, runInvocation, type Session } from "./ctx.ts";
 import { failure, owed } from "./failure.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
@@ -36,20 +36,21 @@ export function dispatch(
 ): number {
   const r = registered();
   const opening = !isOpen(ptr);
-  const session = enter(ptr, callback, r.flags);
+  const invocation = enter(ptr, callback, r.flags, token, queued);
+  const { session } = invocation;
   const resumed = !opening || resumeNegotiated(session, callback, r);
-  session.token = token;
-  session.queued = queued;
   let answer: number;
   try {
     // A connection that starts while main is stopping is refused at its
-    // first callback (negotiate or connect), so the MTA tempfails it; so is
-    // a session whose connection's negotiation was lost.
-    if (opening && lifecycle.phase !== "running" && callback !== "close") answer = SMFIS_TEMPFAIL;
-    else if (!resumed) answer = refuseUnnegotiated(session, callback, r);
+    // first callback (negotiate or connect; the shim refuses it where it
+    // answers negotiate), so the MTA tempfails it; so is a session whose
+    // connection's negotiation was lost.
+    if (opening && !r.negotiatedByShim && lifecycle.phase !== "running" && callback !== "close") {
+      answer = SMFIS_TEMPFAIL;
+    } else if (!resumed) answer = refuseUnnegotiated(session, callback, r);
     else {
       const result = owed(session, callback, r.name) ?? runInvocation(session, () => body(session, r));
-      if (typeof result !== "number") return answerLater(session, callback, token, result, queued);
+      if (typeof result !== "number") return answerLater(invocation, result);
       answer = result;
     }
   } catch (error) {
@@ -77,18 +78,12 @@ function end(session: Session, callback: CallbackName): void {
  * has no thread waiting: its settlement lets the connection's next queued
  * call run instead.
  */
-function answerLater(
-  session: Session,
-  callback: CallbackName,
-  token: number,
-  deferred: Deferred,
-  queued: QueuedCall | null,
-): number {
-  const lib = native("main");
-  const later = lib.shim;
-  if (later === null || (token < 0 && queued === null)) {
+function answerLater(invocation: Invocation, deferred: Deferred): number {
+  const { session, callback, token, queued } = invocation;
+  const relay = native("main").relay;
+  const why = queued === null ? relay.cannotWait(token) : null;
+  if (why !== null) {
     deferred.promise.then(undefined, () => {}); // abandoned: its rejection must not go unhandled
-    const why = lib.shimUnavailable ?? "this callback was registered without the native shim";
     const code = failure(
       session,
       callback,
@@ -102,7 +97,7 @@ function answerLater(
     if (settled) return;
     settled = true;
     clearTimeout(timer);
-    session.abandon = null;
+    invocation.abandon = null;
     let code: number;
     try {
       code = compute();
@@ -110,8 +105,8 @@ function answerLater(
       code = failure(session, callback, error);
     }
     end(session, callback);
-    if (queued === null) later.reply(token, code);
-    else queueDone(later, session, queued);
+    if (queued === null) relay.reply(token, code);
+    else queueDone(session, queued);
   };
   const timeoutMs = lifecycle.callbackTimeoutMs;
   const timer = timeoutMs === null ? undefined : setTimeout(() =>
@@ -120,7 +115,7 @@ function answerLater(
         `the ${callback} callback's Promise did not settle within callbackTimeout (${timeoutMs / 1000} s)`,
       );
     }), timeoutMs);
-  session.abandon = () =>
+  invocation.abandon = () =>
     answer(() => {
       throw new CallbackTimeout(`the ${callback} callback's Promise was still pending when libmilter stopped`);
     });
@@ -134,7 +129,7 @@ function answerLater(
         throw error;
       }),
   );
-  return later.pendingCode;
+  return relay.pendingCode;
 }
 
 /**
@@ -142,5 +137,5 @@ function answerLater(
  * libmilter stops, no Promise may keep one of its threads parked.
  */
 export function abandonPending(sessions: Iterable<Session>): void {
-  for (const session of [...sessions]) session.abandon?.();
+  for (const session of [...sessions]) session.invocation?.abandon?.();
 }

@@ -55,48 +55,123 @@ export class Ctx {
 export interface Invocation {
   readonly session: Session;
   readonly callback: CallbackName;
+  /** The shim's token of the call, for writes done by its own thread; -1 when there is none. */
+  readonly token: number;
+  /**
+   * The call's queued record when it is pipelined: the shim answered
+   * libmilter at once and libmilter's thread has moved on, so nothing may
+   * reach libmilter for this connection (macros come from what the shim
+   * captured for the call); `null` otherwise.
+   */
+  readonly queued: QueuedCall | null;
+  /** The C string arguments of the call, valid only while it runs (for `rawargs`). */
+  raw: readonly Pointer[];
+  /** While the call's Promise is pending: answers it with Tempfail at once (when libmilter stops). */
+  abandon: (() => void) | null;
   /** Set when the callback has answered (its Promise settled or timed out): its code's uses are refused. */
   over: boolean;
 }
 
-/** What the binding keeps per connection. */
-export interface Session {
+/**
+ * A failure at a no-reply stage, still to be answered (Tempfail) at the
+ * next stage that replies: for the rest of the connection or of the message.
+ */
+export type OwedScope = "connection" | "message";
+
+/**
+ * What the binding keeps per connection. Its state changes only through its
+ * transitions: a call {@linkcode Session.enter}s and {@linkcode Session.leave}s,
+ * negotiation fixes what was {@linkcode Session.negotiated}, a failure at a
+ * no-reply stage is {@linkcode Session.owe}d until the message or connection
+ * ends, and the session is {@linkcode Session.release}d once, at close.
+ */
+export class Session {
   readonly ptr: Pointer;
   readonly ctx: Ctx;
-  /** The call of a callback running for this connection now (which callback: its `callback`), `null` between callbacks. */
-  invocation: Invocation | null;
-  /** Set once `close` has returned (or main has ended); the pointer is then dead. */
-  closed: boolean;
   /** The private data of `setpriv`, `null` when none. */
-  priv: unknown;
-  /** Action flags the filter declared for this connection (registration or negotiate). */
-  actions: number;
-  /** The C string arguments of the running callback, valid only while it runs (for `rawargs`). */
-  raw: readonly Pointer[];
-  /** The `NR_*` step bits negotiated for this connection: stages the MTA expects no reply to. */
-  noReply: number;
-  /**
-   * A failure at a no-reply stage, still to be answered (Tempfail) at the
-   * next stage that replies: for the rest of the connection or of the message.
-   */
-  failed: "connection" | "message" | null;
-  /** While the running callback's Promise is pending: answers it with Tempfail at once (when libmilter stops). */
-  abandon: (() => void) | null;
-  /** The shim's token of the running callback, for writes done by its own thread; -1 when there is none. */
-  token: number;
-  /**
-   * The running callback's queued call when it is pipelined: the shim
-   * answered libmilter at once and libmilter's thread has moved on, so
-   * nothing may reach libmilter for this connection (macros come from what
-   * the shim captured for the call); `null` otherwise.
-   */
-  queued: QueuedCall | null;
+  priv: unknown = null;
   /**
    * While one of the connection's pipelined calls runs (or its Promise is
    * pending): the calls queued after it, run in order once it is through;
-   * `null` while none runs.
+   * `null` while none runs. The pipeline's own.
    */
-  backlog: QueuedCall[] | null;
+  backlog: QueuedCall[] | null = null;
+  #invocation: Invocation | null = null;
+  #closed = false;
+  #actions: number;
+  #noReply = 0;
+  #owed: OwedScope | null = null;
+
+  /** @internal Opened by {@linkcode enter}. */
+  constructor(ptr: Pointer, actions: number) {
+    this.ptr = ptr;
+    this.ctx = new Ctx(TOKEN, nextId++);
+    this.#actions = actions;
+  }
+
+  /** The call of a callback running for this connection now, `null` between callbacks. */
+  get invocation(): Invocation | null {
+    return this.#invocation;
+  }
+
+  /** Set once `close` has returned (or main has ended); the pointer is then dead. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Action flags the filter declared for this connection (registration or negotiate). */
+  get actions(): number {
+    return this.#actions;
+  }
+
+  /** The `NR_*` step bits negotiated for this connection: stages the MTA expects no reply to. */
+  get noReply(): number {
+    return this.#noReply;
+  }
+
+  /** A failure at a no-reply stage still to be answered, and for how long; `null` when none is. */
+  get owed(): OwedScope | null {
+    return this.#owed;
+  }
+
+  /** The running call's queued record when it is pipelined, `null` otherwise (see {@linkcode Invocation.queued}). */
+  get queued(): QueuedCall | null {
+    return this.#invocation?.queued ?? null;
+  }
+
+  /** Begins a call of `callback`: the Ctx is usable until {@linkcode leave}. */
+  enter(callback: CallbackName, token: number, queued: QueuedCall | null): Invocation {
+    this.#invocation = { session: this, callback, token, queued, raw: [], abandon: null, over: false };
+    return this.#invocation;
+  }
+
+  /** Ends the running call: the Ctx's uses from its code are refused from now on. */
+  leave(): void {
+    if (this.#invocation !== null) this.#invocation.over = true;
+    this.#invocation = null;
+  }
+
+  /** What negotiation fixed for the connection: its action flags and no-reply steps. */
+  negotiated(actions: number, noReply: number): void {
+    this.#actions = actions;
+    this.#noReply = noReply;
+  }
+
+  /** Owes a failure for `scope`; one owed for the connection stays so. */
+  owe(scope: OwedScope): void {
+    if (this.#owed !== "connection") this.#owed = scope;
+  }
+
+  /** The message ended: a failure owed for it is forgotten. */
+  forgetMessage(): void {
+    if (this.#owed === "message") this.#owed = null;
+  }
+
+  /** Ends the session for good: its Ctx becomes unusable and its private data is dropped. */
+  release(): void {
+    this.#closed = true;
+    this.priv = null;
+  }
 }
 
 const sessions = new Map<Pointer, Session>();
@@ -104,30 +179,27 @@ const byCtx = new WeakMap<Ctx, Session>();
 let nextId = 1;
 let sessionsChanged: (() => void) | null = null;
 
-/** Marks `callback` as running for the connection at `ptr`, opening its session on first sight. */
-export function enter(ptr: Pointer, callback: CallbackName, actions: number): Session {
+/**
+ * Marks `callback` as running for the connection at `ptr`, opening its
+ * session on first sight with the registration's `actions`; `token` and
+ * `queued` as {@linkcode Invocation} says.
+ *
+ * @returns the call begun.
+ */
+export function enter(
+  ptr: Pointer,
+  callback: CallbackName,
+  actions: number,
+  token = -1,
+  queued: QueuedCall | null = null,
+): Invocation {
   let session = sessions.get(ptr);
   if (!session) {
-    session = {
-      ptr,
-      ctx: new Ctx(TOKEN, nextId++),
-      invocation: null,
-      closed: false,
-      priv: null,
-      actions,
-      raw: [],
-      noReply: 0,
-      failed: null,
-      abandon: null,
-      token: -1,
-      queued: null,
-      backlog: null,
-    };
+    session = new Session(ptr, actions);
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
-  session.invocation = { session, callback, over: false };
-  return session;
+  return session.enter(callback, token, queued);
 }
 
 /** The async context of a callback's code: the invocation its Ctx uses belong to. */
@@ -154,17 +226,12 @@ export function isOpen(ptr: Pointer): boolean {
 
 /** Marks the callback of `session` as returned. */
 export function leave(session: Session): void {
-  if (session.invocation !== null) session.invocation.over = true;
-  session.invocation = null;
-  session.raw = [];
-  session.token = -1;
-  session.queued = null;
+  session.leave();
 }
 
 /** Ends a session: its Ctx becomes unusable and its private data is dropped. */
 export function release(session: Session): void {
-  session.closed = true;
-  session.priv = null;
+  session.release();
   sessions.delete(session.ptr);
   sessionsChanged?.();
 }

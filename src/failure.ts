@@ -27,19 +27,12 @@ export function tempfail(ptr: Pointer, filterName: string): number {
 }
 
 /**
- * Remembers a failure that could not be answered at its own stage (a stage
- * negotiated as no reply, or a pipelined call), to be answered at the next
- * stage that replies ({@linkcode owed}): for the rest of the connection, or
- * of the message. A connection's failure is never narrowed to a message's.
- * With {@linkcode forgetMessage}, the only changes of `Session.failed`.
+ * Whether no reply goes from this call of `callback` to the MTA: its stage
+ * was negotiated as no reply, or the call is pipelined (libmilter has moved
+ * on, whatever its session says).
  */
-export function remember(session: Session, scope: "connection" | "message"): void {
-  if (session.failed !== "connection") session.failed = scope;
-}
-
-/** Ends a message's failure (at abort, or once Tempfail ended the message); a connection's stays. */
-function forgetMessage(session: Session): void {
-  if (session.failed === "message") session.failed = null;
+function replyless(session: Session, callback: CallbackName): boolean {
+  return silent(session, callback) || session.queued !== null;
 }
 
 /**
@@ -50,9 +43,8 @@ function forgetMessage(session: Session): void {
  * message after any later stage.
  */
 export function answerFailure(session: Session, callback: CallbackName, filterName: string): number {
-  // A pipelined call is silent whatever its session says: libmilter has moved on.
-  if (silent(session, callback) || session.queued !== null) {
-    remember(session, STAGES[callback].failure === "connection" ? "connection" : "message");
+  if (replyless(session, callback)) {
+    session.owe(STAGES[callback].failure === "connection" ? "connection" : "message");
     return SMFIS_NOREPLY;
   }
   return STAGES[callback].failure === "ignored" ? SMFIS_TEMPFAIL : tempfail(session.ptr, filterName);
@@ -68,12 +60,12 @@ export function answerFailure(session: Session, callback: CallbackName, filterNa
  */
 export function owed(session: Session, callback: CallbackName, filterName: string): number | null {
   const { failure } = STAGES[callback];
-  if (session.failed === null || failure === "ignored") {
-    if (callback === "abort") forgetMessage(session);
+  if (session.owed === null || failure === "ignored") {
+    if (callback === "abort") session.forgetMessage();
     return null;
   }
-  if (silent(session, callback) || session.queued !== null) return SMFIS_NOREPLY;
-  if (failure !== "command") forgetMessage(session); // Tempfail here ends the message
+  if (replyless(session, callback)) return SMFIS_NOREPLY;
+  if (failure !== "command") session.forgetMessage(); // Tempfail here ends the message
   return tempfail(session.ptr, filterName);
 }
 

@@ -165,6 +165,7 @@ function readFilter(filter: unknown): Registration {
     absentSteps: encodeMask(STEP_BITS, absent),
     // See wanted(): negotiate comes first when the filter has one, or no connect callback.
     negotiates: callbacks.negotiate !== undefined || callbacks.connect === undefined,
+    negotiatedByShim: false,
   });
 }
 
@@ -217,9 +218,11 @@ export function register(filter: Filter): void {
       { code: rc },
     );
   }
-  setRegistered(r);
+  // Without a negotiate callback of the filter's own, its answer is fixed now: the shim gives it.
+  const byShim = r.negotiates && r.callbacks.negotiate === undefined && lib.relay.negotiateItself(r.flags);
+  setRegistered(byShim ? Object.freeze({ ...r, negotiatedByShim: true }) : r);
   reportFor(r.name);
-  lib.bindWrites(failureReply(r.name), writeFailed);
+  lib.relay.bindWrites(failureReply(r.name), writeFailed);
 }
 
 /**

@@ -318,13 +318,89 @@ const MAX_PIPELINE_MACROS = 256;
 /** The default of {@linkcode MainOptions.pipelineBytes}: four body chunks of 64 KiB. */
 const PIPELINE_BYTES = 256 * 1024;
 
-/** Milliseconds `stop` waits for open connections, `null` for as long as they take. */
-let drainTimeoutMs: number | null = 30_000;
-let stopRequested: (() => void) | null = null;
-/** Settles when the `smfi_stop` issued by {@linkcode stop} has returned (at once if none was). */
-let stopReturned: Promise<void> = Promise.resolve();
-/** Whether {@linkcode stop} has called `smfi_stop`. */
-let stopIssued = false;
+/**
+ * One run of `smfi_main`, from {@linkcode main} to its promise settling, as
+ * explicit phases (`lifecycle.phase`): `running` until {@linkcode stop} (or
+ * a stop signal) begins the drain; `draining` while open connections finish,
+ * for at most the drain timeout; then `smfi_stop` is issued; `stopped` once
+ * `smfi_main` has returned. Only its methods change the phase after `idle`.
+ */
+class Run {
+  /** Ends the drain early (main has returned); `null` outside the drain. */
+  #endDrain: (() => void) | null = null;
+  /** Settles when the `smfi_stop` issued by the drain's end has returned (at once if none was). */
+  #stopReturned: Promise<void> = Promise.resolve();
+  #stopIssued = false;
+  readonly #lib: Libmilter;
+  readonly #drainTimeoutMs: number | null;
+
+  /** `idle` → `running`. */
+  constructor(lib: Libmilter, drainTimeoutMs: number | null) {
+    this.#lib = lib;
+    this.#drainTimeoutMs = drainTimeoutMs;
+    lifecycle.phase = "running";
+  }
+
+  /** Whether `smfi_stop` was issued: `smfi_main` failing after it is a stop, not an error. */
+  get stopIssued(): boolean {
+    return this.#stopIssued;
+  }
+
+  /**
+   * `running` → `draining`: new connections are refused, open ones get the
+   * drain timeout, then `smfi_stop` is issued. Nothing in another phase.
+   */
+  drain(): void {
+    if (lifecycle.phase !== "running") return;
+    const relay = this.#lib.relay;
+    relay.refuseNew();
+    lifecycle.phase = "draining";
+    const timer = this.#drainTimeoutMs === null ? undefined : setTimeout(() => end(), this.#drainTimeoutMs);
+    const end = (): void => {
+      clearTimeout(timer);
+      onSessionEnd(null);
+      this.#endDrain = null;
+      if (lifecycle.phase !== "draining") return;
+      abandonPending(allSessions()); // past the drain: pending callbacks answer Tempfail now
+      this.#stopIssued = true;
+      this.#stopReturned = this.#lib.blocking.run("smfi_stop").then(() => {}, () => {});
+      wakeListener();
+    };
+    this.#endDrain = end;
+    // Every connection the shim admitted ends with a close, in JS: a session's end.
+    const drained = (): boolean => openSessions() === 0 && relay.admitted() === 0;
+    if (drained()) end();
+    else onSessionEnd(() => drained() && end());
+  }
+
+  /**
+   * `running` → `draining` without the drain: libmilter's own signal thread
+   * took the stop signal, and its worker pool ends open connections now.
+   */
+  stoppedByLibmilter(): void {
+    if (lifecycle.phase !== "running") return;
+    this.#lib.relay.refuseNew();
+    lifecycle.phase = "draining";
+    wakeListener();
+  }
+
+  /**
+   * → `stopped`: `smfi_main` has returned. Ends the drain, answers every
+   * callback still waiting for its Promise, and releases every session.
+   *
+   * @returns when no `smfi_stop` is outstanding any more.
+   */
+  stopped(): Promise<void> {
+    lifecycle.phase = "stopped";
+    this.#endDrain?.();
+    abandonPending(allSessions());
+    releaseAll();
+    return this.#stopReturned;
+  }
+}
+
+/** The run of `smfi_main`, `null` before main. */
+let run: Run | null = null;
 
 /**
  * Hands control to libmilter: `smfi_main` runs on a thread of its own
@@ -409,7 +485,6 @@ function start(options: MainOptions): Promise<void> {
   if (lifecycle.conn === null) fail("main", "no socket; call setconn first");
   const settings = readOptions(options);
   const lib = native("main");
-  drainTimeoutMs = settings.drainTimeoutMs;
   lifecycle.callbackTimeoutMs = settings.callbackTimeoutMs;
   // Create the socket now rather than inside smfi_main, so that a unix
   // socket gets its permissions (and an inet one TCP_NODELAY) before
@@ -439,23 +514,20 @@ function start(options: MainOptions): Promise<void> {
     restoreFileLimit(lib, limit);
     throw error;
   }
-  lifecycle.phase = "running";
+  const current = run = new Run(lib, settings.drainTimeoutMs);
   // A program that ends while main runs (process.exit, an uncaught exception) ends with its own code:
   // libmilter's threads, still serving connections, must not call into the runtime as it tears down.
   const removeExit = onProgramExit((code) => lib.blocking.onExit(code));
   const removeFatal = exitOnFatalErrors();
   warnWithoutShim(lib);
-  const watch = watchLibmilterStop(lib);
+  const watch = watchLibmilterStop(lib, current);
   return new Promise<void>((resolve, reject) => {
     const done = async (error: unknown, rc: number): Promise<void> => {
       clearInterval(watch);
       removeExit(); // no libmilter thread calls into JS any more (see BlockingCalls.run)
       removeFatal();
-      lifecycle.phase = "stopped";
-      stopRequested?.();
+      const stopReturned = current.stopped();
       removeSignals();
-      abandonPending(allSessions());
-      releaseAll();
       restoreFileLimit(lib, limit);
       removeUnixSocket(lifecycle.socket, lifecycle.socketFile);
       // Resolve only once no call into libmilter is outstanding, so that a
@@ -466,7 +538,7 @@ function start(options: MainOptions): Promise<void> {
       // smfi_stop can reach libmilter before smfi_main has started its
       // listener (stop right after main); smfi_main then fails, but the
       // filter did what was asked: it stopped.
-      else if (rc !== MI_SUCCESS && !stopIssued) {
+      else if (rc !== MI_SUCCESS && !current.stopIssued) {
         reject(
           milterError(
             "main",
@@ -505,16 +577,15 @@ function warnWithoutShim(lib: Libmilter): void {
  * milter_default_action). Watch for that, say so, and wake the accept loop so
  * main returns at once rather than up to 5 seconds later.
  */
-function watchLibmilterStop(lib: Libmilter): ReturnType<typeof setInterval> | undefined {
+function watchLibmilterStop(lib: Libmilter, current: Run): ReturnType<typeof setInterval> | undefined {
   if (lib.stopping() === null) return undefined;
   return setInterval(() => {
     if (lifecycle.phase !== "running" || !lib.stopping()) return;
-    lifecycle.phase = "draining";
     writeStderr(
       "milter: libmilter's signal thread took the stop signal; open connections end now without draining " +
         "(the MTA applies its milter_default_action)",
     );
-    wakeListener();
+    current.stoppedByLibmilter();
   }, 100);
 }
 
@@ -577,22 +648,6 @@ function wakeListener(): void {
  * @throws {MilterError} when main is not running.
  */
 export function stop(): void {
-  if (lifecycle.phase === "idle") fail("stop", "main is not running");
-  if (lifecycle.phase !== "running") return;
-  lifecycle.phase = "draining";
-  const lib = native("stop");
-  const timer = drainTimeoutMs === null ? undefined : setTimeout(finish, drainTimeoutMs);
-  function finish(): void {
-    clearTimeout(timer);
-    onSessionEnd(null);
-    stopRequested = null;
-    if (lifecycle.phase !== "draining") return;
-    abandonPending(allSessions()); // past the drain: pending callbacks answer Tempfail now
-    stopIssued = true;
-    stopReturned = lib.blocking.run("smfi_stop").then(() => {}, () => {});
-    wakeListener();
-  }
-  stopRequested = finish;
-  if (openSessions() === 0) finish();
-  else onSessionEnd(() => openSessions() === 0 && finish());
+  if (run === null) fail("stop", "main is not running");
+  run.drain();
 }

@@ -54,7 +54,7 @@ export function keptNegotiations(bound?: number): number {
 
 /** Keeps a closing session's negotiation for a next session on its connection (after SMFIC_QUIT_NC). */
 export function keepNegotiated(session: Session, r: Registration): void {
-  if (!r.negotiates) return;
+  if (r.callbacks.negotiate === undefined) return; // every session has the registration's
   closedNegotiations.delete(session.ptr); // re-inserted last: the Map's order is the age
   closedNegotiations.set(session.ptr, { actions: session.actions, noReply: session.noReply });
   if (closedNegotiations.size > keptBound) {
@@ -72,10 +72,9 @@ export function keepNegotiated(session: Session, r: Registration): void {
 export function resumeNegotiated(session: Session, callback: CallbackName, r: Registration): boolean {
   const negotiated = closedNegotiations.get(session.ptr);
   closedNegotiations.delete(session.ptr);
-  if (callback === "negotiate" || !r.negotiates) return true;
+  if (callback === "negotiate" || r.callbacks.negotiate === undefined) return true;
   if (negotiated === undefined) return STAGES[callback].failure === "ignored";
-  session.actions = negotiated.actions;
-  session.noReply = negotiated.noReply;
+  session.negotiated(negotiated.actions, negotiated.noReply);
   pipelineStages(session, r);
   return true;
 }
@@ -112,9 +111,11 @@ export function answerNegotiate(
     throw new BadReturn(`the negotiate callback's steps are ${describe(steps)}, not Step[]`);
   }
   const stepMask = encodeMask(STEP_BITS, steps);
-  session.actions = stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags);
   // With All, libmilter ignores the returned steps: no stage is no-reply.
-  session.noReply = stat === "All" ? 0 : stepMask & NO_REPLY_MASK;
+  session.negotiated(
+    stat === "All" ? SMFI_CURR_ACTS : encodeMask(FLAG_BITS, flags),
+    stat === "All" ? 0 : stepMask & NO_REPLY_MASK,
+  );
   pipelineStages(session, r);
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   // The NO* steps of absent callbacks only where the MTA offers them, as libmilter does without a

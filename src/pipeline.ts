@@ -6,7 +6,8 @@
  * @module
  */
 
-import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall, type Shim } from "../ffi/shim.ts";
+import type { Relay } from "../ffi/load.ts";
+import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall } from "../ffi/shim.ts";
 import { silent } from "./answers.ts";
 import { macroKey } from "./convert.ts";
 import { type Session, sessionAt } from "./ctx.ts";
@@ -28,7 +29,7 @@ let runQueued: QueuedRunner = () => {
  * for tests and monitoring.
  */
 export function pipelineStats(): PipelineStats | null {
-  return lifecycle.pipelining ? native("main").shim?.pipelineStats() ?? null : null;
+  return lifecycle.pipelining ? native("main").relay.pipelineStats() : null;
 }
 
 /**
@@ -44,11 +45,11 @@ export function pipelineStats(): PipelineStats | null {
  * @throws {Error} when the shim cannot start its thread.
  */
 export function startPipeline(bytes: number, macros: readonly string[], run: QueuedRunner): boolean {
-  const lib = native("main");
-  const later = lib.shim;
-  if (later === null || bytes === 0) return false;
+  const relay = native("main").relay;
+  if (bytes === 0) return false;
   runQueued = run;
-  const captured = lib.bindPipeline(() => ring(later), bytes, macros);
+  const captured = relay.startPipeline(() => ring(relay), bytes, macros);
+  if (captured === null) return false;
   lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
   lifecycle.pipelining = true;
   return true;
@@ -68,7 +69,7 @@ export function pipelineStages(session: Session, r: Registration): void {
     const { name } = stageOf(symbol);
     return r.callbacks[name] !== undefined && silent(session, name);
   });
-  native("negotiate").shim?.pipeline(session.ptr, symbols);
+  native("negotiate").relay.pipeline(session.ptr, symbols);
 }
 
 /**
@@ -77,10 +78,10 @@ export function pipelineStages(session: Session, r: Registration): void {
  * (its Promise pending) keeps the new one in its backlog. The calls that
  * are through go back to the shim together, at the end.
  */
-function ring(later: Shim): void {
+function ring(relay: Relay): void {
   const finished: QueuedCall[] = [];
   try {
-    for (const call of later.take()) {
+    for (const call of relay.take()) {
       const session = sessionAt(call.ctx);
       if (session === undefined) finished.push(call); // main has ended and released every session
       else if (session.backlog !== null) session.backlog.push(call);
@@ -92,7 +93,7 @@ function ring(later: Shim): void {
   } catch (error) {
     reportInternal("the pipeline's bell", error);
   } finally {
-    later.done(finished);
+    relay.done(finished);
   }
 }
 
@@ -104,7 +105,7 @@ function ring(later: Shim): void {
  * connection's next replying stage go on.
  */
 function runQueue(session: Session, call: QueuedCall | undefined, finished: QueuedCall[]): void {
-  const pending = native("main").shim?.pendingCode;
+  const pending = native("main").relay.pendingCode;
   while (call !== undefined) {
     // After main ended (every session released), queued calls are only given back.
     if (!session.closed && runQueued(session, call) === pending) return;
@@ -115,11 +116,11 @@ function runQueue(session: Session, call: QueuedCall | undefined, finished: Queu
 }
 
 /** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
-export function queueDone(later: Shim, session: Session, call: QueuedCall): void {
+export function queueDone(session: Session, call: QueuedCall): void {
   const finished = [call];
   try {
     runQueue(session, session.backlog?.shift(), finished);
   } finally {
-    later.done(finished);
+    native("main").relay.done(finished);
   }
 }

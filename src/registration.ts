@@ -25,6 +25,13 @@ export interface Registration {
   readonly absentSteps: number;
   /** Whether libmilter calls negotiate (see {@linkcode wanted}): every connection then starts there. */
   readonly negotiates: boolean;
+  /**
+   * Whether the shim answers negotiate without a round trip to JS (the
+   * filter has no negotiate callback of its own; see `Relay.negotiateItself`):
+   * JS then sees a connection first at its first callback with a handler,
+   * and the shim refuses new connections while draining.
+   */
+  readonly negotiatedByShim: boolean;
 }
 
 let registration: Registration | null = null;

@@ -29,7 +29,7 @@ import { dispatch } from "./calls.ts";
 import { decodeSockAddr, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
 import type { Session } from "./ctx.ts";
 import { isThenable } from "./error.ts";
-import { remember, reportInternal } from "./failure.ts";
+import { reportInternal } from "./failure.ts";
 import { answerNegotiate } from "./negotiation.ts";
 import type { CallbackName } from "./stages.ts";
 import { decodeMask, FLAG_BITS, STEP_BITS } from "./variants.ts";
@@ -55,7 +55,7 @@ export function runQueued(session: Session, call: QueuedCall): number {
     return QUEUED[call.symbol](call);
   } catch (error) {
     reportInternal(call.symbol, error);
-    remember(session, "message");
+    session.owe("message");
     return SMFIS_NOREPLY;
   }
 }
@@ -98,7 +98,7 @@ function callStage(
     const fn = r.callbacks[callback];
     if (!fn) return withoutCallback(callback);
     const { args, raw = [] } = decode();
-    session.raw = raw;
+    if (session.invocation !== null) session.invocation.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
     if (!isThenable(result)) return statCode(callback, result, silent(session, callback));
     return { promise: result, settle: (value) => statCode(callback, value, silent(session, callback)) };

@@ -68,8 +68,8 @@ describe("failure: what is owed after a failure", () => {
   let next = 1n;
   /** A fresh session that negotiated `steps` as no reply. */
   function session(...steps: (keyof typeof STEP_BITS)[]): Session {
-    const s = enter(0x1000n * next++, "negotiate", 0);
-    s.noReply = steps.reduce((bits, step) => bits | STEP_BITS[step], 0);
+    const { session: s } = enter(0x1000n * next++, "negotiate", 0);
+    s.negotiated(0, steps.reduce((bits, step) => bits | STEP_BITS[step], 0));
     leave(s);
     return s;
   }
@@ -92,11 +92,11 @@ describe("failure: what is owed after a failure", () => {
     const s = session("NR_HDR");
     replies.length = 0;
     expect(fails(s, "header")).toBe(SMFIS_NOREPLY);
-    expect(s.failed).toBe("message");
+    expect(s.owed).toBe("message");
     expect(at(s, "header")).toBe(SMFIS_NOREPLY); // the next headers: silent, the callback not called
     expect(at(s, "eoh")).toBe(SMFIS_TEMPFAIL);
     expect(replies).toEqual([[s.ptr, "451", "4.3.0", "mail filter logic failed; try again later"]]);
-    expect(s.failed).toBeNull(); // Tempfail at eoh ends the message
+    expect(s.owed).toBeNull(); // Tempfail at eoh ends the message
     expect(at(s, "envfrom")).toBe("callback"); // the next message is the filter's again
   });
 
@@ -104,21 +104,21 @@ describe("failure: what is owed after a failure", () => {
     const s = session("NR_MAIL");
     expect(fails(s, "envfrom")).toBe(SMFIS_NOREPLY);
     expect(at(s, "envrcpt")).toBe(SMFIS_TEMPFAIL); // failure "command": this recipient only
-    expect(s.failed).toBe("message");
+    expect(s.owed).toBe("message");
     expect(at(s, "envrcpt")).toBe(SMFIS_TEMPFAIL);
     expect(at(s, "abort")).toBe("callback"); // abort runs, and ends the message
-    expect(s.failed).toBeNull();
+    expect(s.owed).toBeNull();
   });
 
   test("a failure at connect under NR_CONN lasts for the connection; a message's never narrows it", () => {
     const s = session("NR_CONN", "NR_HDR");
     expect(fails(s, "connect")).toBe(SMFIS_NOREPLY);
-    expect(s.failed).toBe("connection");
+    expect(s.owed).toBe("connection");
     expect(fails(s, "header")).toBe(SMFIS_NOREPLY);
-    expect(s.failed).toBe("connection");
+    expect(s.owed).toBe("connection");
     for (const callback of ["helo", "envfrom", "eom"] as const) expect(at(s, callback)).toBe(SMFIS_TEMPFAIL);
     expect(at(s, "abort")).toBe("callback");
-    expect(s.failed).toBe("connection");
+    expect(s.owed).toBe("connection");
   });
 
   test("a failure where a reply follows answers 451 at once; where the answer is ignored, nothing is set", () => {
@@ -128,6 +128,6 @@ describe("failure: what is owed after a failure", () => {
     expect(replies).toHaveLength(1);
     expect(fails(s, "close")).toBe(SMFIS_TEMPFAIL);
     expect(replies).toHaveLength(1);
-    expect(s.failed).toBeNull();
+    expect(s.owed).toBeNull();
   });
 });

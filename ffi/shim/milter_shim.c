@@ -51,7 +51,7 @@
  * 5: adds milter_shim_run_milter, milter_shim_exit; a wrapper that cannot
  *    call JS sets the 451 4.3.0 reply of milter_shim_bind_writes.
  */
-#define MILTER_SHIM_ABI 5
+#define MILTER_SHIM_ABI 6
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -614,12 +614,7 @@ static int slot_finish(struct slot *slot, int cb, int rc)
 	return refused ? answer_without_js(ctx, cb) : rc;
 }
 
-/*
- * The callbacks in struct smfiDesc order: milter_shim_wrap()'s index order.
- * SHIM_WRAPPER(name, (arguments), parameters...) defines wrap_<name>, with
- * libmilter's prototype for xxfi_<name>, which calls the JS handler with the
- * same arguments and the token.
- */
+/* The callbacks in struct smfiDesc order: milter_shim_wrap()'s index order (see SHIM_WRAPPER). */
 enum {
 	CB_connect,
 	CB_helo,
@@ -1184,10 +1179,76 @@ static int answer_without_js(void *ctx, int cb)
 	return SHIM_SMFIS_TEMPFAIL;
 }
 
-#define SHIM_WRAPPER(name, queued, args, ...)                                    \
+/* ---- Negotiation answered by the shim ---------------------------------------
+ *
+ * Why: a filter without a negotiate callback of its own needs nothing from
+ * JS at negotiate; its answer was fixed at registration, and a hand-off to
+ * the JS thread and back there costs as much as one of the filter's own
+ * stages. After milter_shim_negotiate_itself(), the negotiate wrapper
+ * answers as libmilter does without a negotiate callback (the registered
+ * flags, the NO* steps libmilter pre-filled for absent callbacks, SMFIP_SKIP
+ * cleared) without calling JS; once JS begins to drain
+ * (milter_shim_refuse_new), it refuses new connections with Tempfail. A
+ * connection it admits is marked with smfi_setpriv (libmilter's private data
+ * of the connection, which JS does not use: a mark no reused SMFICTX address
+ * inherits) and counted until its first close (milter_shim_admitted): JS
+ * sees a connection first at its first callback with a handler, and a drain
+ * must wait for the connections admitted before it.
+ */
+
+#define SHIM_SMFIP_SKIP 0x400
+
+static int negotiates_itself;		 /* set once, before smfi_main */
+static unsigned long own_flags;
+static int (*own_setpriv)(void *ctx, void *data);
+static void *(*own_getpriv)(void *ctx);
+static int refusing_new;		 /* read with __atomic_load_n */
+static int admitted;			 /* under pool_lock */
+static char admitted_mark;		 /* the private data of an admitted connection */
+
+/* The negotiate wrapper's answer after milter_shim_negotiate_itself(); -1 (ask JS) before it. */
+static int negotiate_itself(void *ctx, unsigned long *pf0, unsigned long *pf1)
+{
+	if (!negotiates_itself)
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	int admit = closed == SHIM_OPEN && !__atomic_load_n(&refusing_new, __ATOMIC_ACQUIRE) &&
+		    own_setpriv(ctx, &admitted_mark) == 0;
+	admitted += admit;
+	pthread_mutex_unlock(&pool_lock);
+	if (!admit)
+		return SHIM_SMFIS_TEMPFAIL;
+	*pf0 = own_flags;
+	*pf1 &= ~(unsigned long)SHIM_SMFIP_SKIP;
+	return 0; /* SMFIS_CONTINUE */
+}
+
+/* At close: an admitted connection's first close ends its count, before JS sees it close. Returns -1 (go on). */
+static int close_admitted(void *ctx)
+{
+	if (!negotiates_itself || own_getpriv(ctx) != &admitted_mark)
+		return -1;
+	own_setpriv(ctx, NULL);
+	pthread_mutex_lock(&pool_lock);
+	admitted--;
+	pthread_mutex_unlock(&pool_lock);
+	return -1;
+}
+
+/*
+ * SHIM_WRAPPER(name, itself, queued, args, parameters...) defines
+ * wrap_<name>, with libmilter's prototype for xxfi_<name>. `itself` is what
+ * the shim answers without JS (-1: nothing, go on); then, unless the call is
+ * pipelined (`queued`: pipeline_gate's arguments), the wrapper calls the JS
+ * handler with the same arguments and the token.
+ */
+#define SHIM_WRAPPER(name, itself, queued, args, ...)                            \
 	typedef int js_##name##_fn(__VA_ARGS__, int64_t token);                   \
 	static int wrap_##name(__VA_ARGS__)                                       \
 	{                                                                         \
+		int own = itself;                                                 \
+		if (own >= 0)                                                     \
+			return own;                                               \
 		if (pipeline_gate queued)                                         \
 			return SHIM_SMFIS_NOREPLY;                                \
 		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
@@ -1208,22 +1269,22 @@ static int answer_without_js(void *ctx, int cb)
 /* The pipeline_gate arguments of a callback that has no arguments to copy. */
 #define NOTHING(cb) (ctx, cb, NULL, NULL, NULL, 0)
 
-SHIM_WRAPPER(connect, NOTHING(CB_connect), (ctx, hostname, hostaddr, token), void *ctx, char *hostname,
+SHIM_WRAPPER(connect, -1, NOTHING(CB_connect), (ctx, hostname, hostaddr, token), void *ctx, char *hostname,
 	     void *hostaddr)
-SHIM_WRAPPER(helo, NOTHING(CB_helo), (ctx, helohost, token), void *ctx, char *helohost)
-SHIM_WRAPPER(envfrom, NOTHING(CB_envfrom), (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(envrcpt, NOTHING(CB_envrcpt), (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(header, (ctx, CB_header, headerf, headerv, NULL, 0), (ctx, headerf, headerv, token), void *ctx,
+SHIM_WRAPPER(helo, -1, NOTHING(CB_helo), (ctx, helohost, token), void *ctx, char *helohost)
+SHIM_WRAPPER(envfrom, -1, NOTHING(CB_envfrom), (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(envrcpt, -1, NOTHING(CB_envrcpt), (ctx, argv, token), void *ctx, char **argv)
+SHIM_WRAPPER(header, -1, (ctx, CB_header, headerf, headerv, NULL, 0), (ctx, headerf, headerv, token), void *ctx,
 	     char *headerf, char *headerv)
-SHIM_WRAPPER(eoh, NOTHING(CB_eoh), (ctx, token), void *ctx)
-SHIM_WRAPPER(body, (ctx, CB_body, NULL, NULL, bodyp, len), (ctx, bodyp, len, token), void *ctx,
+SHIM_WRAPPER(eoh, -1, NOTHING(CB_eoh), (ctx, token), void *ctx)
+SHIM_WRAPPER(body, -1, (ctx, CB_body, NULL, NULL, bodyp, len), (ctx, bodyp, len, token), void *ctx,
 	     unsigned char *bodyp, size_t len)
-SHIM_WRAPPER(eom, NOTHING(CB_eom), (ctx, token), void *ctx)
-SHIM_WRAPPER(abort, NOTHING(CB_abort), (ctx, token), void *ctx)
-SHIM_WRAPPER(close, NOTHING(CB_close), (ctx, token), void *ctx)
-SHIM_WRAPPER(unknown, NOTHING(CB_unknown), (ctx, arg, token), void *ctx, const char *arg)
-SHIM_WRAPPER(data, NOTHING(CB_data), (ctx, token), void *ctx)
-SHIM_WRAPPER(negotiate, NOTHING(CB_negotiate), (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx,
+SHIM_WRAPPER(eom, -1, NOTHING(CB_eom), (ctx, token), void *ctx)
+SHIM_WRAPPER(abort, -1, NOTHING(CB_abort), (ctx, token), void *ctx)
+SHIM_WRAPPER(close, close_admitted(ctx), NOTHING(CB_close), (ctx, token), void *ctx)
+SHIM_WRAPPER(unknown, -1, NOTHING(CB_unknown), (ctx, arg, token), void *ctx, const char *arg)
+SHIM_WRAPPER(data, -1, NOTHING(CB_data), (ctx, token), void *ctx)
+SHIM_WRAPPER(negotiate, negotiate_itself(ctx, pf0, pf1), NOTHING(CB_negotiate), (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx,
 	     unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0,
 	     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
 
@@ -1332,6 +1393,49 @@ MILTER_SHIM_EXPORT int milter_shim_pending(void)
 {
 	pthread_mutex_lock(&pool_lock);
 	int n = pool_waiting;
+	pthread_mutex_unlock(&pool_lock);
+	return n;
+}
+
+/**
+ * Makes the negotiate wrapper answer without calling JS, as libmilter does
+ * without a negotiate callback: `flags` (the registered actions) and the
+ * steps libmilter offers pre-filled, SMFIP_SKIP cleared (see "Negotiation
+ * answered by the shim"). `setpriv` and `getpriv` are libmilter's
+ * smfi_setpriv and smfi_getpriv, which mark the connections it admits. Call
+ * once, before smfi_main. Returns 0; -1, changing nothing, when a function
+ * is NULL or after the first call.
+ */
+MILTER_SHIM_EXPORT int milter_shim_negotiate_itself(unsigned long flags, int (*setpriv)(void *ctx, void *data),
+						    void *(*getpriv)(void *ctx))
+{
+	if (setpriv == NULL || getpriv == NULL || negotiates_itself)
+		return -1;
+	own_flags = flags;
+	own_setpriv = setpriv;
+	own_getpriv = getpriv;
+	negotiates_itself = 1;
+	return 0;
+}
+
+/**
+ * From now on, the negotiate wrapper of milter_shim_negotiate_itself()
+ * refuses new connections (Tempfail): JS drains. For good.
+ */
+MILTER_SHIM_EXPORT void milter_shim_refuse_new(void)
+{
+	__atomic_store_n(&refusing_new, 1, __ATOMIC_RELEASE);
+}
+
+/**
+ * How many connections the negotiate wrapper admitted that have not reached
+ * their first close yet: connections JS may not have seen, that a drain
+ * waits for. 0 without milter_shim_negotiate_itself().
+ */
+MILTER_SHIM_EXPORT int milter_shim_admitted(void)
+{
+	pthread_mutex_lock(&pool_lock);
+	int n = admitted;
 	pthread_mutex_unlock(&pool_lock);
 	return n;
 }
