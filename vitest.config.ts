@@ -12,6 +12,7 @@ const CORE = [
   "test/noreply.test.ts",
   "test/policy.test.ts",
   "test/sizes.test.ts",
+  "test/round-trips.test.ts",
 ];
 
 const common = {

@@ -16,6 +16,7 @@ import {
   type PipelinedSymbol,
   type PipelineStats,
   type QueuedCall,
+  type QueuedSymbol,
   type Shim,
   type ShimWrite,
   WRITE_FUNCTIONS,
@@ -130,13 +131,19 @@ export interface Relay {
   /**
    * Turns the pipeline on (`Shim.bindPipeline`), with libmilter's
    * `smfi_getsymval` to capture `macros` for each queued call; `bell` runs
-   * on the JS thread while calls are queued.
+   * on the JS thread while calls are queued; the callbacks `always` names
+   * are queued for every connection.
    *
    * @returns the macros captured (`macros`, or none where `smfi_getsymval`
    *   cannot be reached); `null`, doing nothing, without the shim.
    * @throws {Error} when the shim cannot start its thread.
    */
-  startPipeline(bell: () => void, boundBytes: number, macros: readonly string[]): readonly string[] | null;
+  startPipeline(
+    bell: () => void,
+    boundBytes: number,
+    macros: readonly string[],
+    always: readonly QueuedSymbol[],
+  ): readonly string[] | null;
   /** Pipelines `callbacks` of the connection at `ctx` from now on (`Shim.pipeline`); nothing without the shim. */
   pipeline(ctx: Pointer, callbacks: readonly PipelinedSymbol[]): void;
   /** The queued calls, oldest first (`Shim.take`); none without the shim. */
@@ -340,11 +347,11 @@ function shimRelay(shim: Shim, path: string): Relay {
         (ctx, kind) => onFailure(ctx, WRITE_NAMES[kind]),
       ),
     write: (token, write, direct) => token < 0 ? direct() : shim.post(token, write) ? 0 : null,
-    startPipeline: (bell, boundBytes, macros) => {
+    startPipeline: (bell, boundBytes, macros, always) => {
       // Without smfi_getsymval's address nothing can be captured.
       const getsymval = functionAddress(path, "smfi_getsymval");
       const captured = getsymval === null ? [] : macros;
-      shim.bindPipeline(bell, boundBytes, getsymval, captured);
+      shim.bindPipeline(bell, boundBytes, getsymval, captured, always);
       return captured;
     },
     pipeline: (ctx, callbacks) => void shim.pipeline(ctx, callbacks),

@@ -30,7 +30,7 @@ import { pinLibrary, runsOnGlibc } from "./dl.ts";
 import { bindAll, CALLBACK_SYMBOLS, declare, type Signatures } from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 6;
+export const SHIM_ABI = 7;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -140,11 +140,19 @@ export interface Shim {
    * after it returns while some still do; one connection's calls queued or
    * running stay within `boundBytes`; the `macros` are captured for each
    * queued call with `getsymval` (the address of `smfi_getsymval`), for
-   * {@linkcode symval}. Once per process, before `smfi_main`.
+   * {@linkcode symval}; the callbacks `always` names (among
+   * {@linkcode QUEUED_ALWAYS_SYMBOLS}) are queued for every connection. Once
+   * per process, before `smfi_main`.
    *
    * @throws {Error} when the shim refuses (a second call) or cannot start its thread.
    */
-  bindPipeline(bell: () => void, boundBytes: number, getsymval: bigint | null, macros: readonly string[]): void;
+  bindPipeline(
+    bell: () => void,
+    boundBytes: number,
+    getsymval: bigint | null,
+    macros: readonly string[],
+    always: readonly QueuedSymbol[],
+  ): void;
   /** The value `macros[index]` of {@linkcode bindPipeline} had for a queued call (`milter_shim_symval`), `null` if unsent. */
   symval(call: QueuedCall, index: number): string | null;
   /**
@@ -191,6 +199,9 @@ export interface Shim {
 /** The callbacks the shim can pipeline. */
 export type PipelinedSymbol = "xxfi_header" | "xxfi_eoh" | "xxfi_body";
 
+/** The callbacks the shim queues: those it can pipeline, and abort and close, whose answers libmilter ignores. */
+export type QueuedSymbol = PipelinedSymbol | "xxfi_abort" | "xxfi_close";
+
 /**
  * A call the shim answered at once and queued (`struct milter_shim_call`):
  * the connection, the callback, and copies of its arguments, valid until
@@ -201,7 +212,7 @@ export interface QueuedCall {
   readonly address: bigint;
   /** The connection's `SMFICTX`. */
   readonly ctx: bigint;
-  readonly symbol: PipelinedSymbol;
+  readonly symbol: QueuedSymbol;
   /** header: its name and value; `null` otherwise. */
   readonly a: bigint | null;
   readonly b: bigint | null;
@@ -274,8 +285,10 @@ export const SHIM_PROTOTYPES = {
     "int milter_shim_post(int64_t token, int kind, int index, const char *a, const char *b, const uint8_t *bytes, int len)",
   ),
   milter_shim_bind_pipeline: declare<
-    (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number) => number
-  >()("int milter_shim_bind_pipeline(void *bell, size_t bound, void *getsymval, const char **names, int count)"),
+    (bell: unknown, bound: number, getsymval: bigint | null, names: string[], count: number, always: number) => number
+  >()(
+    "int milter_shim_bind_pipeline(void *bell, size_t bound, void *getsymval, const char **names, int count, unsigned int always)",
+  ),
   milter_shim_pipeline: declare<(ctx: bigint, mask: number) => number>()(
     "int milter_shim_pipeline(void *ctx, unsigned int mask)",
   ),
@@ -323,13 +336,19 @@ function callbackTypes(): CallbackTypes {
 
 /** The callbacks the shim can pipeline (its `PIPELINABLE`). */
 export const PIPELINED_SYMBOLS: readonly PipelinedSymbol[] = ["xxfi_header", "xxfi_eoh", "xxfi_body"];
-/** Each pipelined callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
-const PIPELINED_INDEX: Readonly<Record<PipelinedSymbol, number>> = Object.fromEntries(
-  PIPELINED_SYMBOLS.map((symbol) => [symbol, CALLBACK_SYMBOLS.indexOf(symbol)]),
-) as Record<PipelinedSymbol, number>;
-const PIPELINED_SYMBOL: Readonly<Record<number, PipelinedSymbol>> = Object.fromEntries(
-  PIPELINED_SYMBOLS.map((symbol) => [PIPELINED_INDEX[symbol], symbol]),
-) as Record<number, PipelinedSymbol>;
+/**
+ * The callbacks the shim queues for every connection while pipelining is on
+ * (its `QUEUED_ALWAYS`): libmilter ignores their answers, so its thread does
+ * not wait for JS there.
+ */
+export const QUEUED_ALWAYS_SYMBOLS: readonly QueuedSymbol[] = ["xxfi_abort", "xxfi_close"];
+/** Each queued callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
+const QUEUED_INDEX: Readonly<Record<QueuedSymbol, number>> = Object.fromEntries(
+  [...PIPELINED_SYMBOLS, ...QUEUED_ALWAYS_SYMBOLS].map((symbol) => [symbol, CALLBACK_SYMBOLS.indexOf(symbol)]),
+) as Record<QueuedSymbol, number>;
+const QUEUED_SYMBOL: Readonly<Record<number, QueuedSymbol>> = Object.fromEntries(
+  Object.entries(QUEUED_INDEX).map(([symbol, index]) => [index, symbol]),
+) as Record<number, QueuedSymbol>;
 
 /** libmilter's write functions, in the order `milter_shim_bind_writes` takes them (OP_* order). */
 export const WRITE_FUNCTIONS: readonly string[] = [
@@ -537,17 +556,18 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         bytes?.length ?? 0,
       ) === 0;
     },
-    bindPipeline(bell, boundBytes, getsymval, macros): void {
+    bindPipeline(bell, boundBytes, getsymval, macros, always): void {
       // Kept for the life of the process: the pump thread rings it until exit.
       const registered = koffi.register(bell, types.bell);
-      const rc = fn.milter_shim_bind_pipeline(registered, boundBytes, getsymval, [...macros], macros.length);
+      const mask = always.reduce((bits, symbol) => bits | 1 << QUEUED_INDEX[symbol], 0);
+      const rc = fn.milter_shim_bind_pipeline(registered, boundBytes, getsymval, [...macros], macros.length, mask);
       if (rc !== 0) {
         koffi.unregister(registered);
         throw new Error(`milter_shim_bind_pipeline: error ${errnoName(rc)}`);
       }
     },
     pipeline(ctx, callbacks): boolean {
-      const mask = callbacks.reduce((bits, symbol) => bits | 1 << PIPELINED_INDEX[symbol], 0);
+      const mask = callbacks.reduce((bits, symbol) => bits | 1 << QUEUED_INDEX[symbol], 0);
       return fn.milter_shim_pipeline(ctx, mask) === 0;
     },
     take(): QueuedCall[] {
@@ -558,7 +578,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         calls[i] = {
           address: words[w],
           ctx: words[w + 1],
-          symbol: PIPELINED_SYMBOL[Number(words[w + 2])],
+          symbol: QUEUED_SYMBOL[Number(words[w + 2])],
           a: words[w + 3] || null,
           b: words[w + 4] || null,
           bytes: words[w + 5] || null,

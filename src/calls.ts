@@ -20,6 +20,18 @@ import { queueDone } from "./pipeline.ts";
 import { registered, type Registration } from "./registration.ts";
 import type { CallbackName } from "./stages.ts";
 
+/** Calls into JS so far: those libmilter's thread waited for (round trips), and those queued. */
+const calls = { roundTrips: 0, queued: 0 };
+
+/**
+ * @internal How many calls came into JS so far: `roundTrips`, which held
+ * libmilter's thread until JS answered, and `queued`, which the shim answered
+ * at once (pipelined): for tests and the benchmark.
+ */
+export function callsIntoJs(): { readonly roundTrips: number; readonly queued: number } {
+  return { ...calls };
+}
+
 /**
  * Runs one callback for the connection at `ptr`: opens the session, calls
  * `body`, and turns anything that escapes into the failure policy. A body
@@ -35,6 +47,8 @@ export function dispatch(
   queued: QueuedCall | null = null,
 ): number {
   const r = registered();
+  if (queued === null) calls.roundTrips++;
+  else calls.queued++;
   const opening = !isOpen(ptr);
   const invocation = enter(ptr, callback, r.flags, token, queued);
   const { session } = invocation;
@@ -106,7 +120,7 @@ function answerLater(invocation: Invocation, deferred: Deferred): number {
     }
     end(session, callback);
     if (queued === null) relay.reply(token, code);
-    else queueDone(session, queued);
+    else queueDone(queued);
   };
   const timeoutMs = lifecycle.callbackTimeoutMs;
   const timer = timeoutMs === null ? undefined : setTimeout(() =>

@@ -90,12 +90,6 @@ export class Session {
   readonly ctx: Ctx;
   /** The private data of `setpriv`, `null` when none. */
   priv: unknown = null;
-  /**
-   * While one of the connection's pipelined calls runs (or its Promise is
-   * pending): the calls queued after it, run in order once it is through;
-   * `null` while none runs. The pipeline's own.
-   */
-  backlog: QueuedCall[] | null = null;
   #invocation: Invocation | null = null;
   #closed = false;
   #actions: number;

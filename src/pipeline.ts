@@ -1,24 +1,26 @@
 /**
  * The pipeline: at a stage a connection negotiated as no reply (header, eoh,
- * body), the shim answers libmilter at once and queues the call; the bell
- * the shim rings brings the queued calls here, run in order per connection.
+ * body), and at abort and close where the filter has no callback (libmilter
+ * ignores their answers), the shim answers libmilter at once and queues the call; the bell the shim rings
+ * brings the queued calls here, run in order per connection.
  *
  * @module
  */
 
 import type { Relay } from "../ffi/load.ts";
-import { PIPELINED_SYMBOLS, type PipelineStats, type QueuedCall } from "../ffi/shim.ts";
+import type { Pointer } from "../ffi/memory.ts";
+import { PIPELINED_SYMBOLS, type PipelineStats, QUEUED_ALWAYS_SYMBOLS, type QueuedCall } from "../ffi/shim.ts";
 import { silent } from "./answers.ts";
 import { macroKey } from "./convert.ts";
-import { type Session, sessionAt } from "./ctx.ts";
+import type { Session } from "./ctx.ts";
 import { reportInternal } from "./failure.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import type { Registration } from "./registration.ts";
+import { registered, type Registration } from "./registration.ts";
 import { stageOf } from "./stages.ts";
 
 /** Runs one queued call through its stage's callback; returns the shim's pending code when it answered later. */
-export type QueuedRunner = (session: Session, call: QueuedCall) => number;
+export type QueuedRunner = (call: QueuedCall) => number;
 
 let runQueued: QueuedRunner = () => {
   throw new Error("milter binding: the pipeline runs no call before startPipeline");
@@ -38,8 +40,11 @@ export function pipelineStats(): PipelineStats | null {
  * libmilter at once, and the filter's callback runs when the JS thread gets
  * to it, in order with the connection's other callbacks. Off without the
  * shim, or when `bytes` (the bound per connection) is 0. The `macros` are
- * captured for each pipelined call, for getsymval. `run` runs one queued
- * call through its callback (`trampolines.ts`).
+ * captured for each pipelined call, for getsymval. abort and close, where
+ * the filter has no callback of its own, are queued for every connection:
+ * the binding runs them only to end the message or the connection, and
+ * libmilter ignores their answers. `run` runs one queued call through its
+ * callback (`trampolines.ts`).
  *
  * @returns whether pipelining is on.
  * @throws {Error} when the shim cannot start its thread.
@@ -48,7 +53,9 @@ export function startPipeline(bytes: number, macros: readonly string[], run: Que
   const relay = native("main").relay;
   if (bytes === 0) return false;
   runQueued = run;
-  const captured = relay.startPipeline(() => ring(relay), bytes, macros);
+  // abort and close without a callback of the filter's: no user code waits on libmilter's thread there.
+  const always = QUEUED_ALWAYS_SYMBOLS.filter((symbol) => registered().callbacks[stageOf(symbol).name] === undefined);
+  const captured = relay.startPipeline(() => ring(relay), bytes, macros, always);
   if (captured === null) return false;
   lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
   lifecycle.pipelining = true;
@@ -73,6 +80,15 @@ export function pipelineStages(session: Session, r: Registration): void {
 }
 
 /**
+ * The calls queued behind a connection's call that is still running (its
+ * Promise pending), by context address: run in order once it is through. A
+ * connection with no entry has no call running. Keyed by address, not by
+ * session: a queued close may still be ahead of the calls of a new
+ * connection libmilter gave the same address, and those must run after it.
+ */
+const backlogs = new Map<Pointer, QueuedCall[]>();
+
+/**
  * The bell the shim rings while calls are queued: takes a batch of them and
  * runs them, oldest first. A connection whose earlier call is still running
  * (its Promise pending) keeps the new one in its backlog. The calls that
@@ -82,12 +98,11 @@ function ring(relay: Relay): void {
   const finished: QueuedCall[] = [];
   try {
     for (const call of relay.take()) {
-      const session = sessionAt(call.ctx);
-      if (session === undefined) finished.push(call); // main has ended and released every session
-      else if (session.backlog !== null) session.backlog.push(call);
+      const backlog = backlogs.get(call.ctx);
+      if (backlog !== undefined) backlog.push(call);
       else {
-        session.backlog = [];
-        runQueue(session, call, finished);
+        backlogs.set(call.ctx, []);
+        runQueue(call.ctx, call, finished);
       }
     }
   } catch (error) {
@@ -104,22 +119,22 @@ function ring(relay: Relay): void {
  * `finished`, for the caller to give back to the shim, which lets the
  * connection's next replying stage go on.
  */
-function runQueue(session: Session, call: QueuedCall | undefined, finished: QueuedCall[]): void {
+function runQueue(ctx: Pointer, call: QueuedCall | undefined, finished: QueuedCall[]): void {
   const pending = native("main").relay.pendingCode;
   while (call !== undefined) {
     // After main ended (every session released), queued calls are only given back.
-    if (!session.closed && runQueued(session, call) === pending) return;
+    if (lifecycle.phase !== "stopped" && runQueued(call) === pending) return;
     finished.push(call);
-    call = session.backlog?.shift();
+    call = backlogs.get(ctx)?.shift();
   }
-  session.backlog = null;
+  backlogs.delete(ctx);
 }
 
-/** A pipelined call's Promise has settled: give the call back, and run the connection's next ones. */
-export function queueDone(session: Session, call: QueuedCall): void {
+/** A queued call's Promise has settled: give the call back, and run the connection's next ones. */
+export function queueDone(call: QueuedCall): void {
   const finished = [call];
   try {
-    runQueue(session, session.backlog?.shift(), finished);
+    runQueue(call.ctx, backlogs.get(call.ctx)?.shift(), finished);
   } finally {
     native("main").relay.done(finished);
   }

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { PIPELINED_SYMBOLS } from "../ffi/shim.ts";
+import { PIPELINED_SYMBOLS, QUEUED_ALWAYS_SYMBOLS } from "../ffi/shim.ts";
 import { CALLBACK_SYMBOLS, type CallbackSymbol } from "../ffi/symbols.ts";
 import type { Step } from "./variants.ts";
 
@@ -64,6 +64,15 @@ export interface Stage {
   readonly failure: FailureScope;
   /** Whether the shim can answer it at once and queue the call, when its stage is negotiated as no reply. */
   readonly pipelinable: boolean;
+  /**
+   * Whether the shim queues it for every connection while pipelining is on
+   * and the filter has no callback here (abort and close: libmilter ignores
+   * their answers, and the binding runs them only to end the message or the
+   * connection): libmilter's thread goes on at once, and the call runs in
+   * order with the connection's other calls. A filter's own abort or close
+   * runs while libmilter waits, as every callback that is not pipelined.
+   */
+  readonly queuedWithoutCallback: boolean;
 }
 
 type Facts = Pick<Stage, "absentStep" | "noReplyStep" | "failure">;
@@ -100,6 +109,7 @@ export const STAGES: { readonly [K in CallbackName]: Stage } = Object.freeze(
         index,
         ...FACTS[name],
         pipelinable: (PIPELINED_SYMBOLS as readonly CallbackSymbol[]).includes(symbol),
+        queuedWithoutCallback: (QUEUED_ALWAYS_SYMBOLS as readonly CallbackSymbol[]).includes(symbol),
       };
       return [name, Object.freeze(stage)];
     }),

@@ -22,12 +22,12 @@ import {
   readUShort,
   writeULong,
 } from "../ffi/memory.ts";
-import type { PipelinedSymbol, QueuedCall } from "../ffi/shim.ts";
+import type { QueuedCall, QueuedSymbol } from "../ffi/shim.ts";
 import { CALLBACK_SYMBOLS, type CallbackHandler, type CallbackHandlers, type CallbackSymbol } from "../ffi/symbols.ts";
 import { silent, statCode } from "./answers.ts";
 import { dispatch } from "./calls.ts";
 import { decodeSockAddr, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import type { Session } from "./ctx.ts";
+import { sessionAt } from "./ctx.ts";
 import { isThenable } from "./error.ts";
 import { reportInternal } from "./failure.ts";
 import { answerNegotiate } from "./negotiation.ts";
@@ -50,21 +50,23 @@ const NO_TOKEN = -1;
  * binding itself is reported and answered at the next replying stage, as a
  * failed callback is: a pipelined message is never let through unfiltered.
  */
-export function runQueued(session: Session, call: QueuedCall): number {
+export function runQueued(call: QueuedCall): number {
   try {
     return QUEUED[call.symbol](call);
   } catch (error) {
     reportInternal(call.symbol, error);
-    session.owe("message");
+    sessionAt(call.ctx)?.owe("message");
     return SMFIS_NOREPLY;
   }
 }
 
-/** How each pipelined callback runs from the shim's copy of its arguments. */
-const QUEUED: { readonly [K in PipelinedSymbol]: (call: QueuedCall) => number } = {
+/** How each queued callback runs from the shim's copy of its arguments. */
+const QUEUED: { readonly [K in QueuedSymbol]: (call: QueuedCall) => number } = {
   xxfi_header: (call) => callStage("header", call.ctx, NO_TOKEN, () => strings(call.a, call.b), call),
   xxfi_eoh: (call) => callStage("eoh", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
   xxfi_body: (call) => callStage("body", call.ctx, NO_TOKEN, () => chunk(call.bytes, call.len), call),
+  xxfi_abort: (call) => callStage("abort", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
+  xxfi_close: (call) => callStage("close", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
 };
 
 /** A callback's decoded arguments, and the C strings among them for `rawargs`. */

@@ -58,6 +58,19 @@ describe("the shim and the table of stages agree", () => {
       CALLBACK_NAMES.filter((name) => STAGES[name].pipelinable),
     );
   });
+
+  test("what the shim queues for every connection (QUEUED_ALWAYS) is what the stages say", () => {
+    const full = /#define QUEUED_ALWAYS \(([^)]*)\)/.exec(source)![1];
+    expect([...full.matchAll(/CB_(\w+)/g)].map((m) => m[1])).toEqual(
+      CALLBACK_NAMES.filter((name) => STAGES[name].queuedWithoutCallback),
+    );
+    expect(
+      CALLBACK_NAMES.filter((name) => STAGES[name].queuedWithoutCallback).every((name) =>
+        STAGES[name].failure === "ignored"
+      ),
+    )
+      .toBe(true);
+  });
 });
 
 describe("the constants both sides use", () => {

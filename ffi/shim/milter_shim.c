@@ -51,7 +51,7 @@
  * 5: adds milter_shim_run_milter, milter_shim_exit; a wrapper that cannot
  *    call JS sets the 451 4.3.0 reply of milter_shim_bind_writes.
  */
-#define MILTER_SHIM_ABI 6
+#define MILTER_SHIM_ABI 7
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -669,6 +669,12 @@ enum {
 
 /** The callbacks that can be pipelined: 1 << CB_* bits. */
 #define PIPELINABLE (1u << CB_header | 1u << CB_eoh | 1u << CB_body)
+/**
+ * The callbacks that can be queued for every connection (those of them
+ * milter_shim_bind_pipeline's `always` names): libmilter ignores their
+ * answers, so its thread need not wait for JS.
+ */
+#define QUEUED_ALWAYS (1u << CB_abort | 1u << CB_close)
 /** The most macros milter_shim_bind_pipeline() captures: snap_take keeps their values on libmilter's stack. */
 #define SHIM_MAX_MACROS 256
 #define CONN_BUCKETS 1024
@@ -679,7 +685,7 @@ enum {
  */
 struct milter_shim_call {
 	void *ctx;		/* the connection's SMFICTX */
-	int callback;		/* CB_header, CB_eoh or CB_body (struct smfiDesc order) */
+	int callback;		/* CB_header, CB_eoh, CB_body, CB_abort or CB_close (struct smfiDesc order) */
 	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
 	unsigned char *bytes;	/* body: a copy of the chunk; NULL otherwise */
 	size_t len;		/* body: its length; 0 otherwise */
@@ -715,6 +721,7 @@ struct conn {
 	pthread_cond_t changed;	/* broadcast when one of its calls ends */
 	struct snap *snap;	/* the capture of its latest pipelined calls, NULL after any other callback */
 	int snap_cb;		/* the callback it was captured for */
+	int ended;		/* its close is queued: freed with that call, unless a new connection took the address */
 };
 
 static struct conn *conns[CONN_BUCKETS];
@@ -726,6 +733,7 @@ static char **pipe_names; /* the macros captured for pipelined calls */
 static int pipe_name_count;
 static int pipe_on;	 /* bell and bound set, pump started: read with __atomic_load_n */
 static int pipe_binding; /* milter_shim_bind_pipeline() has begun */
+static unsigned pipe_always; /* 1 << CB_* of the callbacks queued for every connection, within QUEUED_ALWAYS */
 static pthread_cond_t pump_wake = PTHREAD_COND_INITIALIZER;
 static int64_t stat_bytes, stat_peak, stat_waits, stat_conns, stat_rings, stat_queued;
 
@@ -742,6 +750,54 @@ static struct conn **conn_slot(const void *ctx)
 static struct conn *conn_find(const void *ctx)
 {
 	return *conn_slot(ctx);
+}
+
+/* A new connection state for ctx, not linked yet; NULL when memory runs out. */
+static struct conn *conn_new(void *ctx, unsigned mask)
+{
+	struct conn *conn = malloc(sizeof *conn);
+	if (conn == NULL)
+		return NULL;
+	conn->next = NULL;
+	conn->ctx = ctx;
+	conn->mask = mask;
+	conn->calls = conn->waiters = 0;
+	conn->bytes = 0;
+	conn->snap = NULL;
+	conn->snap_cb = -1;
+	conn->ended = 0;
+	pthread_cond_init(&conn->changed, NULL);
+	return conn;
+}
+
+/* Links a state conn_new() made; pool_lock held, and no state for its ctx linked. */
+static void conn_link(struct conn *conn)
+{
+	*conn_slot(conn->ctx) = conn;
+	stat_conns++;
+}
+
+static struct snap *snap_drop(struct snap *snap);
+
+/*
+ * Unlinks a connection's state, and drops its hold on its capture; pool_lock
+ * held. The caller frees it with conn_free(), unlocked.
+ */
+static void conn_unlink(struct conn *conn)
+{
+	*conn_slot(conn->ctx) = conn->next;
+	stat_conns--;
+	conn->snap = snap_drop(conn->snap); /* now the capture to free with it, if that was its last hold */
+}
+
+/* Frees what conn_unlink() unlinked (NULL is ignored). */
+static void conn_free(struct conn *conn)
+{
+	if (conn == NULL)
+		return;
+	free(conn->snap);
+	pthread_cond_destroy(&conn->changed);
+	free(conn);
 }
 
 /* Waits, pool_lock held, on the connection's condition until `more` is false. */
@@ -810,11 +866,18 @@ static struct snap *snap_drop(struct snap *snap)
 
 /*
  * Runs first in every wrapper: when the connection pipelines callback cb,
- * queues a copy of the call (a, b: header name and value; bytes, len: body
- * chunk) and returns 1, and the wrapper answers SMFIS_NOREPLY. Otherwise
- * waits until every queued call of the connection is done and returns 0,
- * and the wrapper calls JS as usual. A call that cannot be copied (memory)
- * goes to JS the usual way too, after the queue.
+ * or cb is among those queued for every connection (pipe_always), queues a copy of the call (a, b:
+ * header name and value; bytes, len: body chunk) and returns 1, and the
+ * wrapper answers at once. Otherwise waits until every queued call of the
+ * connection is done and returns 0, and the wrapper calls JS as usual. A
+ * call that cannot be copied (memory) goes to JS the usual way too, after
+ * the queue.
+ *
+ * A queued close ends the connection for libmilter, which may give its
+ * SMFICTX address to a new connection while JS has still to run that close:
+ * the state stays, so the new connection's calls keep coming after the old
+ * one's, and the first of them starts it afresh (nothing pipelined until its
+ * negotiate says so).
  */
 static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const unsigned char *bytes, size_t len)
 {
@@ -822,13 +885,26 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		return 0;
 	pthread_mutex_lock(&pool_lock);
 	struct conn *conn = conn_find(ctx);
+	if (conn == NULL && (pipe_always & 1u << cb)) {
+		/* Only this connection's thread links a state for its ctx: none appears meanwhile. */
+		pthread_mutex_unlock(&pool_lock);
+		conn = conn_new(ctx, 0);
+		pthread_mutex_lock(&pool_lock);
+		if (conn != NULL)
+			conn_link(conn);
+	}
 	if (conn == NULL) {
 		pthread_mutex_unlock(&pool_lock);
 		return 0;
 	}
+	if (conn->ended) {
+		/* A new connection at the address of one whose close is still queued: kept for it from now on. */
+		conn->ended = 0;
+		conn->mask = 0;
+	}
 	struct milter_shim_call *call = NULL;
 	struct snap *fresh = NULL, *stale = NULL;
-	if (conn->mask & 1u << cb) {
+	if ((conn->mask | pipe_always) & 1u << cb) {
 		if (closed != SHIM_OPEN) {
 			/* Nothing runs it any more: answered as no reply, the message is tempfailed at its next replying stage. */
 			pthread_mutex_unlock(&pool_lock);
@@ -876,6 +952,8 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		return 1;
 	}
 	call->conn = conn;
+	if (cb == CB_close)
+		conn->ended = 1;
 	stat_queued++;
 	conn->calls++;
 	conn->bytes += call->size;
@@ -895,28 +973,19 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	return 1;
 }
 
-/* Removes the connection's state after its close wrapper; kept (never freed) should a call still be out. */
+/* Removes the connection's state after a close wrapper that called JS; kept (never freed) should a call still be out. */
 static void pipeline_forget(void *ctx)
 {
 	if (!__atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
 		return;
 	pthread_mutex_lock(&pool_lock);
-	struct conn **link = conn_slot(ctx);
-	struct conn *conn = *link;
-	struct snap *stale = NULL;
-	if (conn != NULL && conn->calls == 0 && conn->waiters == 0) {
-		*link = conn->next;
-		stale = snap_drop(conn->snap);
-		stat_conns--;
-	} else {
+	struct conn *conn = conn_find(ctx);
+	if (conn != NULL && conn->calls == 0 && conn->waiters == 0)
+		conn_unlink(conn);
+	else
 		conn = NULL;
-	}
 	pthread_mutex_unlock(&pool_lock);
-	free(stale);
-	if (conn != NULL) {
-		pthread_cond_destroy(&conn->changed);
-		free(conn);
-	}
+	conn_free(conn);
 }
 
 /* The pump: rings the bell whenever calls are queued, until the shim closes. */
@@ -947,19 +1016,21 @@ static void *pump_thread(void *arg)
  * is the most bytes of calls one connection may have queued or running;
  * `getsymval` is libmilter's smfi_getsymval, with which the `count` macro
  * `names` are captured for each pipelined call (copied; see
- * milter_shim_symval). Once per process, before smfi_main starts.
+ * milter_shim_symval); `always` holds 1 << CB_* for the callbacks queued for
+ * every connection, among abort and close (QUEUED_ALWAYS). Once per process,
+ * before smfi_main starts.
  *
- * Returns 0; EINVAL for a NULL bell, a zero bound, more than 256 names, or
- * names without getsymval; EBUSY on a second call; ENOMEM; or the error
+ * Returns 0; EINVAL for a NULL bell, a zero bound, more than 256 names,
+ * names without getsymval, or `always` outside abort and close; EBUSY on a second call; ENOMEM; or the error
  * number of starting the pump thread (pipelining stays off, and a later
  * call may try again).
  */
 MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t bound,
 						 char *(*getsymval)(void *ctx, char *name),
-						 const char *const *names, int count)
+						 const char *const *names, int count, unsigned always)
 {
 	if (bell == NULL || bound == 0 || count < 0 || count > SHIM_MAX_MACROS ||
-	    (count > 0 && (names == NULL || getsymval == NULL)))
+	    (count > 0 && (names == NULL || getsymval == NULL)) || (always & ~QUEUED_ALWAYS) != 0)
 		return EINVAL;
 	for (int i = 0; i < count; i++)
 		if (names[i] == NULL)
@@ -987,6 +1058,7 @@ MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t boun
 		pipe_getsymval = getsymval;
 		pipe_names = copies;
 		pipe_name_count = count;
+		pipe_always = always;
 	}
 	pthread_mutex_unlock(&pool_lock);
 	if (busy) {
@@ -1006,6 +1078,7 @@ MILTER_SHIM_EXPORT int milter_shim_bind_pipeline(void (*bell)(void), size_t boun
 	pipe_getsymval = NULL;
 	pipe_names = NULL;
 	pipe_name_count = 0;
+	pipe_always = 0;
 	pipe_binding = 0;
 	pthread_mutex_unlock(&pool_lock);
 	for (int i = 0; i < count; i++)
@@ -1037,21 +1110,11 @@ MILTER_SHIM_EXPORT int milter_shim_pipeline(void *ctx, unsigned mask)
 		return 0;
 	}
 	pthread_mutex_unlock(&pool_lock);
-	conn = malloc(sizeof *conn);
+	conn = conn_new(ctx, mask);
 	if (conn == NULL)
 		return -2;
-	conn->ctx = ctx;
-	conn->mask = mask;
-	conn->calls = conn->waiters = 0;
-	conn->bytes = 0;
-	conn->snap = NULL;
-	conn->snap_cb = -1;
-	pthread_cond_init(&conn->changed, NULL);
 	pthread_mutex_lock(&pool_lock);
-	struct conn **link = conn_slot(ctx);
-	conn->next = NULL;
-	*link = conn;
-	stat_conns++;
+	conn_link(conn);
 	pthread_mutex_unlock(&pool_lock);
 	return 0;
 }
@@ -1092,8 +1155,13 @@ MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 	return n;
 }
 
-/* Ends one call; pool_lock held. Returns its snapshot when that was the last hold, for the caller to free. */
-static struct snap *call_end(struct milter_shim_call *call)
+/*
+ * Ends one call; pool_lock held. Returns its snapshot when that was the last
+ * hold, for the caller to free; sets *gone to the connection's state when
+ * this was the last call after its close (unlinked, for the caller to free
+ * with conn_free), else leaves it.
+ */
+static struct snap *call_end(struct milter_shim_call *call, struct conn **gone)
 {
 	struct conn *conn = call->conn;
 	conn->calls--;
@@ -1101,7 +1169,12 @@ static struct snap *call_end(struct milter_shim_call *call)
 	stat_bytes -= (int64_t)call->size;
 	if (conn->waiters > 0)
 		pthread_cond_broadcast(&conn->changed);
-	return snap_drop(call->snap);
+	struct snap *last = snap_drop(call->snap);
+	if (conn->ended && conn->calls == 0 && conn->waiters == 0) {
+		conn_unlink(conn);
+		*gone = conn;
+	}
+	return last;
 }
 
 /**
@@ -1115,11 +1188,19 @@ MILTER_SHIM_EXPORT void milter_shim_done_batch(const uint64_t *calls, int n)
 	if (calls == NULL || n <= 0)
 		return;
 	pthread_mutex_lock(&pool_lock);
-	for (int i = 0; i < n; i++)
-		free(call_end((struct milter_shim_call *)(uintptr_t)calls[i])); /* a snapshot, rarely */
+	for (int i = 0; i < n; i++) {
+		struct milter_shim_call *call = (struct milter_shim_call *)(uintptr_t)calls[i];
+		struct conn *gone = NULL;
+		call->snap = call_end(call, &gone); /* a snapshot to free, rarely */
+		call->conn = gone;		    /* a closed connection's state to free */
+	}
 	pthread_mutex_unlock(&pool_lock);
-	for (int i = 0; i < n; i++)
-		free((void *)(uintptr_t)calls[i]);
+	for (int i = 0; i < n; i++) {
+		struct milter_shim_call *call = (struct milter_shim_call *)(uintptr_t)calls[i];
+		free(call->snap);
+		conn_free(call->conn);
+		free(call);
+	}
 }
 
 /**
@@ -1550,8 +1631,11 @@ static int shim_close(int level)
 	}
 	struct milter_shim_call *dropped = ready_head;
 	ready_head = ready_tail = NULL;
-	for (struct milter_shim_call *call = dropped; call != NULL; call = call->next)
-		call->snap = call_end(call); /* kept to free below, unlocked */
+	for (struct milter_shim_call *call = dropped; call != NULL; call = call->next) {
+		struct conn *gone = NULL;
+		call->snap = call_end(call, &gone); /* kept to free below, unlocked */
+		call->conn = gone;
+	}
 	for (int b = 0; b < CONN_BUCKETS; b++)
 		for (struct conn *conn = conns[b]; conn != NULL; conn = conn->next)
 			pthread_cond_broadcast(&conn->changed);
@@ -1564,6 +1648,7 @@ static int shim_close(int level)
 	while (dropped != NULL) {
 		struct milter_shim_call *next = dropped->next;
 		free(dropped->snap);
+		conn_free(dropped->conn);
 		free(dropped);
 		dropped = next;
 	}
