@@ -11,13 +11,18 @@
 
 import { beforeAll, describe, expect, test } from "vitest";
 import { SMFIS_NOREPLY, SMFIS_TEMPFAIL } from "../ffi/constants.ts";
+import koffi from "koffi";
+import { SMFI_CURR_ACTS } from "../ffi/constants.ts";
 import type { Libmilter } from "../ffi/load.ts";
+import { readULong } from "../ffi/memory.ts";
 import { BadReturn, statCode } from "../src/answers.ts";
 import { enter, leave, type Session } from "../src/ctx.ts";
 import { answerFailure, owed } from "../src/failure.ts";
 import { useNative } from "../src/native.ts";
+import { answerNegotiate } from "../src/negotiation.ts";
+import type { Registration } from "../src/registration.ts";
 import { CALLBACK_NAMES, type CallbackName, STAGES } from "../src/stages.ts";
-import { type Stat, STAT_CODES, STEP_BITS } from "../src/variants.ts";
+import { FLAG_BITS, type Stat, STAT_CODES, STEP_BITS } from "../src/variants.ts";
 
 const STAT_NAMES = Object.keys(STAT_CODES) as Stat[];
 
@@ -129,5 +134,56 @@ describe("failure: what is owed after a failure", () => {
     expect(fails(s, "close")).toBe(SMFIS_TEMPFAIL);
     expect(replies).toHaveLength(1);
     expect(s.owed).toBeNull();
+  });
+});
+
+describe("negotiation: what negotiate's answer sets", () => {
+  // libmilter's four output words (unsigned long), as answerNegotiate writes them.
+  const words = koffi.alloc("unsigned long", 4);
+  const base = koffi.address(words) as bigint;
+  const size = BigInt(koffi.sizeof("unsigned long"));
+  const pf = [0n, 1n, 2n, 3n].map((i) => base + i * size);
+  const out = (): number[] => pf.map(readULong);
+  const r: Registration = {
+    self: {},
+    name: "logic",
+    flags: FLAG_BITS.ADDHDRS,
+    callbacks: {},
+    absentSteps: STEP_BITS.NOHELO | STEP_BITS.NOUNKNOWN,
+    negotiates: true,
+    negotiatedByShim: false,
+  };
+  let next = 1n;
+  const negotiating = (): Session => enter(0x9000n * next++, "negotiate", r.flags).session;
+
+  test("Continue: the flags and no-reply steps asked, and the NO* steps of absent callbacks the MTA offers", () => {
+    const s = negotiating();
+    const offered = STEP_BITS.NOHELO | STEP_BITS.NR_HDR; // not NOUNKNOWN
+    const code = answerNegotiate(["Continue", ["ADDHDRS", "CHGHDRS"], ["NR_HDR"]], pf, offered, s, r);
+    expect(code).toBe(STAT_CODES.Continue);
+    expect(out()).toEqual([FLAG_BITS.ADDHDRS | FLAG_BITS.CHGHDRS, STEP_BITS.NR_HDR | STEP_BITS.NOHELO, 0, 0]);
+    expect(s.actions).toBe(FLAG_BITS.ADDHDRS | FLAG_BITS.CHGHDRS);
+    expect(s.noReply).toBe(STEP_BITS.NR_HDR);
+    leave(s);
+  });
+
+  test("All: every action, and no stage without a reply, whatever steps come with it", () => {
+    const s = negotiating();
+    expect(answerNegotiate(["All", [], ["NR_HDR"]], pf, STEP_BITS.NR_HDR, s, r)).toBe(STAT_CODES.All);
+    expect(s.actions).toBe(SMFI_CURR_ACTS);
+    expect(s.noReply).toBe(0);
+    leave(s);
+  });
+
+  test.each([
+    ["not a triple", "Continue"],
+    ["an unknown flag", ["Continue", ["ADDHEADERS"], []]],
+    ["an unknown step", ["Continue", [], ["NR_HEADER"]]],
+    ["a Stat negotiate may not answer", ["Skip", [], []]],
+  ])("%s is a BadReturn, and the session keeps the registration's", (_, answer) => {
+    const s = negotiating();
+    expect(() => answerNegotiate(answer, pf, 0, s, r)).toThrow(BadReturn);
+    expect([s.actions, s.noReply]).toEqual([r.flags, 0]);
+    leave(s);
   });
 });
