@@ -37,12 +37,33 @@
  * (`main({ pipelineBytes: 0 })`); `PIPELINE_BYTES` set for the benchmark
  * passes on to the other runs of this project.
  *
+ * `--readme` runs the README's quick-start filter instead (issue 20): envrcpt
+ * rejects a recipient containing "spam" with 550 5.7.1, eom adds one header
+ * (`X-Stamped: yes, queue id <i>`), no other callback, so the MTA skips every
+ * other stage (checked per run from the negotiated steps). It is written the
+ * same way for C (`filter.c readme`), pymilter (`filter.py readme`) and this
+ * project (`filter.ts readme`, the README's code); "C, hand-off bound"
+ * (`filter-handoff.c readme`) registers only envrcpt and eom and hands both
+ * to one callback thread and waits, with no negotiate, abort or close to
+ * relay: the bound of any design that runs callbacks on one JS thread
+ * (÷ bound). Unix socket, 1 KiB body, concurrency 8 and 64, two ways to
+ * connect: "a connection per message" (a milter session per message, as for
+ * a one-message SMTP session) and "one connection for all" (the load
+ * generator's `--reuse`: each of its threads keeps one session, and sends
+ * SMFIC_ABORT between messages as Postfix does). Every message's recipient
+ * must be accepted and its header be the expected one; each load generator
+ * thread's first message also has a "spam" recipient that must get
+ * 550 5.7.1. Beside messages/s, "CPU µs/msg" is the filter process's CPU
+ * time (all its threads) per message: filter CPU (cores) × 10⁶ ÷ messages/s.
+ *
  *   npm run bench                        # the whole matrix (about 7 minutes)
  *   npm run bench -- --quick             # unix, 1 KiB, concurrency 8 and 64 (about 2 minutes)
  *   npm run bench -- --async             # async callbacks, every runtime (about 4 minutes)
  *   npm run bench -- --async --quick     # the same with C and Node only (about 1.5 minutes)
  *   npm run bench -- --pipeline          # no-reply stages, every contender, 3 rounds (about 2 minutes)
  *   npm run bench -- --pipeline --quick  # C, node and node (no pipelining), 1 round (about 20 s)
+ *   npm run bench -- --readme            # the quick-start filter, every contender, 3 rounds (about 3.5 minutes)
+ *   npm run bench -- --readme --quick    # C, the bound, pymilter and node, 1 round (about 50 s)
  *   npm run bench -- --seconds 3 --rounds 3 --json out.json
  *
  * Needs gcc, libmilter-dev and python3-milter (Debian:
@@ -68,6 +89,7 @@ const { values: opts } = parseArgs({
     contenders: { type: "string" },
     async: { type: "boolean", default: false },
     pipeline: { type: "boolean", default: false },
+    readme: { type: "boolean", default: false },
     before: { type: "string" },
     json: { type: "string" },
   },
@@ -80,6 +102,7 @@ type Contender =
   | "C, TCP_NODELAY"
   | "C, one callback thread"
   | "C, one callback thread, NR answered at once"
+  | "C, hand-off bound"
   | "pymilter"
   | Runtime
   | `${Runtime} async`
@@ -97,6 +120,10 @@ interface Cell {
   headers: number | null;
   /** Whether every filter negotiates NR_HDR and NR_BODY and answers neither (`--pipeline`). */
   noReply: boolean;
+  /** Whether every filter is the README's quick-start filter (`--readme`). */
+  readme: boolean;
+  /** Whether each load generator thread keeps one milter session for all its messages (`--reuse`). */
+  reuse: boolean;
 }
 interface Sample {
   rate: number;
@@ -104,6 +131,8 @@ interface Sample {
   p99: number;
   rssMiB: number;
   cpuCores: number;
+  /** The filter's CPU time per message, µs: cpuCores × 10⁶ ÷ rate. */
+  cpuUs: number;
   loadgenCores: number;
   errors: number;
 }
@@ -124,6 +153,15 @@ const BOUND: Contender = "C, one callback thread, NR answered at once";
 const PIPELINE: Contender[] = opts.quick
   ? ["C", "node", "node (no pipelining)"]
   : ["C", BOUND, "pymilter", "node", "node (no pipelining)", "deno", "bun"];
+/** The bound of the quick-start filter: envrcpt and eom handed to one callback thread, nothing else registered. */
+const README_BOUND: Contender = "C, hand-off bound";
+const README: Contender[] = opts.quick
+  ? ["C", README_BOUND, "pymilter", "node"]
+  : ["C", README_BOUND, "pymilter", "node", "deno", "bun"];
+/** The header the quick-start filter adds; the load generator sends the queue id `i` as BENCH01. */
+const README_HEADER = "X-Stamped: yes, queue id BENCH01";
+/** The stages the quick-start filter skips: NOCONNECT NOHELO NOMAIL NOBODY NOHDRS NOEOH NODATA. */
+const README_SKIPS = 0x277;
 const ASYNC: Contender[] = opts.quick ? ["C", "node", "node async"] : [
   "C",
   "pymilter",
@@ -140,6 +178,11 @@ const ASYNC: Contender[] = opts.quick ? ["C", "node", "node async"] : [
 const TCP_ONLY: ReadonlySet<Contender> = new Set(["C, TCP_NODELAY"]);
 /** Contenders that exist only in the no-reply cells (`--pipeline`). */
 const NO_REPLY_ONLY: ReadonlySet<Contender> = new Set([BOUND, "node (no pipelining)"]);
+/** Contenders that exist only in the quick-start cells (`--readme`). */
+const README_ONLY: ReadonlySet<Contender> = new Set([README_BOUND]);
+/** Contenders with a quick-start variant (`readme`). */
+const hasReadme = (who: Contender): boolean =>
+  ["C", "pymilter", README_BOUND].includes(who) || (ourFilter(who) !== null && !ourFilter(who)!.async);
 /** Contenders whose filter cannot negotiate no reply, left out of the no-reply cells. */
 const replies = (who: Contender): boolean =>
   ["null responder", "C, TCP_NODELAY", "C, one callback thread"].includes(who) || !!ourFilter(who)?.async;
@@ -164,6 +207,7 @@ const OTHERS: readonly Contender[] = [
   "C, TCP_NODELAY",
   "C, one callback thread",
   BOUND,
+  README_BOUND,
   "pymilter",
 ];
 /** `--contenders a,b,…`: split at commas not followed by a space ("C, TCP_NODELAY" is one name). */
@@ -174,18 +218,27 @@ function named(list: string): Contender[] {
   return names;
 }
 const contenders: Contender[] = [
-  ...(opts.contenders ? named(opts.contenders) : opts.pipeline ? PIPELINE : opts.async ? ASYNC : ALL),
+  ...(opts.contenders
+    ? named(opts.contenders)
+    : opts.readme
+    ? README
+    : opts.pipeline
+    ? PIPELINE
+    : opts.async
+    ? ASYNC
+    : ALL),
   ...(BEFORE ? [BEFORE] : []),
 ];
 const SECONDS = Number(opts.seconds), WARMUP = Number(opts.warmup);
-/** Rounds of the target cells: 3, but 1 for `--pipeline --quick`. */
+/** Rounds of the target cells: 3, but 1 for `--pipeline --quick` and `--readme --quick`. */
 const TARGET_ROUNDS = Math.max(
   Number(opts.rounds),
-  Number(opts["target-rounds"] ?? (opts.pipeline && opts.quick ? 1 : 3)),
+  Number(opts["target-rounds"] ?? ((opts.pipeline || opts.readme) && opts.quick ? 1 : 3)),
 );
-const SOCKETS: Socket[] = opts.quick || opts.async || opts.pipeline ? ["unix"] : ["unix", "inet"];
-const CONCURRENCY = opts.quick || opts.async || opts.pipeline ? [8, 64] : [1, 8, 64, 512];
-const BODIES = opts.quick || opts.async || opts.pipeline ? [1024] : [1024, 100 * 1024];
+const narrow = opts.quick || opts.async || opts.pipeline || opts.readme;
+const SOCKETS: Socket[] = narrow ? ["unix"] : ["unix", "inet"];
+const CONCURRENCY = narrow ? [8, 64] : [1, 8, 64, 512];
+const BODIES = narrow ? [1024] : [1024, 100 * 1024];
 /** The I/O-bound cell of `--async`: envrcpt waits this long, at concurrency 64. */
 const RCPT_WAIT_MS = 50;
 /** Headers per message in the `--pipeline` cells. */
@@ -260,26 +313,29 @@ function compiledTree(): string {
 function filterCommand(who: Contender, spec: string, cell: Cell): [string, string[], Record<string, string>] {
   const wait = cell.rcptWait > 0 ? [`rcpt-wait=${cell.rcptWait}`] : [];
   const noReply = cell.noReply ? ["noreply"] : [];
+  const readme = cell.readme ? ["readme"] : [];
   switch (who) {
     case "null responder":
       return [join(build, "nullmilter"), [spec], {}];
     case "C":
-      return [join(build, "filter-c"), [spec, ...wait, ...noReply], {}];
+      return [join(build, "filter-c"), [spec, ...wait, ...noReply, ...readme], {}];
     case "C, TCP_NODELAY":
       return [join(build, "filter-c"), [spec, "nodelay", ...wait], {}];
     case "C, one callback thread":
       return [join(build, "filter-handoff"), [spec], {}];
     case BOUND:
       return [join(build, "filter-handoff"), [spec, "noreply"], {}];
+    case README_BOUND:
+      return [join(build, "filter-handoff"), [spec, "readme"], {}];
     case "pymilter":
-      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, ...wait, ...noReply], {}];
+      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, ...wait, ...noReply, ...readme], {}];
     default: {
       if (who === BEFORE) {
         const [cmd, args] = command("node", join(beforeDir!, "bench/filters/filter.ts"));
         return [cmd, [...args, spec, ...noReply], {}];
       }
       const { runtime, async, compiled, pipelining } = ourFilter(who)!;
-      const options = [spec, ...(async ? ["async"] : []), ...wait, ...noReply];
+      const options = [spec, ...(async ? ["async"] : []), ...wait, ...noReply, ...readme];
       const env: Record<string, string> = pipelining ? {} : { PIPELINE_BYTES: "0" };
       if (compiled) return [process.execPath, [join(compiledDir!, "bench/filters/filter.js"), ...options], env];
       const [cmd, args] = command(runtime, join(ROOT, "bench/filters/filter.ts"));
@@ -320,6 +376,8 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
         String(WARMUP),
         String(SECONDS),
         ...(cell.headers === null ? [] : ["--headers", String(cell.headers)]),
+        ...(cell.reuse ? ["--reuse"] : []),
+        ...(cell.readme ? ["--spam", "--expect-header", README_HEADER] : []),
       ],
       { encoding: "utf8" },
     );
@@ -336,12 +394,21 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
           `(negotiated steps 0x${result.steps.toString(16)}; NR_HDR and NR_BODY are 0x80080)\n${stderr}`,
       );
     }
+    // The quick-start filter has two callbacks: the MTA must skip every other stage, or the cell measures more.
+    if (cell.readme && (result.steps & README_SKIPS) !== README_SKIPS) {
+      throw new Error(
+        `${who} ${JSON.stringify(cell)}: negotiated steps 0x${result.steps.toString(16)} do not skip ` +
+          `every stage but RCPT and end of message (0x${README_SKIPS.toString(16)})\n${stderr}`,
+      );
+    }
+    const cpuCores = (cpuSeconds(child.pid!) - cpu0) / wall;
     return {
       rate: result.rate,
       p50: result.p50,
       p99: result.p99,
       rssMiB: peakRssMiB(child.pid!),
-      cpuCores: (cpuSeconds(child.pid!) - cpu0) / wall,
+      cpuCores,
+      cpuUs: cpuCores * 1e6 / result.rate,
       loadgenCores: result.cpuMs / 1000 / result.seconds,
       errors: result.errors,
     };
@@ -355,7 +422,8 @@ async function measure(who: Contender, cell: Cell): Promise<Sample> {
 const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)];
 const key = (c: Cell): string =>
   `${c.socket} c=${c.concurrency} ${c.body / 1024} KiB${c.rcptWait > 0 ? `, envrcpt waits ${c.rcptWait} ms` : ""}` +
-  (c.headers === null ? "" : `, ${c.headers} headers`) + (c.noReply ? ", NR_HDR+NR_BODY" : "");
+  (c.headers === null ? "" : `, ${c.headers} headers`) + (c.noReply ? ", NR_HDR+NR_BODY" : "") +
+  (c.readme ? (c.reuse ? ", one connection for all" : ", a connection per message") : "");
 
 compile();
 const beforeDir = BEFORE ? beforeTree() : null;
@@ -365,13 +433,24 @@ for (const who of contenders) {
   const runtime = ourFilter(who)?.runtime;
   if (runtime) versions[runtime] = runtimeVersion(runtime);
 }
-const plain = { rcptWait: 0, headers: null, noReply: false };
-const cells: Cell[] = opts.pipeline
+const plain = { rcptWait: 0, headers: null, noReply: false, readme: false, reuse: false };
+const cells: Cell[] = opts.readme
+  ? [false, true].flatMap((reuse) =>
+    CONCURRENCY.map((concurrency) => ({
+      ...plain,
+      socket: "unix" as const,
+      concurrency,
+      body: 1024,
+      readme: true,
+      reuse,
+    }))
+  )
+  : opts.pipeline
   ? CONCURRENCY.map((concurrency) => ({
+    ...plain,
     socket: "unix",
     concurrency,
     body: 1024,
-    rcptWait: 0,
     headers: PIPELINE_HEADERS,
     noReply: true,
   }))
@@ -387,7 +466,8 @@ for (const cell of cells) {
   const rounds = isTarget(cell) ? TARGET_ROUNDS : Number(opts.rounds);
   const here = contenders.filter((who) =>
     (cell.socket === "inet" || !TCP_ONLY.has(who)) && (cell.rcptWait === 0 || waits(who)) &&
-    (cell.noReply ? !replies(who) : !NO_REPLY_ONLY.has(who))
+    (cell.noReply ? !replies(who) : !NO_REPLY_ONLY.has(who)) &&
+    (cell.readme ? hasReadme(who) : !README_ONLY.has(who))
   );
   const bag = new Map<Contender, Sample[]>(here.map((c) => [c, []]));
   samples.set(key(cell), bag);
@@ -397,7 +477,8 @@ for (const cell of cells) {
   const rates = (who: Contender): number[] => bag.get(who)!.map((s) => s.rate);
   const line = here.map((who) =>
     `${who} ${median(rates(who)).toFixed(0)}/s` +
-    (rounds > 1 ? ` (${Math.min(...rates(who)).toFixed(0)}–${Math.max(...rates(who)).toFixed(0)})` : "")
+    (rounds > 1 ? ` (${Math.min(...rates(who)).toFixed(0)}–${Math.max(...rates(who)).toFixed(0)})` : "") +
+    (cell.readme ? ` ${median(bag.get(who)!.map((s) => s.cpuUs)).toFixed(0)} µs/msg` : "")
   ).join(", ");
   console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${key(cell)}: ${line}`);
 }
@@ -411,15 +492,18 @@ function summary(list: Sample[]): Sample {
     p99: pick((s) => s.p99),
     rssMiB: Math.max(...list.map((s) => s.rssMiB)),
     cpuCores: pick((s) => s.cpuCores),
+    cpuUs: pick((s) => s.cpuUs),
     loadgenCores: pick((s) => s.loadgenCores),
     errors: list.reduce((n, s) => n + s.errors, 0),
   };
 }
 
+/** Whether the table has a ÷ bound column (`--pipeline`, `--readme`). */
+const withBound = opts.pipeline || opts.readme;
 const lines: string[] = [];
 lines.push(
   `${SECONDS} s measured after ${WARMUP} s of warm-up per run; ` +
-    (opts.pipeline
+    (opts.pipeline || opts.readme
       ? `each figure is the median of ${TARGET_ROUNDS} interleaved rounds. `
       : `the target cells (unix, 1 KiB, c=8 and 64) are the median of ${TARGET_ROUNDS} interleaved rounds, ` +
         `the others of ${opts.rounds}. `) +
@@ -433,12 +517,24 @@ lines.push(
         `answers neither (checked per run: ${PIPELINE_HEADERS + 1} commands per message unanswered). ` +
         `÷ bound is against "${BOUND}". "node (no pipelining)" runs with PIPELINE_BYTES=0.`
       : "") +
+    (opts.readme
+      ? ' The README\'s quick-start filter (envrcpt rejects a recipient containing "spam" with 550 5.7.1, ' +
+        "eom adds one header, no other callback; every other stage skipped, checked per run). Every message has " +
+        "one recipient, which must be accepted, and must get the expected header; each load generator thread's " +
+        'first message also a "spam" recipient, which must get 550 5.7.1. "a connection per message": a milter ' +
+        'session per message; "one connection for all": each load generator thread keeps one session, ' +
+        "SMFIC_ABORT between messages as Postfix sends it. CPU µs/msg is the filter process's CPU time (all " +
+        `threads) per message, filter CPU (cores) × 10⁶ ÷ messages/s. ÷ bound is against "${README_BOUND}" ` +
+        "(envrcpt and eom handed to one callback thread and waited for, nothing else registered)."
+      : "") +
     (BEFORE ? ` ÷ @${opts.before} is the synchronous Node filter against the one of ${opts.before}.` : ""),
   "",
-  "| cell | contender | messages/s | p50 ms | p99 ms | peak RSS MiB | filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |" +
-    (opts.async ? " ÷ sync |" : "") + (opts.pipeline ? " ÷ bound |" : "") + (BEFORE ? ` ÷ @${opts.before} |` : ""),
-  "| ---- | --------- | ---------: | -----: | -----: | -----------: | -----------------: | ------------------: | --: | ---------: |" +
-    (opts.async ? " -----: |" : "") + (opts.pipeline ? " ------: |" : "") + (BEFORE ? " ---: |" : ""),
+  `| cell | contender | messages/s |${opts.readme ? " CPU µs/msg |" : ""} p50 ms | p99 ms | peak RSS MiB | ` +
+    "filter CPU (cores) | loadgen CPU (cores) | ÷ C | ÷ pymilter |" +
+    (opts.async ? " ÷ sync |" : "") + (withBound ? " ÷ bound |" : "") + (BEFORE ? ` ÷ @${opts.before} |` : ""),
+  `| ---- | --------- | ---------: |${opts.readme ? " ---------: |" : ""} -----: | -----: | -----------: | ` +
+    "-----------------: | ------------------: | --: | ---------: |" +
+    (opts.async ? " -----: |" : "") + (withBound ? " ------: |" : "") + (BEFORE ? " ---: |" : ""),
 );
 const json: Record<string, Record<string, Sample & { rates: number[] }>> = {};
 for (const [cell, bag] of samples) {
@@ -448,22 +544,23 @@ for (const [cell, bag] of samples) {
   const c = baseline ? summary(baseline) : null;
   const py = bag.has("pymilter") ? summary(bag.get("pymilter")!) : null;
   const before = BEFORE && bag.has(BEFORE) ? summary(bag.get(BEFORE)!) : null;
-  const bound = bag.has(BOUND) ? summary(bag.get(BOUND)!) : null;
+  const boundOf = bag.get(BOUND) ?? bag.get(README_BOUND);
+  const bound = boundOf ? summary(boundOf) : null;
   for (const [who, list] of bag) {
     const s = summary(list);
     json[cell][who] = { ...s, rates: list.map((x) => Math.round(x.rate)) };
     // The bound is compared with C and pymilter too.
-    const ours = ourFilter(who) !== null || who === BEFORE || who === BOUND;
+    const ours = ourFilter(who) !== null || who === BEFORE || who === BOUND || who === README_BOUND;
     const ratio = (base: Sample | null, applies = ours): string =>
       base && applies ? `${(s.rate / base.rate).toFixed(2)}×` : "";
     const syncOf = who.replace(" async", "") as Contender;
     const sync = syncOf !== who && bag.has(syncOf) ? summary(bag.get(syncOf)!) : null;
     lines.push(
-      `| ${cell} | ${who} | ${s.rate.toFixed(0)} | ${s.p50.toFixed(2)} | ${s.p99.toFixed(2)} | ${
-        s.rssMiB.toFixed(1)
-      } | ` +
+      `| ${cell} | ${who} | ${s.rate.toFixed(0)} |${opts.readme ? ` ${s.cpuUs.toFixed(0)} |` : ""} ` +
+        `${s.p50.toFixed(2)} | ${s.p99.toFixed(2)} | ${s.rssMiB.toFixed(1)} | ` +
         `${s.cpuCores.toFixed(2)} | ${s.loadgenCores.toFixed(2)} | ${ratio(c)} | ${ratio(py)} |` +
-        (opts.async ? ` ${ratio(sync)} |` : "") + (opts.pipeline ? ` ${ratio(bound, ours && who !== BOUND)} |` : "") +
+        (opts.async ? ` ${ratio(sync)} |` : "") +
+        (withBound ? ` ${ratio(bound, ours && who !== BOUND && who !== README_BOUND)} |` : "") +
         (BEFORE ? ` ${ratio(before, who === "node")} |` : ""),
     );
   }

@@ -9,6 +9,8 @@
  * filter waiting for I/O (a DNS or policy lookup) does.
  * {@linkcode noReplyBenchFilter} negotiates no reply to headers and body
  * chunks (NR_HDR, NR_BODY), which both answer No_reply.
+ * {@linkcode readmeFilter} is the README's quick-start filter, as the README
+ * shows it.
  */
 
 import * as Milter from "../../mod.ts";
@@ -99,3 +101,25 @@ export function withRcptWait(filter: Milter.Filter, ms: number): Milter.Filter {
     },
   };
 }
+
+/**
+ * The README's quick-start filter, copied from its "Quick start" section:
+ * envrcpt rejects a recipient containing "spam" with 550 5.7.1, eom adds one
+ * header; no other callback (`bench/run.ts --readme`).
+ */
+export const readmeFilter: Milter.Filter = {
+  ...Milter.empty,
+  name: "stamp",
+  flags: [Milter.Flag.ADDHDRS],
+  envrcpt: (ctx, rcpt) => {
+    if (rcpt.includes("spam")) {
+      Milter.setreply(ctx, "550", "5.7.1", "no such user here");
+      return Milter.Stat.Reject;
+    }
+    return Milter.Stat.Continue;
+  },
+  eom: (ctx) => {
+    Milter.addheader(ctx, "X-Stamped", `yes, queue id ${Milter.getsymval(ctx, "i")}`);
+    return Milter.Stat.Continue;
+  },
+};

@@ -13,7 +13,15 @@
  * the next stage that replies (eoh, eom, or abort and close) runs only after
  * the queued calls of its connection have run.
  *
- *   filter-handoff <unix:/path | inet:port@host> [noreply]
+ * With `readme` it is the bound of the README's quick-start filter for any
+ * design that runs callbacks on one thread (the JS thread): only envrcpt and
+ * eom are registered, so libmilter asks the MTA to skip every other stage;
+ * both are handed to the callback thread and waited for, which runs the
+ * quick-start's logic there (envrcpt: a recipient containing "spam" rejected
+ * with 550 5.7.1; eom: "X-Stamped: yes, queue id <i>" added). There is no
+ * negotiate, abort or close callback, so nothing else is relayed.
+ *
+ *   filter-handoff <unix:/path | inet:port@host> [noreply | readme]
  */
 #include <libmilter/mfapi.h>
 #include <pthread.h>
@@ -22,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { PLAIN, EOM, NEGOTIATE, QUEUED };
+enum kind { PLAIN, EOM, NEGOTIATE, QUEUED, README_RCPT, README_EOM };
 
 struct call {
   SMFICTX *ctx;
@@ -36,6 +44,8 @@ struct call {
   /* QUEUED: the call's own copy of its data (libmilter's buffer is reused once it returns). */
   size_t len;
   char *data;
+  /* README_RCPT: the recipient (libmilter's, valid while its thread waits). */
+  const char *rcpt;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -106,6 +116,20 @@ static void *callback_thread(void *arg) {
       case PLAIN:
         c->result = SMFIS_CONTINUE;
         break;
+      case README_RCPT:
+        if (strstr(c->rcpt, "spam") != NULL) {
+          smfi_setreply(c->ctx, "550", "5.7.1", "no such user here");
+          c->result = SMFIS_REJECT;
+        } else
+          c->result = SMFIS_CONTINUE;
+        break;
+      case README_EOM: {
+        char value[256];
+        const char *id = smfi_getsymval(c->ctx, "i");
+        snprintf(value, sizeof value, "yes, queue id %s", id ? id : "null");
+        c->result = smfi_addheader(c->ctx, "X-Stamped", value) == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
+        break;
+      }
     }
     pthread_mutex_lock(&lock);
     c->done = true;
@@ -142,6 +166,21 @@ static sfsistat on_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, u
   return result;
 }
 
+/* `readme`: the quick-start filter's two callbacks, each handed to the callback thread and waited for. */
+static sfsistat readme_envrcpt(SMFICTX *ctx, char **argv) {
+  struct call c = {.ctx = ctx, .kind = README_RCPT, .rcpt = argv[0]};
+  return relay_call(&c);
+}
+static sfsistat readme_eom(SMFICTX *ctx) {
+  struct call c = {.ctx = ctx, .kind = README_EOM};
+  return relay_call(&c);
+}
+
+static struct smfiDesc readme = {
+    "stamp", SMFI_VERSION, SMFIF_ADDHDRS, NULL, NULL, NULL, readme_envrcpt, NULL, NULL,
+    NULL,    readme_eom,   NULL,          NULL, NULL, NULL, NULL,
+};
+
 static struct smfiDesc filter = {
     "bench-c-handoff", SMFI_VERSION, SMFIF_ADDHDRS, on_connect, on_helo, on_envfrom, on_envrcpt, on_header, on_eoh,
     on_body,           on_eom,       on_abort,      on_close,   on_unknown, on_data, NULL,
@@ -149,15 +188,19 @@ static struct smfiDesc filter = {
 
 int main(int argc, char **argv) {
   pthread_t thread;
+  bool quick_start = false;
   if (argc == 3 && strcmp(argv[2], "noreply") == 0) {
     noreply = true;
     filter.xxfi_negotiate = on_negotiate;
-  } else if (argc != 2) {
-    fprintf(stderr, "usage: filter-handoff <unix:/path | inet:port@host> [noreply]\n");
+  } else if (argc == 3 && strcmp(argv[2], "readme") == 0)
+    quick_start = true;
+  else if (argc != 2) {
+    fprintf(stderr, "usage: filter-handoff <unix:/path | inet:port@host> [noreply | readme]\n");
     return 2;
   }
   if (pthread_create(&thread, NULL, callback_thread, NULL) != 0 || smfi_setconn(argv[1]) != MI_SUCCESS ||
-      smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(filter) != MI_SUCCESS || smfi_opensocket(1) != MI_SUCCESS) {
+      smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(quick_start ? readme : filter) != MI_SUCCESS ||
+      smfi_opensocket(1) != MI_SUCCESS) {
     fprintf(stderr, "filter-handoff: cannot set up libmilter on %s\n", argv[1]);
     return 1;
   }

@@ -9,7 +9,12 @@
  * and NR_BODY (those of them it offers), and header and body answer NOREPLY:
  * the MTA sends them without waiting for an answer.
  *
- *   filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply]
+ * With `readme`, it is instead the README's quick-start filter in C: only
+ * envrcpt and eom. envrcpt rejects a recipient containing "spam" with
+ * 550 5.7.1, eom adds "X-Stamped: yes, queue id <i>"; libmilter asks the MTA
+ * to skip every other stage.
+ *
+ *   filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply] [readme]
  */
 #include <libmilter/mfapi.h>
 #include <netinet/in.h>
@@ -68,24 +73,50 @@ static struct smfiDesc filter = {
     on_body,   on_eom,       on_abort,      on_close,   on_unknown, on_data, NULL,
 };
 
+/* `readme`: the README's quick-start filter. */
+static sfsistat readme_envrcpt(SMFICTX *ctx, char **argv) {
+  if (strstr(argv[0], "spam") != NULL) {
+    smfi_setreply(ctx, "550", "5.7.1", "no such user here");
+    return SMFIS_REJECT;
+  }
+  return SMFIS_CONTINUE;
+}
+static sfsistat readme_eom(SMFICTX *ctx) {
+  char value[256];
+  const char *id = smfi_getsymval(ctx, "i");
+  snprintf(value, sizeof value, "yes, queue id %s", id ? id : "null");
+  return smfi_addheader(ctx, "X-Stamped", value) == MI_SUCCESS ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
+}
+
+static struct smfiDesc readme = {
+    "stamp", SMFI_VERSION, SMFIF_ADDHDRS, NULL, NULL, NULL, readme_envrcpt, NULL, NULL,
+    NULL,    readme_eom,   NULL,          NULL, NULL, NULL, NULL,
+};
+
 int main(int argc, char **argv) {
-  int nodelay = 0;
+  int nodelay = 0, quick_start = 0, variant = 0;
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "nodelay") == 0)
       nodelay = 1;
-    else if (strncmp(argv[i], "rcpt-wait=", 10) == 0)
+    else if (strncmp(argv[i], "rcpt-wait=", 10) == 0) {
       rcpt_wait = (useconds_t)strtoul(argv[i] + 10, NULL, 10) * 1000;
-    else if (strcmp(argv[i], "noreply") == 0) {
+      variant = 1;
+    } else if (strcmp(argv[i], "noreply") == 0) {
       filter.xxfi_negotiate = on_negotiate;
       content_answer = SMFIS_NOREPLY;
-    } else
+      variant = 1;
+    } else if (strcmp(argv[i], "readme") == 0)
+      quick_start = 1;
+    else
       argc = 0; /* usage */
   }
-  if (argc < 2) {
-    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply]\n");
+  if (argc < 2 || (quick_start && variant)) {
+    fprintf(stderr, "usage: filter <unix:/path | inet:port@host> [nodelay] [rcpt-wait=<ms>] [noreply] [readme]\n"
+                    "(readme combines with nodelay only)\n");
     return 2;
   }
-  if (smfi_setconn(argv[1]) != MI_SUCCESS || smfi_setbacklog(1024) != MI_SUCCESS || smfi_register(filter) != MI_SUCCESS ||
+  if (smfi_setconn(argv[1]) != MI_SUCCESS || smfi_setbacklog(1024) != MI_SUCCESS ||
+      smfi_register(quick_start ? readme : filter) != MI_SUCCESS ||
       smfi_opensocket(1) != MI_SUCCESS) {
     fprintf(stderr, "filter: cannot set up libmilter on %s\n", argv[1]);
     return 1;

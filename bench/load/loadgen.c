@@ -1,9 +1,9 @@
 /*
  * loadgen: the MTA side of the milter protocol (version 6), as a load
- * generator. Each of `concurrency` threads opens a connection per message,
- * as an MTA does for a one-message SMTP session: negotiate, connect, HELO,
- * MAIL, RCPT, DATA, five headers, end of headers, the body in chunks of
- * 65535 bytes, end of message, QUIT. It offers every protocol step
+ * generator. Each of `concurrency` threads opens a connection per message
+ * (unless --reuse), as an MTA does for a one-message SMTP session: negotiate,
+ * connect, HELO, MAIL, RCPT, DATA, five headers, end of headers, the body in
+ * chunks of 65535 bytes, end of message, QUIT. It offers every protocol step
  * (0x1fffff), so also the no-reply steps NR_HDR, NR_EOH and NR_BODY that
  * Postfix offers with milter_protocol = 6. It honours the steps the filter
  * asks to skip (NO*) or not to answer (NR_*): a command negotiated as no
@@ -12,17 +12,38 @@
  * anything else as an error.
  *
  *   loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s> [--headers N]
+ *     [--reuse] [--spam] [--expect-header 'Name: value']
  *
  * --headers N: send N headers of a real message's kind (Received,
  * DKIM-Signature, Authentication-Results, List-*, …; 60 to 80 bytes each,
  * the 25 of the table below, repeated past 25) instead of the five short ones.
  *
+ * --reuse: each thread keeps one milter session for all its messages, as
+ * Postfix's smtpd does for an SMTP client that sends many: negotiation,
+ * connect and HELO once, then per message MAIL … end of message, and after
+ * each message SMFIC_ABORT on its own write, which Postfix sends at the end
+ * of every mail transaction, delivered or not (smtpd's mail_reset() calls
+ * milter_abort(), and milter8_message() leaves the milter in its ENVELOPE
+ * state, where milter8_abort() writes SMFIC_ABORT). libmilter ignores that
+ * ABORT after end of message (engine.c: ST_ENDM has no transition to
+ * ST_ABRT; the command is dropped without a reply and without calling
+ * xxfi_abort, since ST_IN_MAIL excludes ST_ENDM) and takes the next MAIL.
+ * QUIT when the run ends, or after an error (then a new session).
+ *
+ * --spam: each thread's first message has one more recipient before the
+ * accepted one, <spam@example.net>, which the filter must reject with a
+ * reply of its own, 550 5.7.1 (SMFIR_REPLYCODE); anything else is an error.
+ *
+ * --expect-header 'Name: value': the one header added at end of message must
+ * be this one.
+ *
  * Prints one JSON object: messages answered within the measured window,
- * messages/s, p50 and p99 latency (ms, from connect() to the end-of-message
- * answer), errors, the generator's own CPU time, the protocol steps the
- * filter negotiated (in the last session) and how many commands per measured
- * message went unanswered as negotiated (noReply: headers plus body chunks
- * under NR_HDR and NR_BODY).
+ * messages/s, p50 and p99 latency (ms, from connect() to the filter's close
+ * after QUIT; with --reuse, from MAIL to the end-of-message answer), errors,
+ * the generator's own CPU time, the protocol steps the filter negotiated (in
+ * the last session) and how many commands per measured message went
+ * unanswered as negotiated (noReply: headers plus body chunks under NR_HDR and
+ * NR_BODY).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -76,6 +97,12 @@ static pthread_mutex_t error_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int header_count = -1; /* --headers N; -1: the five short ones */
 static atomic_uint last_steps;  /* what the filter negotiated, last session */
+static int reuse;               /* --reuse: one session per thread for all its messages */
+static int spam;                /* --spam: each thread's first message also has a recipient to be rejected */
+/* --expect-header "Name: value": the added header, as its frame's data (name NUL value NUL). */
+static const char *expect_name;
+static char expect_frame[512];
+static size_t expect_len;
 
 struct worker {
   pthread_t thread;
@@ -84,7 +111,9 @@ struct worker {
   long capacity;
   long unanswered;     /* commands sent without reading a reply, in this session */
   long unanswered_sum; /* … summed over the measured messages */
-  int fd;
+  int fd;          /* the open session's connection, or -1 */
+  uint32_t steps;  /* … and the protocol steps the filter negotiated on it */
+  int spam_done;   /* --spam: this thread's rejected recipient was checked */
   size_t out_len;         /* bytes queued in out, sent by flush() */
   size_t in_off, in_len;  /* unread bytes in in */
   char out[CHUNK + 1024];
@@ -100,7 +129,12 @@ static double now_ms(void) {
 static void error_once(const char *what) {
   atomic_fetch_add(&errors, 1);
   pthread_mutex_lock(&error_lock);
-  if (!first_error[0]) snprintf(first_error, sizeof first_error, "%s", what);
+  if (!first_error[0]) {
+    snprintf(first_error, sizeof first_error, "%s", what);
+    /* It is printed inside a JSON string. */
+    for (char *p = first_error; *p; p++)
+      if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '?';
+  }
   pthread_mutex_unlock(&error_lock);
 }
 
@@ -248,31 +282,37 @@ static const char *const REAL_HEADERS[][2] = {
     {"X-Originating-IP", "[198.51.100.23] (helo=workstation.example.org)"},
 };
 
-/* One whole milter session carrying one message; 0 on success. */
-static int one_message(struct worker *w) {
-  int fd = w->fd = open_connection();
+/* Skips a step the filter asked to skip (NO*), sends it without reading a reply under NR_*. */
+#define STEP(cmd, data, len, no, nr)                                                                   \
+  if (!(steps & (no)) && step(w, cmd, data, len, steps & (nr)) < 0) return -1
+
+/*
+ * Opens a milter session, as an MTA does for an SMTP client: connection,
+ * negotiation, connect and HELO. 0 on success; the caller ends the session
+ * with end_session() either way.
+ */
+static int open_session(struct worker *w) {
+  w->fd = open_connection();
   w->out_len = w->in_off = w->in_len = 0;
   w->unanswered = 0;
-  if (fd < 0) {
+  if (w->fd < 0) {
     error_once("connect failed");
     return -1;
   }
-  int rc = -1;
   char buf[1024];
   size_t n;
   uint32_t neg[3] = {htonl(6), htonl(ALL_ACTIONS), htonl(ALL_STEPS)};
-  if (send_frame(w, 'O', (char *)neg, sizeof neg) < 0) goto out;
+  if (send_frame(w, 'O', (char *)neg, sizeof neg) < 0) return -1;
   if (read_frame(w, buf, sizeof buf, &n) != 'O' || n < 12) {
     error_once("negotiation failed");
-    goto out;
+    return -1;
   }
   uint32_t steps;
   memcpy(&steps, buf + 8, 4);
   steps = ntohl(steps);
+  w->steps = steps;
   atomic_store(&last_steps, steps);
 
-#define STEP(cmd, data, len, no, nr)                                                                   \
-  if (!(steps & (no)) && step(w, cmd, data, len, steps & (nr)) < 0) goto out
   static const char conn_macros[] = "j\0mx.example.org\0{daemon_name}\0bench";
   /* host, family '4' (IPv4), port 0, address */
   static const char conn[] = "client.example\0" "4" "\0\0" "192.0.2.1";
@@ -280,10 +320,44 @@ static int one_message(struct worker *w) {
   STEP('C', conn, sizeof conn, P_NOCONNECT, P_NR_CONN);
   static const char helo[] = "client.example";
   STEP('H', helo, sizeof helo, P_NOHELO, P_NR_HELO);
+  return 0;
+}
+
+/* --spam: a recipient the filter must reject with a reply of its own, 550 5.7.1 (SMFIR_REPLYCODE). */
+static int spam_recipient(struct worker *w) {
+  static const char spam[] = "<spam@example.net>";
+  if (w->steps & (P_NORCPT | P_NR_RCPT)) {
+    error_once("--spam: the filter does not answer RCPT");
+    return -1;
+  }
+  char buf[256], what[256];
+  size_t n = 0;
+  if (send_frame(w, 'R', spam, sizeof spam) < 0) return -1;
+  int reply = read_frame(w, buf, sizeof buf - 1, &n);
+  buf[reply < 0 ? 0 : n] = 0; /* n <= sizeof buf - 1 */
+  if (reply != 'y' || strncmp(buf, "550 5.7.1 ", 10) != 0) {
+    snprintf(what, sizeof what, "RCPT %s answered %d (%.150s), not 550 5.7.1", spam, reply, reply == 'y' ? buf : "");
+    error_once(what);
+    return -1;
+  }
+  return 0;
+}
+
+/*
+ * One message on an open session: MAIL, RCPT (after a rejected one with
+ * `spam`), DATA, headers, end of headers, body, end of message; 0 when the
+ * recipient was accepted and exactly one header (the one of --expect-header)
+ * was added.
+ */
+static int one_message(struct worker *w, int spam) {
+  uint32_t steps = w->steps;
+  char buf[1024];
+  size_t n;
   static const char mail_macros[] = "{mail_addr}\0alice@example.org";
   static const char mail[] = "<alice@example.org>\0BODY=8BITMIME";
   macro(w, 'M', mail_macros, sizeof mail_macros);
   STEP('M', mail, sizeof mail, P_NOMAIL, P_NR_MAIL);
+  if (spam && spam_recipient(w) < 0) return -1;
   static const char rcpt[] = "<bob@example.net>";
   STEP('R', rcpt, sizeof rcpt, P_NORCPT, P_NR_RCPT);
   STEP('T', NULL, 0, P_NODATA, P_NR_DATA);
@@ -304,25 +378,47 @@ static int one_message(struct worker *w) {
   }
   static const char eom_macros[] = "i\0BENCH01";
   macro(w, 'E', eom_macros, sizeof eom_macros);
-  if (send_frame(w, 'E', NULL, 0) < 0) goto out;
-  int headers = 0, reply;
-  while ((reply = read_frame(w, buf, sizeof buf, &n)) == 'h') headers++;
-  if (reply != 'c' || headers != 1) {
-    char what[64];
-    snprintf(what, sizeof what, "end of message: %d header(s), then %d", headers, reply);
-    error_once(what);
-    goto out;
+  if (send_frame(w, 'E', NULL, 0) < 0) return -1;
+  int headers = 0, reply, wrong = 0;
+  while ((reply = read_frame(w, buf, sizeof buf, &n)) == 'h') {
+    headers++;
+    /* name NUL value NUL */
+    if (expect_name && (n != expect_len || memcmp(buf, expect_frame, n) != 0)) wrong = 1;
   }
-  rc = 0;
-out:
-  /* QUIT, then wait for the filter to close first (its side keeps TIME_WAIT). */
+  if (reply != 'c' || headers != 1 || wrong) {
+    char what[128];
+    snprintf(what, sizeof what, "end of message: %d header(s)%s, then %d", headers,
+             wrong ? " (not the one expected)" : "", reply);
+    error_once(what);
+    return -1;
+  }
+  return 0;
+}
+#undef STEP
+
+/* QUIT, then wait for the filter to close first (its side keeps TIME_WAIT). */
+static void end_session(struct worker *w) {
+  char buf[1024];
+  if (w->fd < 0) return;
   w->out_len = 0;
   if (send_frame(w, 'Q', NULL, 0) == 0) {
-    while (read(fd, buf, sizeof buf) > 0) {
+    while (read(w->fd, buf, sizeof buf) > 0) {
     }
   }
-  close(fd);
-  return rc;
+  close(w->fd);
+  w->fd = -1;
+}
+
+/*
+ * --reuse: what Postfix's smtpd sends after each mail transaction (its
+ * mail_reset() calls milter_abort()), on its own write: SMFIC_ABORT, with no
+ * reply. After end of message libmilter ignores it (no transition from
+ * ST_ENDM to ST_ABRT, and not in a transaction, so no xxfi_abort call) and
+ * expects the next MAIL.
+ */
+static int between_messages(struct worker *w) {
+  w->out_len = 0;
+  return send_frame(w, 'A', NULL, 0);
 }
 
 static void *run(void *arg) {
@@ -330,17 +426,32 @@ static void *run(void *arg) {
   int state;
   while ((state = atomic_load(&phase)) < 2) {
     double start = now_ms();
-    int rc = one_message(w);
+    int rc = w->fd >= 0 ? 0 : open_session(w);
+    if (reuse) {
+      if (rc < 0) {
+        end_session(w);
+        usleep(10000);
+        continue;
+      }
+      start = now_ms(); /* latency from MAIL on */
+      w->unanswered = 0;
+    }
+    if (rc == 0) rc = one_message(w, spam && !w->spam_done);
+    if (!reuse) end_session(w); /* latency from connect() to the filter's close */
     double elapsed = now_ms() - start;
     if (rc < 0) {
+      end_session(w);
       usleep(10000);
       continue;
     }
+    w->spam_done = 1;
     if (state == 1 && atomic_load(&phase) == 1 && w->count < w->capacity) {
       w->samples[w->count++] = elapsed;
       w->unanswered_sum += w->unanswered;
     }
+    if (reuse && between_messages(w) < 0) end_session(w);
   }
+  end_session(w);
   return NULL;
 }
 
@@ -385,12 +496,27 @@ int main(int argc, char **argv) {
       long n = strtol(argv[++i], &end, 10);
       if (*end || n < 0 || n > 10000) usage = 1;
       header_count = (int)n;
+    } else if (strcmp(argv[i], "--reuse") == 0)
+      reuse = 1;
+    else if (strcmp(argv[i], "--spam") == 0)
+      spam = 1;
+    else if (strcmp(argv[i], "--expect-header") == 0 && i + 1 < argc) {
+      const char *h = argv[++i], *colon = strstr(h, ": ");
+      size_t a = colon ? (size_t)(colon - h) : 0, b = colon ? strlen(colon + 2) : 0;
+      if (!colon || a == 0 || a + b + 2 > sizeof expect_frame) usage = 1;
+      else {
+        memcpy(expect_frame, h, a);
+        memcpy(expect_frame + a + 1, colon + 2, b);
+        expect_frame[a] = expect_frame[a + b + 1] = 0;
+        expect_len = a + b + 2;
+        expect_name = expect_frame;
+      }
     } else
       usage = 1;
   }
   if (usage || parse_target(argv[1]) < 0) {
     fprintf(stderr, "usage: loadgen <unix:/path | inet:port@host> <concurrency> <body bytes> <warmup s> <measure s>"
-                    " [--headers N]\n");
+                    " [--headers N] [--reuse] [--spam] [--expect-header 'Name: value']\n");
     return 2;
   }
   concurrency = atoi(argv[2]);
@@ -404,6 +530,7 @@ int main(int argc, char **argv) {
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 256 * 1024);
   for (int i = 0; i < concurrency; i++) {
+    workers[i].fd = -1;
     workers[i].capacity = MAX_SAMPLES / concurrency;
     workers[i].samples = malloc(sizeof(double) * (size_t)workers[i].capacity);
     if (pthread_create(&workers[i].thread, &attr, run, &workers[i]) != 0) {
@@ -432,8 +559,8 @@ int main(int argc, char **argv) {
   qsort(all, (size_t)total, sizeof(double), compare);
   double p50 = total ? all[(long)(total * 0.50)] : 0, p99 = total ? all[(long)(total * 0.99)] : 0;
   printf("{\"messages\":%ld,\"seconds\":%.3f,\"rate\":%.1f,\"p50\":%.3f,\"p99\":%.3f,\"errors\":%ld,"
-         "\"cpuMs\":%.1f,\"steps\":%u,\"noReply\":%.2f,\"firstError\":\"%s\"}\n",
-         total, seconds, total / seconds, p50, p99, errs, cpu, atomic_load(&last_steps),
+         "\"cpuMs\":%.1f,\"reuse\":%s,\"steps\":%u,\"noReply\":%.2f,\"firstError\":\"%s\"}\n",
+         total, seconds, total / seconds, p50, p99, errs, cpu, reuse ? "true" : "false", atomic_load(&last_steps),
          total ? (double)unanswered / total : 0.0, first_error);
   return 0;
 }
