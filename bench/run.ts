@@ -182,7 +182,8 @@ const NO_REPLY_ONLY: ReadonlySet<Contender> = new Set([BOUND, "node (no pipelini
 const README_ONLY: ReadonlySet<Contender> = new Set([README_BOUND]);
 /** Contenders with a quick-start variant (`readme`). */
 const hasReadme = (who: Contender): boolean =>
-  ["C", "pymilter", README_BOUND].includes(who) || (ourFilter(who) !== null && !ourFilter(who)!.async);
+  ["C", "pymilter", README_BOUND].includes(who) || who === BEFORE ||
+  (ourFilter(who) !== null && !ourFilter(who)!.async);
 /** Contenders whose filter cannot negotiate no reply, left out of the no-reply cells. */
 const replies = (who: Contender): boolean =>
   ["null responder", "C, TCP_NODELAY", "C, one callback thread"].includes(who) || !!ourFilter(who)?.async;
@@ -276,13 +277,20 @@ function compile(): void {
 
 /**
  * A copy of the tree at `--before <rev>` (`git archive`, no checkout), with
- * this tree's node_modules; its own prebuilt shim comes with it.
+ * this tree's node_modules; its own prebuilt shim comes with it. With
+ * `--readme`, this tree's TypeScript filters replace that tree's, so that the
+ * same quick-start filter runs against the earlier binding.
  */
 function beforeTree(): string {
   const dir = join(build, "before");
   mkdirSync(dir);
   execFileSync("sh", ["-c", 'git -C "$1" archive --format=tar "$2" | tar -x -C "$3"', "sh", ROOT, opts.before!, dir]);
   symlinkSync(join(ROOT, "node_modules"), join(dir, "node_modules"));
+  if (opts.readme) {
+    for (const file of ["filter.ts", "bench-filter.ts"]) {
+      cpSync(join(ROOT, "bench/filters", file), join(dir, "bench/filters", file));
+    }
+  }
   return dir;
 }
 
@@ -332,7 +340,7 @@ function filterCommand(who: Contender, spec: string, cell: Cell): [string, strin
     default: {
       if (who === BEFORE) {
         const [cmd, args] = command("node", join(beforeDir!, "bench/filters/filter.ts"));
-        return [cmd, [...args, spec, ...noReply], {}];
+        return [cmd, [...args, spec, ...noReply, ...readme], {}];
       }
       const { runtime, async, compiled, pipelining } = ourFilter(who)!;
       const options = [spec, ...(async ? ["async"] : []), ...wait, ...noReply, ...readme];
