@@ -19,6 +19,16 @@ const WITHOUT_NR_HDR = 0x1fffff & ~0x80;
 const STALE = expect.stringContaining("left running");
 const FAILED = { ...FAILED_REPLY, text: "451 4.3.0 mail filter stale failed; try again later" };
 
+/**
+ * Waits until the filter has printed `attemptCount` attempt events and `reportCount`
+ * report events: they are written to a pipe, so they may arrive after the
+ * milter reply that followed them.
+ */
+async function printed(filter: FilterProcess, attemptCount: number, reportCount: number): Promise<void> {
+  const count = (event: string): number => filter.events.filter((e) => e.event === event).length;
+  await filter.waitFor(() => count("attempt") >= attemptCount && count("reported") >= reportCount);
+}
+
 function attempts(filter: FilterProcess): Record<string, unknown> {
   return Object.fromEntries(
     filter.events.filter((e) => e.event === "attempt").map((e) => [e.what, e.error ?? { ok: e.ok }]),
@@ -43,6 +53,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     ]);
     expect(result.reply).toEqual({ action: "continue" });
     expect(result.modifications).toEqual([{ type: "addheader", name: "X-Eom", value: "yes" }]);
+    await printed(filter, 3, 4);
     expect(attempts(filter)).toEqual({ "addheader": STALE, "replacebody": STALE, "timer setreply": STALE });
     const reports = filter.events.filter((e) => e.event === "reported").map((e) => `${e.cb} ${e.kind}`);
     expect(reports.sort()).toEqual(["envfrom stale", "envrcpt stale", "envrcpt stale", "envrcpt timeout"]);
@@ -61,6 +72,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     }, { eom: { i: "QUEUE1" } });
     client.quit();
     expect(result.reply).toEqual({ action: "continue" });
+    await printed(filter, 2, 2);
     expect(attempts(filter)).toEqual({ "pipelined getsymval": STALE, "timer setreply": STALE });
     const reports = filter.events.filter((e) => e.event === "reported").map((e) => `${e.cb} ${e.kind}`);
     expect(reports.sort()).toEqual(["envfrom stale", "header stale"]);
