@@ -19,6 +19,7 @@ import {
   type QueuedSymbol,
   type Shim,
   type ShimWrite,
+  type TakenCall,
   WRITE_FUNCTIONS,
   WRITE_KINDS,
 } from "./shim.ts";
@@ -69,8 +70,9 @@ export interface Libmilter {
    * Registers the handlers as C function pointers for `smfi_register`, one
    * per callback (`null` where there is no handler). Where the native shim is
    * available ({@linkcode Libmilter.relay}), libmilter gets the shim's wrappers,
-   * which pass each handler a token and can wait for an answer given later;
-   * otherwise the handlers themselves, with the token `-1`. The registrations
+   * which queue each call for the bell: the relay's {@linkcode Relay.take}
+   * then gives it, with a token, for the caller to run its handler and
+   * answer; otherwise the handlers themselves, with the token `-1`. The registrations
    * live as long as the process: libmilter keeps the pointers. The first call
    * registers; later ones return the same pointers (the shim wraps one set of
    * handlers per process), so give every handler the first time.
@@ -111,8 +113,10 @@ export interface Relay {
    * {@linkcode pendingCode}.
    */
   cannotWait(token: number): string | null;
-  /** Answers the call `token` names, which returned {@linkcode pendingCode}. */
+  /** Answers the call `token` names: a {@linkcode RelayedCall}, at once or after {@linkcode later}. */
   reply(token: number, code: number): void;
+  /** Marks the call `token` names as answered later (its handler returned {@linkcode pendingCode}). */
+  later(token: number): void;
   /**
    * Gives the relay libmilter's write functions (`Shim.bindWrites`): a write
    * then runs on its connection's own thread. When one fails, the reply is
@@ -129,10 +133,10 @@ export interface Relay {
    */
   write(token: number, write: ShimWrite, direct: () => number): number | null;
   /**
-   * Turns the pipeline on (`Shim.bindPipeline`), with libmilter's
+   * Starts the bell and the pipeline (`Shim.bindPipeline`), with libmilter's
    * `smfi_getsymval` to capture `macros` for each queued call; `bell` runs
-   * on the JS thread while calls are queued; the callbacks `always` names
-   * are queued for every connection.
+   * on the JS thread while calls wait for JS (every call through the shim
+   * does); the callbacks `always` names are queued for every connection.
    *
    * @returns the macros captured (`macros`, or none where `smfi_getsymval`
    *   cannot be reached); `null`, doing nothing, without the shim.
@@ -146,9 +150,9 @@ export interface Relay {
   ): readonly string[] | null;
   /** Pipelines `callbacks` of the connection at `ctx` from now on (`Shim.pipeline`); nothing without the shim. */
   pipeline(ctx: Pointer, callbacks: readonly PipelinedSymbol[]): void;
-  /** The queued calls, oldest first (`Shim.take`); none without the shim. */
-  take(): QueuedCall[];
-  /** Ends calls {@linkcode take} gave (`Shim.done`). */
+  /** The calls waiting for JS, oldest first (`Shim.take`); none without the shim. */
+  take(): TakenCall[];
+  /** Ends queued calls {@linkcode take} gave (`Shim.done`). */
   done(calls: readonly QueuedCall[]): void;
   /** The value `macros[index]` of {@linkcode startPipeline} had for a queued call, `null` if unsent. */
   symval(call: QueuedCall, index: number): string | null;
@@ -239,12 +243,8 @@ function configureKoffi(): number {
   }
 }
 
-/** The function pointer types of the callbacks: as libmilter calls them, and as the shim calls their handlers. */
-interface CallbackTypes {
-  readonly direct: Record<CallbackSymbol, TypeObject>;
-  /** The same prototypes with a trailing `int64_t token`. */
-  readonly withToken: Record<CallbackSymbol, TypeObject>;
-}
+/** The function pointer types of the callbacks, as libmilter calls them. */
+type CallbackTypes = Record<CallbackSymbol, TypeObject>;
 
 let typesDeclared: CallbackTypes | undefined;
 
@@ -259,15 +259,12 @@ function declareTypes(): CallbackTypes {
     xxfi_version: "int",
     xxfi_flags: "unsigned long",
   };
-  const withToken = {} as Record<CallbackSymbol, TypeObject>;
   for (const [name, declared] of Object.entries(CALLBACK_PROTOTYPES) as [CallbackSymbol, Declared<unknown>][]) {
     callbacks[name] = koffi.pointer(koffi.proto(declared.c));
     fields[name] = callbacks[name];
-    const later = declared.c.replace(`${name}(`, `${name}_token(`).replace(/\)$/, ", int64_t token)");
-    withToken[name] = koffi.pointer(koffi.proto(later));
   }
   koffi.struct("smfiDesc", fields);
-  typesDeclared = { direct: callbacks, withToken };
+  typesDeclared = callbacks;
   return typesDeclared;
 }
 
@@ -296,27 +293,22 @@ function bindOptional<T extends Record<string, Declared<unknown>>>(
 }
 
 /**
- * The function koffi registers for `handler`, called with libmilter's
- * arguments (and, through the shim, the token): fixed-arity functions, as
- * this runs for every callback. Through the shim the token arrives as a
- * Number (tokens stay below 2^53) and most handlers are registered as they
- * are; without it `-1` is passed for the token. body's `size_t` and
- * negotiate's `unsigned long`s are made Numbers whatever koffi gives.
+ * The function koffi registers for `handler` without the shim, called with
+ * libmilter's arguments: fixed-arity functions, as this runs for every
+ * callback; `-1` is passed for the token. body's `size_t` and negotiate's
+ * `unsigned long`s are made Numbers whatever koffi gives.
  */
-function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>, tokened: boolean): unknown {
+function adapt<K extends CallbackSymbol>(symbol: K, handler: CallbackHandler<K>): unknown {
   // deno-lint-ignore no-explicit-any
   const h = handler as (...args: any[]) => number;
   if (symbol === "xxfi_body") {
-    return tokened
-      ? (c: Pointer, p: Pointer | null, len: number | bigint, t: number) => h(c, p, Number(len), t)
-      : (c: Pointer, p: Pointer | null, len: number | bigint) => h(c, p, Number(len), -1);
+    return (c: Pointer, p: Pointer | null, len: number | bigint) => h(c, p, Number(len), -1);
   }
   if (symbol === "xxfi_negotiate") {
     type W = number | bigint;
-    return (c: Pointer, f0: W, f1: W, f2: W, f3: W, p0: Pointer, p1: Pointer, p2: Pointer, p3: Pointer, t?: number) =>
-      h(c, Number(f0), Number(f1), Number(f2), Number(f3), p0, p1, p2, p3, tokened ? t : -1);
+    return (c: Pointer, f0: W, f1: W, f2: W, f3: W, p0: Pointer, p1: Pointer, p2: Pointer, p3: Pointer) =>
+      h(c, Number(f0), Number(f1), Number(f2), Number(f3), p0, p1, p2, p3, -1);
   }
-  if (tokened) return h;
   switch (declaredArity(CALLBACK_PROTOTYPES[symbol].c)) {
     case 1:
       return (a: unknown) => h(a, -1);
@@ -340,6 +332,7 @@ function shimRelay(shim: Shim, path: string): Relay {
     pendingCode: shim.pendingCode,
     cannotWait: (token) => token < 0 ? "this callback was registered without the native shim" : null,
     reply: (token, code) => void shim.reply(token, code),
+    later: (token) => shim.later(token),
     bindWrites: (failureText, onFailure) =>
       shim.bindWrites(
         WRITE_FUNCTIONS.map((name) => functionAddress(path, name)),
@@ -381,6 +374,7 @@ function directRelay(reason: string): Relay {
     pendingCode: PENDING,
     cannotWait: () => reason,
     reply: none,
+    later: none,
     bindWrites: () => {},
     write: (_token, _write, direct) => direct(),
     startPipeline: () => null,
@@ -395,20 +389,24 @@ function directRelay(reason: string): Relay {
   };
 }
 
-/** {@linkcode Libmilter.registerCallbacks}: through the shim's wrappers where there is a shim. */
+/**
+ * {@linkcode Libmilter.registerCallbacks}: the shim's wrappers where there is
+ * a shim (the handlers then run from the bell, see `src/pipeline.ts`),
+ * otherwise each handler registered with koffi.
+ */
 function registerAll(
   handlers: CallbackHandlers,
   types: CallbackTypes,
   shim: Shim | null,
 ): Record<CallbackSymbol, Pointer | null> {
   const symbols = Object.keys(CALLBACK_PROTOTYPES) as CallbackSymbol[];
-  const registered = symbols.map((symbol) => {
-    const handler = handlers[symbol] as CallbackHandler<CallbackSymbol> | undefined;
-    if (!handler) return null;
-    const type = shim ? types.withToken[symbol] : types.direct[symbol];
-    return koffi.register(adapt(symbol, handler, shim !== null) as (...args: unknown[]) => unknown, type) as Pointer;
-  });
-  const pointers = shim ? shim.wrap(registered) : registered;
+  const pointers = shim
+    ? shim.wrap(symbols.filter((symbol) => handlers[symbol] !== undefined))
+    : symbols.map((symbol) => {
+      const handler = handlers[symbol] as CallbackHandler<CallbackSymbol> | undefined;
+      if (!handler) return null;
+      return koffi.register(adapt(symbol, handler) as (...args: unknown[]) => unknown, types[symbol]) as Pointer;
+    });
   return Object.fromEntries(symbols.map((symbol, i) => [symbol, pointers[i]])) as Record<
     CallbackSymbol,
     Pointer | null
@@ -460,7 +458,7 @@ function libmilter(lib: LibraryHandle, path: string, from: LoadFrom, maxAsyncCal
     setmaxdatasize: (size) => Number(functions.smfi_setmaxdatasize(size)),
     stopping: () => internal.mi_stop === null ? null : internal.mi_stop() !== 0,
     registerCallback: (symbol, handler) =>
-      koffi.register(adapt(symbol, handler, false) as (...args: unknown[]) => unknown, callbackTypes.direct[symbol]),
+      koffi.register(adapt(symbol, handler) as (...args: unknown[]) => unknown, callbackTypes[symbol]),
     registerCallbacks: (handlers) => registeredAll ??= registerAll(handlers, callbackTypes, shim),
     relay: shim === null ? directRelay(shimReason!) : shimRelay(shim, path),
     blocking: blockingCalls(path, opened, onWorker),

@@ -10,13 +10,13 @@
  *   worker pool that the runtime joins on exit (under Node, `process.exit()`
  *   then hangs for as long as the milter runs), and once it returns lets no
  *   thread call into JS any more ({@linkcode Shim.exit} likewise at exit);
- * - {@linkcode Shim.wrap} puts the shim's wrappers between libmilter and the
- *   JS callbacks, so that a callback can answer later: it returns
- *   {@linkcode Shim.pendingCode} and answers with {@linkcode Shim.reply}
- *   while libmilter's thread waits in the shim;
- * - {@linkcode Shim.bindPipeline} lets those wrappers answer the no-reply
- *   stages header, eoh and body at once and queue the calls for JS, which
- *   takes them with {@linkcode Shim.take}.
+ * - {@linkcode Shim.wrap} puts the shim's wrappers between libmilter and
+ *   JS: each queues its call, and libmilter's thread waits in the shim
+ *   until JS answers with {@linkcode Shim.reply}, at once or later;
+ * - {@linkcode Shim.bindPipeline} starts the one bell that brings the queued
+ *   calls to JS ({@linkcode Shim.take}), and lets the wrappers answer the
+ *   no-reply stages header, eoh and body at once, queueing their calls
+ *   without waiting.
  *
  * Nothing here runs at import time: {@linkcode openShim} loads on first call.
  *
@@ -27,10 +27,17 @@ import koffi, { type TypeObject } from "koffi";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { pinLibrary, runsOnGlibc } from "./dl.ts";
-import { bindAll, CALLBACK_SYMBOLS, declare, type Signatures } from "./symbols.ts";
+import {
+  bindAll,
+  CALLBACK_PROTOTYPES,
+  CALLBACK_SYMBOLS,
+  type CallbackSymbol,
+  declare,
+  type Signatures,
+} from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 7;
+export const SHIM_ABI = 8;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -79,44 +86,45 @@ export interface Shim {
    */
   exit(code: number): void;
   /**
-   * What a wrapped handler returns to answer later, through {@linkcode reply}:
-   * `MILTER_SHIM_PENDING`, 65536 (no libmilter status).
+   * What a handler of a {@linkcode RelayedCall} returns when it answers later
+   * ({@linkcode later}, then {@linkcode reply}): `MILTER_SHIM_PENDING`,
+   * 65536 (no libmilter status).
    */
   readonly pendingCode: number;
   /**
-   * Wraps the JS handlers, once per process (`milter_shim_wrap`). `handlers`
-   * holds 13 entries in `struct smfiDesc` order: connect, helo, envfrom,
-   * envrcpt, header, eoh, body, eom, abort, close, unknown, data, negotiate;
-   * each the address of a koffi-registered callback or `null`. A handler has
-   * libmilter's `xxfi_*` prototype plus a trailing `int64_t token` (a safe
-   * integer Number in JS), e.g. `int (void *ctx, char *headerf, char *headerv,
-   * int64_t token)`, and returns a status, which goes to libmilter at once,
-   * or {@linkcode pendingCode}, after which libmilter's thread waits until
-   * {@linkcode reply} gives the status for that token.
+   * The shim's wrappers for the callbacks JS handles, once per process
+   * (`milter_shim_wrap`): `callbacks` holds the `xxfi_*` symbols JS has a
+   * handler for. Each wrapper queues its call for {@linkcode take} (as a
+   * {@linkcode RelayedCall}), and libmilter's thread waits until
+   * {@linkcode reply} gives the status for its token.
    *
-   * @returns 13 entries for `struct smfiDesc`: the shim's wrapper where a
-   *   handler was given, `null` elsewhere.
-   * @throws {Error} when `handlers` does not hold 13 entries, or the shim
-   *   already wrapped a set of handlers in this process.
+   * @returns an address per callback, in `struct smfiDesc` order: the
+   *   shim's wrapper for those named, `null` for the others.
+   * @throws {Error} when the shim already wrapped callbacks in this process.
    */
-  wrap(handlers: readonly (bigint | null)[]): (bigint | null)[];
+  wrap(callbacks: readonly CallbackSymbol[]): (bigint | null)[];
   /**
-   * Answers the wrapped call `token` names with `code` (`milter_shim_reply`),
-   * from the JS thread; also valid inside the handler, before it returns
-   * {@linkcode pendingCode}.
+   * Answers the call `token` names (a {@linkcode RelayedCall}) with `code`
+   * (`milter_shim_reply`), from the JS thread.
    *
    * @returns `true` when delivered; `false`, changing nothing, when the call
    *   is no longer waiting for it (already answered, over) or never existed.
    */
   reply(token: number, code: number): boolean;
-  /** How many wrapped calls wait for a {@linkcode reply} right now (`milter_shim_pending`). */
+  /**
+   * Marks the call `token` names as answered later (a Promise): writes
+   * posted for it from now on are done at once, while it waits for its
+   * {@linkcode reply}, and {@linkcode waiting} counts it.
+   */
+  later(token: number): void;
+  /** How many calls marked {@linkcode later} wait for a {@linkcode reply} right now (`milter_shim_pending`). */
   waiting(): number;
   /**
    * Gives the shim libmilter's write functions (`milter_shim_bind_writes`),
    * in {@linkcode WRITE_FUNCTIONS} order, each an address or `null`; the
    * text of the `451 4.3.0` reply set when a write fails; and `onFailure`,
-   * called (relayed to the JS thread) with the connection's `SMFICTX` and
-   * the write's kind after a write failed, before its callback answers
+   * called by {@linkcode take} with the connection's `SMFICTX` and the
+   * write's kind after a write failed, while its callback waits to answer
    * Tempfail. Once per process, before any {@linkcode post}.
    *
    * @throws {Error} when the shim refuses them.
@@ -135,9 +143,10 @@ export interface Shim {
    */
   post(token: number, write: ShimWrite): boolean;
   /**
-   * Turns pipelining on (`milter_shim_bind_pipeline`): `bell` is relayed to
-   * the JS thread whenever queued calls wait for {@linkcode take}, and again
-   * after it returns while some still do; one connection's calls queued or
+   * Starts the bell and the pipeline (`milter_shim_bind_pipeline`), which
+   * every wrapper needs: `bell` is relayed to the JS thread whenever calls
+   * wait for {@linkcode take}, and again after it returns while some still
+   * do; one connection's calls queued or
    * running stay within `boundBytes`; the `macros` are captured for each
    * queued call with `getsymval` (the address of `smfi_getsymval`), for
    * {@linkcode symval}; the callbacks `always` names (among
@@ -164,13 +173,16 @@ export interface Shim {
    */
   pipeline(ctx: bigint, callbacks: readonly PipelinedSymbol[]): boolean;
   /**
-   * The queued calls, oldest first, at most {@linkcode TAKE_BATCH}
-   * (`milter_shim_take_batch`); end each with {@linkcode done}.
+   * The calls waiting for JS, oldest first, at most {@linkcode TAKE_BATCH}
+   * (`milter_shim_take_batch`): answer each {@linkcode RelayedCall} with
+   * {@linkcode reply}, end each {@linkcode QueuedCall} with {@linkcode done}.
+   * A failed write's notice is handled here (the `onFailure` of
+   * {@linkcode bindWrites}), not returned.
    */
-  take(): QueuedCall[];
+  take(): TakenCall[];
   /**
-   * Ends calls {@linkcode take} gave (`milter_shim_done_batch`): their memory
-   * is freed. A call already ended is skipped.
+   * Ends queued calls {@linkcode take} gave (`milter_shim_done_batch`): their
+   * memory is freed. A call already ended is skipped.
    */
   done(calls: readonly QueuedCall[]): void;
   /** The pipeline's figures (`milter_shim_pipeline_stat`). */
@@ -221,6 +233,21 @@ export interface QueuedCall {
   readonly len: number;
 }
 
+/**
+ * A call libmilter's thread waits for in its wrapper: answered with
+ * {@linkcode Shim.reply} (after {@linkcode Shim.later} when it answers
+ * later). Its arguments point into libmilter's memory, valid until then.
+ */
+export interface RelayedCall {
+  readonly token: number;
+  readonly symbol: CallbackSymbol;
+  /** The handler's arguments: the `SMFICTX`, libmilter's arguments (pointers as addresses or `null`), the token. */
+  readonly args: readonly unknown[];
+}
+
+/** What {@linkcode Shim.take} gives: calls libmilter waits for, and queued calls. */
+export type TakenCall = RelayedCall | QueuedCall;
+
 /** How much the pipeline holds, and has held. */
 export interface PipelineStats {
   /** Bytes of calls queued or running now, all connections together. */
@@ -235,20 +262,25 @@ export interface PipelineStats {
   readonly rings: number;
   /** How many calls were queued in all: with `rings`, how many calls one ring brings on average. */
   readonly calls: number;
+  /** How many calls libmilter's threads waited for, in all (round trips to JS). */
+  readonly relayed: number;
 }
 
 /** The most calls one {@linkcode Shim.take} returns. */
 export const TAKE_BATCH = 256;
 
-/** The words `milter_shim_take_batch` writes per call (SHIM_CALL_WORDS). */
-export const CALL_WORDS = 7;
+/** The words `milter_shim_take_batch` writes per call (SHIM_CALL_WORDS): address, ctx, callback, token, 8 arguments. */
+export const CALL_WORDS = 12;
+
+/** The callback index of a failed write's notice (SHIM_FAILED_WRITE): its first argument word is the write's kind. */
+export const FAILED_WRITE = 13;
 
 /**
  * The shim's exports, each with the signature of its binding (its arity
  * checked against the prototype when this file compiles; `test/contract.test.ts`
  * checks the prototypes against `milter_shim.c` and the export list of
  * `scripts/build-shim.sh`). A function pointer the shim calls back (`done`,
- * `failed`, `bell`) is a `void *` here: a callback registered with koffi
+ * `bell`) is a `void *` here: a callback registered with koffi
  * under {@linkcode callbackTypes}.
  */
 export const SHIM_PROTOTYPES = {
@@ -261,15 +293,15 @@ export const SHIM_PROTOTYPES = {
   ),
   milter_shim_exit: declare<(code: number) => void>()("void milter_shim_exit(int code)"),
   // koffi copies a JS array into a C array for a pointer parameter, and back into the same JS array for an _Out_ one.
-  milter_shim_wrap: declare<(js: (bigint | null)[], out: (bigint | null)[]) => number>()(
-    "int milter_shim_wrap(void **js, _Out_ void **out)",
+  milter_shim_wrap: declare<(mask: number, out: (bigint | null)[]) => number>()(
+    "int milter_shim_wrap(unsigned int mask, _Out_ void **out)",
   ),
   milter_shim_reply: declare<(token: number, code: number) => number>()(
     "int milter_shim_reply(int64_t token, int code)",
   ),
   milter_shim_pending: declare<() => number>()("int milter_shim_pending(void)"),
-  milter_shim_bind_writes: declare<(fns: (bigint | null)[], text: string, failed: unknown) => number>()(
-    "int milter_shim_bind_writes(void **fns, const char *text, void *failed)",
+  milter_shim_bind_writes: declare<(fns: (bigint | null)[], text: string) => number>()(
+    "int milter_shim_bind_writes(void **fns, const char *text)",
   ),
   milter_shim_post: declare<
     (
@@ -315,8 +347,6 @@ export const SHIM_PROTOTYPES = {
 interface CallbackTypes {
   /** `void done(int rc)`: start_main's and run_milter's. */
   readonly done: TypeObject;
-  /** `void failed(void *ctx, int kind)`: bind_writes'. */
-  readonly failed: TypeObject;
   /** `void bell(void)`: bind_pipeline's. */
   readonly bell: TypeObject;
 }
@@ -329,7 +359,6 @@ interface CallbackTypes {
 function callbackTypes(): CallbackTypes {
   return {
     done: koffi.pointer(koffi.proto("void (int rc)")),
-    failed: koffi.pointer(koffi.proto("void (void *ctx, int kind)")),
     bell: koffi.pointer(koffi.proto("void (void)")),
   };
 }
@@ -400,6 +429,16 @@ export const PENDING = 0x10000;
 /** How many callbacks `struct smfiDesc` has, and `milter_shim_wrap` takes. */
 const CALLBACKS = CALLBACK_SYMBOLS.length;
 
+/**
+ * How each callback's argument words after ctx become its handler's
+ * arguments, from its C prototype: a pointer as an address (`null` for
+ * NULL), an integer (`size_t`, `unsigned long`) as a Number.
+ */
+const ARGUMENT_KINDS: readonly (readonly boolean[])[] = CALLBACK_SYMBOLS.map((symbol) => {
+  const c = CALLBACK_PROTOTYPES[symbol].c;
+  return c.slice(c.indexOf("(") + 1, -1).split(",").slice(1).map((parameter) => parameter.includes("*"));
+});
+
 /** What `milter_shim_pipeline_stat(which)` gives, in `which` order. */
 export const PIPELINE_STATS: readonly (keyof PipelineStats)[] = [
   "bytes",
@@ -408,6 +447,7 @@ export const PIPELINE_STATS: readonly (keyof PipelineStats)[] = [
   "connections",
   "rings",
   "calls",
+  "relayed",
 ];
 
 /**
@@ -513,17 +553,39 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
   // The calls taken and not given back: a call given back twice (a bug
   // elsewhere) must not reach the shim twice, which would free it twice.
   const outstanding = new Set<bigint>();
+  let onFailure: (ctx: bigint, kind: number) => void = () => {};
+  /** The relayed call at word `w` of `words`, or `null` for a failed write's notice, which it handles. */
+  const relayed = (w: number, token: number): RelayedCall | null => {
+    const ctx = words[w + 1];
+    const index = Number(words[w + 2]);
+    if (index === FAILED_WRITE) {
+      try {
+        onFailure(ctx, Number(words[w + 4]));
+      } catch {
+        // onFailure reports; should it throw, the rest of the batch must still be given out.
+      } finally {
+        fn.milter_shim_reply(token, 0);
+      }
+      return null;
+    }
+    const kinds = ARGUMENT_KINDS[index];
+    const args: unknown[] = [ctx];
+    for (let i = 0; i < kinds.length; i++) {
+      const word = words[w + 4 + i];
+      args.push(kinds[i] ? (word === 0n ? null : word) : Number(word));
+    }
+    args.push(token);
+    return { token, symbol: CALLBACK_SYMBOLS[index], args };
+  };
   return {
     path,
     abi,
     pendingCode: PENDING,
-    wrap(handlers: readonly (bigint | null)[]): (bigint | null)[] {
-      if (handlers.length !== CALLBACKS) {
-        throw new Error(`milter_shim_wrap: ${handlers.length} handlers given, expected ${CALLBACKS}`);
-      }
+    wrap(callbacks: readonly CallbackSymbol[]): (bigint | null)[] {
+      const mask = callbacks.reduce((bits, symbol) => bits | 1 << CALLBACK_SYMBOLS.indexOf(symbol), 0);
       const out: (bigint | null)[] = new Array(CALLBACKS).fill(null);
-      if (fn.milter_shim_wrap([...handlers], out) !== 0) {
-        throw new Error("milter_shim_wrap: the shim's wrappers are already in use (one set of handlers per process)");
+      if (fn.milter_shim_wrap(mask, out) !== 0) {
+        throw new Error("milter_shim_wrap: the shim's wrappers are already in use (one set per process)");
       }
       // koffi gives a null pointer back as null; 0n would be the same to C.
       return out.map((address) => address === 0n ? null : address);
@@ -532,16 +594,17 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
       // A fraction would be truncated on its way to int64_t, onto another token.
       return Number.isSafeInteger(token) && fn.milter_shim_reply(token, code) === 0;
     },
+    later(token: number): void {
+      if (Number.isSafeInteger(token)) fn.milter_shim_reply(token, PENDING);
+    },
     waiting(): number {
       return fn.milter_shim_pending();
     },
-    bindWrites(functions, failureText, onFailure): void {
-      // Kept for the life of the process: the shim calls it from libmilter's threads.
-      const failed = koffi.register((ctx: bigint, kind: number) => onFailure(ctx, kind), types.failed);
-      if (fn.milter_shim_bind_writes([...functions], failureText, failed) !== 0) {
-        koffi.unregister(failed);
+    bindWrites(functions, failureText, failed): void {
+      if (fn.milter_shim_bind_writes([...functions], failureText) !== 0) {
         throw new Error("milter_shim_bind_writes: the shim refused libmilter's write functions");
       }
+      onFailure = failed;
     },
     post(token, write): boolean {
       if (!Number.isSafeInteger(token)) return false;
@@ -570,20 +633,26 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
       const mask = callbacks.reduce((bits, symbol) => bits | 1 << QUEUED_INDEX[symbol], 0);
       return fn.milter_shim_pipeline(ctx, mask) === 0;
     },
-    take(): QueuedCall[] {
+    take(): TakenCall[] {
       const n = fn.milter_shim_take_batch(words, TAKE_BATCH);
-      const calls: QueuedCall[] = new Array(n);
+      const calls: TakenCall[] = [];
       for (let i = 0, w = 0; i < n; i++, w += CALL_WORDS) {
+        const token = Number(words[w + 3]);
+        if (token !== 0) {
+          const call = relayed(w, token);
+          if (call !== null) calls.push(call);
+          continue;
+        }
         outstanding.add(words[w]);
-        calls[i] = {
+        calls.push({
           address: words[w],
           ctx: words[w + 1],
           symbol: QUEUED_SYMBOL[Number(words[w + 2])],
-          a: words[w + 3] || null,
-          b: words[w + 4] || null,
-          bytes: words[w + 5] || null,
-          len: Number(words[w + 6]),
-        };
+          a: words[w + 4] || null,
+          b: words[w + 5] || null,
+          bytes: words[w + 6] || null,
+          len: Number(words[w + 7]),
+        });
       }
       return calls;
     },

@@ -15,7 +15,7 @@ import { check, describe, fail, milterError, requireInt } from "./error.ts";
 import { abandonPending } from "./calls.ts";
 import { startPipeline } from "./pipeline.ts";
 import { isRegistered } from "./registration.ts";
-import { runQueued } from "./trampolines.ts";
+import { runQueued, runRelayed } from "./trampolines.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
 import { native } from "./native.ts";
@@ -240,8 +240,10 @@ export interface MainOptions {
    * About how many MTA connections are served at once; more wait in the
    * listen backlog until one closes (the MTA's own timeout then applies).
    * The bound is kept in file descriptors, so descriptors the program opens
-   * or closes while main runs move it by as many. Default, and upper bound:
-   * what koffi's relay pool allows: 4,088 descriptors, about 4,060 connections.
+   * or closes while main runs move it by as many. Default: the process's
+   * soft `RLIMIT_NOFILE` (`ulimit -n`, systemd's `LimitNOFILE`), which it
+   * never raises. Without the native shim, also at most what koffi's relay
+   * pool allows: 4,088 descriptors, about 4,060 connections.
    */
   maxConnections?: number;
   /**
@@ -495,17 +497,19 @@ function start(options: MainOptions): Promise<void> {
   let removeSignals: () => void = () => {};
   try {
     limit = applyConnectionLimit(lib, settings.maxConnections);
-    if (limit === null) {
+    if (limit === null && lib.relay.withoutShim !== null) {
       writeStderr(
         `milter: cannot bound connections on this system (no setrlimit); more than ${
           lib.maxAsyncCalls - RESERVED_ASYNC_CALLS
         } ` +
           "MTA commands in flight at once would exceed koffi's relay pool and end the process",
       );
+    } else if (limit === null && settings.maxConnections !== undefined) {
+      writeStderr("milter: cannot bound connections on this system (no setrlimit); maxConnections is not applied");
     }
     if (settings.signals) removeSignals = onStopSignals(() => stop());
     try {
-      startPipeline(settings.pipelineBytes, settings.pipelineMacros, runQueued);
+      startPipeline(settings.pipelineBytes, settings.pipelineMacros, { queued: runQueued, relayed: runRelayed });
     } catch (error) {
       fail("main", `cannot start the pipeline's thread: ${describe(error)}`, { cause: error });
     }

@@ -1,15 +1,24 @@
 /**
- * The pipeline: at a stage a connection negotiated as no reply (header, eoh,
- * body), and at abort and close where the filter has no callback (libmilter
- * ignores their answers), the shim answers libmilter at once and queues the call; the bell the shim rings
- * brings the queued calls here, run in order per connection.
+ * The one relay: every call into JS through the shim comes from the bell
+ * the shim rings, in batches. A call libmilter's thread waits for is run
+ * through its trampoline and answered, at once or when its Promise settles.
+ * At a stage a connection negotiated as no reply (header, eoh, body), and at
+ * abort and close where the filter has no callback (libmilter ignores their
+ * answers), the shim answers libmilter at once and queues the call: queued
+ * calls run in order per connection.
  *
  * @module
  */
 
 import type { Relay } from "../ffi/load.ts";
 import type { Pointer } from "../ffi/memory.ts";
-import { PIPELINED_SYMBOLS, type PipelineStats, QUEUED_ALWAYS_SYMBOLS, type QueuedCall } from "../ffi/shim.ts";
+import {
+  PIPELINED_SYMBOLS,
+  type PipelineStats,
+  QUEUED_ALWAYS_SYMBOLS,
+  type QueuedCall,
+  type RelayedCall,
+} from "../ffi/shim.ts";
 import { silent } from "./answers.ts";
 import { macroKey } from "./convert.ts";
 import type { Session } from "./ctx.ts";
@@ -19,12 +28,21 @@ import { native } from "./native.ts";
 import { registered, type Registration } from "./registration.ts";
 import { stageOf } from "./stages.ts";
 
-/** Runs one queued call through its stage's callback; returns the shim's pending code when it answered later. */
-export type QueuedRunner = (call: QueuedCall) => number;
+/**
+ * How the bell's calls run (`trampolines.ts`): `queued`, one queued call
+ * through its stage's callback, and `relayed`, one call libmilter's thread
+ * waits for; each returns the shim's pending code when it answers later.
+ * Both total.
+ */
+export interface Runners {
+  readonly queued: (call: QueuedCall) => number;
+  readonly relayed: (call: RelayedCall) => number;
+}
 
-let runQueued: QueuedRunner = () => {
-  throw new Error("milter binding: the pipeline runs no call before startPipeline");
+const notStarted = (): never => {
+  throw new Error("milter binding: the bell runs no call before startPipeline");
 };
+let runners: Runners = { queued: notStarted, relayed: notStarted };
 
 /**
  * @internal What the pipeline holds and has held, `null` when it is off:
@@ -35,28 +53,28 @@ export function pipelineStats(): PipelineStats | null {
 }
 
 /**
- * Turns pipelining on for the process, before main starts libmilter: at a
- * stage negotiated as no reply (header, eoh, body), the shim answers
- * libmilter at once, and the filter's callback runs when the JS thread gets
- * to it, in order with the connection's other callbacks. Off without the
- * shim, or when `bytes` (the bound per connection) is 0. The `macros` are
- * captured for each pipelined call, for getsymval. abort and close, where
- * the filter has no callback of its own, are queued for every connection:
- * the binding runs them only to end the message or the connection, and
- * libmilter ignores their answers. `run` runs one queued call through its
- * callback (`trampolines.ts`).
+ * Starts the bell for the process, before main starts libmilter (through
+ * the shim, every call into JS comes from it), and pipelining: at a stage
+ * negotiated as no reply (header, eoh, body), the shim answers libmilter at
+ * once, and the filter's callback runs when the JS thread gets to it, in
+ * order with the connection's other callbacks. Pipelining is off without
+ * the shim, or when `bytes` (the bound per connection) is 0. The `macros`
+ * are captured for each pipelined call, for getsymval. abort and close,
+ * where the filter has no callback of its own, are queued for every
+ * connection: the binding runs them only to end the message or the
+ * connection, and libmilter ignores their answers.
  *
  * @returns whether pipelining is on.
  * @throws {Error} when the shim cannot start its thread.
  */
-export function startPipeline(bytes: number, macros: readonly string[], run: QueuedRunner): boolean {
+export function startPipeline(bytes: number, macros: readonly string[], run: Runners): boolean {
   const relay = native("main").relay;
-  if (bytes === 0) return false;
-  runQueued = run;
+  runners = run;
   // abort and close without a callback of the filter's: no user code waits on libmilter's thread there.
   const always = QUEUED_ALWAYS_SYMBOLS.filter((symbol) => registered().callbacks[stageOf(symbol).name] === undefined);
-  const captured = relay.startPipeline(() => ring(relay), bytes, macros, always);
-  if (captured === null) return false;
+  // The bound applies to queued calls: with pipelining off, abort and close only.
+  const captured = relay.startPipeline(() => ring(relay), Math.max(bytes, 1), bytes === 0 ? [] : macros, always);
+  if (captured === null || bytes === 0) return false;
   lifecycle.pipelineMacros = new Map(captured.map((name, index) => [macroKey(name), index]));
   lifecycle.pipelining = true;
   return true;
@@ -89,15 +107,23 @@ export function pipelineStages(session: Session, r: Registration): void {
 const backlogs = new Map<Pointer, QueuedCall[]>();
 
 /**
- * The bell the shim rings while calls are queued: takes a batch of them and
- * runs them, oldest first. A connection whose earlier call is still running
- * (its Promise pending) keeps the new one in its backlog. The calls that
- * are through go back to the shim together, at the end.
+ * The bell the shim rings while calls wait for JS: takes a batch of them and
+ * runs them, oldest first. A call libmilter's thread waits for is answered
+ * (or marked answered later). A connection whose earlier queued call is
+ * still running (its Promise pending) keeps a new queued one in its
+ * backlog. The queued calls that are through go back to the shim together,
+ * at the end.
  */
 function ring(relay: Relay): void {
   const finished: QueuedCall[] = [];
   try {
     for (const call of relay.take()) {
+      if ("token" in call) {
+        const code = runners.relayed(call);
+        if (code === relay.pendingCode) relay.later(call.token);
+        else relay.reply(call.token, code);
+        continue;
+      }
       const backlog = backlogs.get(call.ctx);
       if (backlog !== undefined) backlog.push(call);
       else {
@@ -123,7 +149,7 @@ function runQueue(ctx: Pointer, call: QueuedCall | undefined, finished: QueuedCa
   const pending = native("main").relay.pendingCode;
   while (call !== undefined) {
     // After main ended (every session released), queued calls are only given back.
-    if (lifecycle.phase !== "stopped" && runQueued(call) === pending) return;
+    if (lifecycle.phase !== "stopped" && runners.queued(call) === pending) return;
     finished.push(call);
     call = backlogs.get(ctx)?.shift();
   }

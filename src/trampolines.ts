@@ -22,7 +22,7 @@ import {
   readUShort,
   writeULong,
 } from "../ffi/memory.ts";
-import type { QueuedCall, QueuedSymbol } from "../ffi/shim.ts";
+import type { QueuedCall, QueuedSymbol, RelayedCall } from "../ffi/shim.ts";
 import { CALLBACK_SYMBOLS, type CallbackHandler, type CallbackHandlers, type CallbackSymbol } from "../ffi/symbols.ts";
 import { silent, statCode } from "./answers.ts";
 import { dispatch } from "./calls.ts";
@@ -58,6 +58,15 @@ export function runQueued(call: QueuedCall): number {
     sessionAt(call.ctx)?.owe("message");
     return SMFIS_NOREPLY;
   }
+}
+
+/**
+ * Runs one call libmilter's thread waits for (through the shim) through its
+ * trampoline: its status, or the relay's pending code when it answers later.
+ * Total, as every trampoline is.
+ */
+export function runRelayed(call: RelayedCall): number {
+  return (TRAMPOLINE_HANDLERS[call.symbol] as (...args: readonly unknown[]) => number)(...call.args);
 }
 
 /** How each queued callback runs from the shim's copy of its arguments. */

@@ -13,6 +13,7 @@ import { describe, expect, test } from "vitest";
 import * as C from "../ffi/constants.ts";
 import {
   CALL_WORDS,
+  FAILED_WRITE,
   PENDING,
   PIPELINE_STATS,
   PIPELINED_SYMBOLS,
@@ -74,9 +75,10 @@ describe("the shim and the table of stages agree", () => {
 });
 
 describe("the constants both sides use", () => {
-  test("the pending code, the words of a queued call", () => {
+  test("the pending code, the words of a queued call, the failed write's callback index", () => {
     expect(Number(define("MILTER_SHIM_PENDING"))).toBe(PENDING);
     expect(Number(define("SHIM_CALL_WORDS"))).toBe(CALL_WORDS);
+    expect(Number(define("SHIM_FAILED_WRITE"))).toBe(FAILED_WRITE);
   });
 
   test("the libmilter codes the shim answers with itself", () => {
@@ -100,6 +102,7 @@ describe("the constants both sides use", () => {
       conns: "connections",
       rings: "rings",
       queued: "calls",
+      relayed: "relayed",
     };
     expect(stats.map((s) => names[s])).toEqual([...PIPELINE_STATS]);
   });

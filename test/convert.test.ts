@@ -19,7 +19,7 @@ import {
   sockaddrLength,
   splitArgv,
 } from "../src/convert.ts";
-import { connectionFileLimit, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
+import { connectionFileLimit, relayCeiling, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
 import { decodeMask, encodeMask, FLAG_BITS, isStat, STAT_CODES, type Step, STEP_BITS } from "../src/variants.ts";
 import {
   decodeModification,
@@ -216,16 +216,18 @@ describe("wire protocol", () => {
 
 describe("connection ceiling", () => {
   test("stays below koffi's pool, whatever is open", () => {
-    expect(connectionFileLimit(4096, 1_048_576, undefined, 2, () => 1000)).toBe(4096 - RESERVED_ASYNC_CALLS);
-    expect(connectionFileLimit(256, 1_048_576, undefined, 2, () => 0)).toBe(256 - RESERVED_ASYNC_CALLS);
-    expect(connectionFileLimit(4096, 1024, undefined, 2, () => 0)).toBe(1024); // the hard limit wins
+    expect(connectionFileLimit(relayCeiling(4096), 1_048_576, undefined, 2, () => 1000)).toBe(
+      4096 - RESERVED_ASYNC_CALLS,
+    );
+    expect(connectionFileLimit(relayCeiling(256), 1_048_576, undefined, 2, () => 0)).toBe(256 - RESERVED_ASYNC_CALLS);
+    expect(connectionFileLimit(relayCeiling(4096), 1024, undefined, 2, () => 0)).toBe(1024); // the hard limit wins
   });
 
   test("maxConnections counts only descriptors below the limit", () => {
     // 20 descriptors open below any limit, one far above (fd 251 of a tsx pipe, say).
     const openBelow = (n: number): number => Math.min(n, 20) + (n > 251 ? 1 : 0);
-    expect(connectionFileLimit(4096, 1_048_576, 20, 2, openBelow)).toBe(42);
-    expect(connectionFileLimit(64, 1_048_576, 1000, 2, openBelow)).toBe(64 - RESERVED_ASYNC_CALLS);
+    expect(connectionFileLimit(relayCeiling(4096), 1_048_576, 20, 2, openBelow)).toBe(42);
+    expect(connectionFileLimit(relayCeiling(64), 1_048_576, 1000, 2, openBelow)).toBe(64 - RESERVED_ASYNC_CALLS);
   });
 });
 

@@ -1,9 +1,12 @@
 /**
- * Many connections at once. libmilter threads that call into JS each hold
- * one slot of koffi's relay pool until JS answers; a full pool kills the
- * process (V8 "Cannot create a handle without a HandleScope"). The binding
- * raises the pool to koffi's maximum and keeps connections below it, so past
- * the ceiling connections wait in the listen backlog instead.
+ * Many connections at once. Through the shim, libmilter's threads never
+ * enter koffi (one thread of the shim's rings JS for every waiting call), so
+ * connections are bounded by the file limit alone. Without the shim,
+ * libmilter threads that call into JS each hold one slot of koffi's relay
+ * pool until JS answers; a full pool kills the process (V8 "Cannot create a
+ * handle without a HandleScope"). The binding then raises the pool to koffi's
+ * maximum and keeps connections below it, so past the ceiling connections
+ * wait in the listen backlog instead.
  */
 
 import { afterAll, expect, test } from "vitest";
@@ -67,8 +70,20 @@ test("1,000 simultaneous connections are all served", async () => {
   expect(filter.child.exitCode).toBeNull();
 });
 
-test("4,000 simultaneous connections with messages flowing; past the ceiling they wait their turn", async () => {
+/** Without the native shim, as on a platform with no prebuilt object. */
+const WITHOUT_SHIM = { MILTER_SHIM_PATH: "/nonexistent/milter-test-no-shim/libmilter_shim.so" };
+
+test("5,000 simultaneous connections through the shim, past koffi's pool of 4,096: all open at once", async () => {
   const filter = await startFilter({ fixture: "stamp.ts" });
+  expect(await flood(filter, 5000, true)).toEqual({ "continue+stamped": 5000 });
+  const { max, messages } = await stats(filter);
+  expect(max).toBe(5000); // koffi's pool bounds nothing: only the shim's own thread enters it
+  expect(messages).toBe(5000);
+  expect(filter.child.exitCode).toBeNull();
+});
+
+test("without the shim, 4,000 simultaneous connections; past the ceiling they wait their turn", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts", env: WITHOUT_SHIM });
   expect(await flood(filter, 4000, true)).toEqual({ "continue+stamped": 4000 });
   expect((await stats(filter)).max).toBe(4000); // all open at once
   // Beyond the ceiling (about 4,060 under Node): no crash, every message answered.
@@ -90,15 +105,25 @@ test("4,000 simultaneous connections with async callbacks, hundreds of Promises 
   expect(filter.child.exitCode).toBeNull();
 });
 
-test("past koffi's pool, connections wait instead of crashing the process", async () => {
+test("without the shim, past koffi's pool, connections wait instead of crashing the process", async () => {
   // A program that set a small pool itself keeps it; the binding then keeps connections below it.
-  const filter = await startFilter({ fixture: "stamp.ts", env: { KOFFI_MAX_ASYNC: "64" } });
+  const filter = await startFilter({ fixture: "stamp.ts", env: { KOFFI_MAX_ASYNC: "64", ...WITHOUT_SHIM } });
   expect(filter.events[0].maxAsync).toBe(64);
   expect(await flood(filter, 300)).toEqual({ "continue+stamped": 300 });
   const { max, messages } = await stats(filter);
   expect(messages).toBe(300);
   expect(max).toBeLessThanOrEqual(64 - 8);
   expect(filter.child.exitCode).toBeNull();
+  expect(filter.child.signalCode).toBeNull();
+});
+
+test("through the shim, a program's small koffi pool bounds nothing: 300 connections at once", async () => {
+  const filter = await startFilter({ fixture: "stamp.ts", env: { KOFFI_MAX_ASYNC: "64" } });
+  expect(filter.events[0].maxAsync).toBe(64);
+  expect(await flood(filter, 300, true)).toEqual({ "continue+stamped": 300 });
+  const { max, messages } = await stats(filter);
+  expect(messages).toBe(300);
+  expect(max).toBe(300);
   expect(filter.child.signalCode).toBeNull();
 });
 

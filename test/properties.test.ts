@@ -16,7 +16,7 @@ import {
   replyLinesProblem,
   splitArgv,
 } from "../src/convert.ts";
-import { connectionFileLimit, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
+import { connectionFileLimit, relayCeiling, RESERVED_ASYNC_CALLS } from "../src/limits.ts";
 import { decodeMask, encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../src/variants.ts";
 import { cstrings, encodeFrame, splitCStrings, splitFrames } from "../src/testing/protocol.ts";
 import { sockaddrBytes } from "./helpers/bytes.ts";
@@ -217,7 +217,7 @@ test("the connection ceiling never exceeds koffi's pool or the hard limit", () =
     fc.option(fc.integer({ min: 1, max: 10_000 }), { nil: undefined }),
     fc.integer({ min: 0, max: 500 }),
     (pool, hard, max, open) => {
-      const limit = connectionFileLimit(pool, hard, max, 2, (n) => Math.min(n, open));
+      const limit = connectionFileLimit(relayCeiling(pool), hard, max, 2, (n) => Math.min(n, open));
       expect(limit).toBeLessThanOrEqual(Math.max(pool - RESERVED_ASYNC_CALLS, 16));
       expect(limit).toBeLessThanOrEqual(hard);
       if (max !== undefined && open + 2 + max < Math.min(pool - RESERVED_ASYNC_CALLS, hard)) {

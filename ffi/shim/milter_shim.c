@@ -12,8 +12,9 @@
  *   and no call into JS once it has returned (milter_shim_exit() likewise
  *   when the program ends first);
  * - milter_shim_start_main(): smfi_stop (any int (void)) on such a thread;
- * - milter_shim_wrap() and milter_shim_reply(): callbacks that answer later
- *   (a JS handler returns MILTER_SHIM_PENDING and replies when it knows);
+ * - milter_shim_wrap(), milter_shim_take_batch() and milter_shim_reply():
+ *   every callback's call queued for JS, which takes calls in batches when
+ *   the one bell rings and answers each, at once or later (a Promise);
  * - milter_shim_post(): writes to the MTA done by the connection's own thread;
  * - milter_shim_bind_pipeline() and milter_shim_pipeline(): no-reply stages
  *   answered at once, their calls queued for JS.
@@ -50,8 +51,16 @@
  *    milter_shim_pipeline_stat.
  * 5: adds milter_shim_run_milter, milter_shim_exit; a wrapper that cannot
  *    call JS sets the 451 4.3.0 reply of milter_shim_bind_writes.
+ * 6: adds milter_shim_negotiate_itself, milter_shim_refuse_new,
+ *    milter_shim_admitted.
+ * 7: milter_shim_bind_pipeline takes `always` (abort and close queued).
+ * 8: one relay: milter_shim_wrap takes a mask, and every call to JS goes
+ *    through the queue milter_shim_take_batch empties (12 words per call);
+ *    milter_shim_reply(token, MILTER_SHIM_PENDING) marks a call answered
+ *    later; milter_shim_bind_writes no longer takes a function (a failed
+ *    write reaches JS as a queued call).
  */
-#define MILTER_SHIM_ABI 7
+#define MILTER_SHIM_ABI 8
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -126,7 +135,7 @@ static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
  * `closed` says how far: SHIM_OPEN; SHIM_CLOSED after smfi_main returned
  * (only milter_shim_run_milter's own `done` still goes to JS); SHIM_EXITING
  * when the program ends (nothing goes to JS). `in_js` counts the threads
- * inside a call into JS (a handler, the bell, on_failure, done), each
+ * inside a call into JS (the bell, done), each
  * counted from before the check that let it in until it returned; `js_left`
  * is broadcast when it drops to 0 while closed. Both under pool_lock.
  */
@@ -298,18 +307,22 @@ MILTER_SHIM_EXPORT int milter_shim_run_milter(int (*main_fn)(void), void (*done)
 	return start_main(main_fn, done, 1);
 }
 
-/* ---- Callbacks that answer later ------------------------------------------
+/* ---- Calls to JS: one queue, one bell, one reply ---------------------------
  *
  * Why: libmilter calls each xxfi_* callback on a thread of its own and takes
- * the callback's return value as the answer. A koffi-registered JS function
- * is relayed to the JS thread, and the calling thread resumes as soon as the
- * JS function returns: a JS handler cannot return an answer it has yet to
- * compute (a DNS lookup, a scanner's verdict). So libmilter is given the
- * wrappers below instead; each calls its JS handler with one more argument, a
- * token, and if the handler returns MILTER_SHIM_PENDING, keeps libmilter's
- * thread parked until JS calls milter_shim_reply(token, code), then returns
- * that code to libmilter. Any other return value goes back to libmilter at
- * once, as it would without the shim.
+ * the callback's return value as the answer. A JS function registered with
+ * koffi and called from such a thread goes through koffi's relay: a hand-off
+ * to the JS thread and back per call, a relay slot held per thread in it (a
+ * bounded pool: past it koffi throws on a thread that is not JS's, and the
+ * process dies), and no way to answer later (a DNS lookup, a scanner's
+ * verdict). So libmilter is given the wrappers below instead. Each queues
+ * its call (the callback, its arguments as words, a token) on the one queue
+ * of calls for JS, which the pipeline's pump rings the one bell for (see
+ * "Pipelined no-reply stages"), and waits. JS takes the queued calls in
+ * batches (milter_shim_take_batch) and answers each with
+ * milter_shim_reply(token, code): at once, or later (a Promise), after
+ * marking it with milter_shim_reply(token, MILTER_SHIM_PENDING). Only the
+ * pump's thread ever enters koffi's relay, however many connections wait.
  *
  * Slots: each wrapper call holds a slot from a global pool for its duration.
  * A slot is never freed, only put back on a free list, so a token that
@@ -326,13 +339,12 @@ MILTER_SHIM_EXPORT int milter_shim_run_milter(int (*main_fn)(void), void (*done)
  * (exact as JS numbers).
  *
  * Locking: one mutex guards the whole pool (free list, every slot's state,
- * generation and code, the waiting count); each slot has its own condition
- * variable, on which only its wrapper ever waits. The mutex is never held
- * while JS runs: a handler may call milter_shim_reply() itself. A synchronous
- * answer costs one lock to take a slot and one to give it back, no wait.
+ * generation and code, the waiting count) and the queue; each slot has its
+ * own condition variable, on which only its wrapper ever waits. The mutex is
+ * never held while JS runs.
  */
 
-/** What a JS handler returns when its answer will come through milter_shim_reply(). */
+/** What milter_shim_reply() takes to mark a call answered later; no libmilter status. */
 #define MILTER_SHIM_PENDING 0x10000
 
 /** libmilter's sfsistat SMFIS_TEMPFAIL: the answer when no slot can be had. */
@@ -347,13 +359,41 @@ MILTER_SHIM_EXPORT int milter_shim_run_milter(int (*main_fn)(void), void (*done)
 #define SHIM_MAX_SLOTS (SHIM_BLOCK_SLOTS * SHIM_MAX_BLOCKS)
 /** The largest generation: tokens stay below 2^(37 + 16) = 2^53. */
 #define SHIM_MAX_GENERATION (((uint64_t)1 << (53 - SHIM_INDEX_BITS)) - 1)
+/** The most argument words of a call: negotiate's f0..f3 and pf0..pf3. */
+#define SHIM_MAX_ARGS 8
 
 _Static_assert(SHIM_MAX_SLOTS <= (1 << SHIM_INDEX_BITS), "slot indexes must fit in the token");
 
+struct conn;
+struct snap;
+
+/**
+ * A call queued for JS. JS sees its address and the fields up to args, as
+ * milter_shim_take_batch() writes them out. A call a wrapper waits for
+ * (token != 0) lives in its slot and carries its arguments in args; a
+ * queued call it does not wait for (token 0: pipelined, or abort and close
+ * without a callback of JS's) is allocated with copies of its arguments (a,
+ * b, bytes, len), and given back with milter_shim_done_batch().
+ */
+struct milter_shim_call {
+	void *ctx;		/* the connection's SMFICTX */
+	int callback;		/* a CB_* (struct smfiDesc order), or SHIM_FAILED_WRITE */
+	int64_t token;		/* the waiting wrapper's, 0 for a call no wrapper waits for */
+	uint64_t args[SHIM_MAX_ARGS]; /* with a token: the callback's arguments after ctx, as words */
+	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
+	unsigned char *bytes;	/* body: a copy of the chunk; NULL otherwise */
+	size_t len;		/* body: its length; 0 otherwise */
+	struct milter_shim_call *next;
+	struct conn *conn;
+	struct snap *snap;	/* the macros captured for it (shared), NULL if none */
+	size_t size;		/* what the call counts against its connection's bound */
+};
+
 enum slot_state {
 	SLOT_FREE,	/* on the free list */
-	SLOT_CALLING,	/* taken; its JS handler has not returned yet */
-	SLOT_WAITING,	/* the handler returned PENDING; the wrapper waits for a reply */
+	SLOT_QUEUED,	/* its call is queued, JS has not taken it yet */
+	SLOT_CALLING,	/* JS took its call; no reply yet */
+	SLOT_WAITING,	/* JS marked it answered later (a Promise): writes posted now are done at once */
 	SLOT_ANSWERED,	/* a reply delivered code; the wrapper returns it */
 };
 
@@ -368,7 +408,7 @@ struct op {
 };
 
 struct slot {
-	pthread_cond_t answered; /* signalled when a reply moves SLOT_WAITING to SLOT_ANSWERED, or a write is posted */
+	pthread_cond_t answered; /* signalled when a reply answers it, or a write is posted while SLOT_WAITING */
 	uint64_t generation;	 /* of the current (or last) call; 0 before the first */
 	struct slot *next_free;	 /* the free list's link, while SLOT_FREE */
 	uint32_t index;
@@ -378,6 +418,7 @@ struct slot {
 	struct op *head, *tail;	  /* writes posted and not done yet, in order */
 	int failed;		  /* OP_* of the first write libmilter refused, 0 if none */
 	int refused;		  /* answered by shim_close(), not by JS: answer_without_js() decides */
+	struct milter_shim_call call; /* its call, queued for JS */
 };
 
 static struct slot *pool_blocks[SHIM_MAX_BLOCKS];
@@ -385,6 +426,7 @@ static uint32_t pool_size;	    /* slots created so far */
 static struct slot *pool_free;	    /* LIFO: a synchronous caller keeps reusing a warm slot */
 static int pool_waiting;	    /* slots in SLOT_WAITING: milter_shim_pending() */
 static int wrapped;		    /* milter_shim_wrap() has run */
+static int64_t stat_relayed;	    /* calls a wrapper waited for, in all */
 
 /* A slot off the free list, or a new one; NULL at SHIM_MAX_SLOTS or when memory runs out. pool_lock held. */
 static struct slot *slot_alloc_locked(void)
@@ -421,28 +463,6 @@ static struct slot *slot_alloc_locked(void)
 	return &block[index % SHIM_BLOCK_SLOTS];
 }
 
-/*
- * Takes a slot for one wrapper call (in SLOT_CALLING, with a new generation)
- * and counts the thread into JS; NULL when none can be had, or when the shim
- * is closed (no call into JS then).
- */
-static struct slot *slot_take(void)
-{
-	pthread_mutex_lock(&pool_lock);
-	struct slot *slot = NULL;
-	if (js_enter_locked(SHIM_CLOSED)) {
-		slot = slot_alloc_locked();
-		if (slot == NULL)
-			js_leave_locked(); /* the wrapper answers without JS */
-	}
-	if (slot != NULL) {
-		slot->generation = slot->generation < SHIM_MAX_GENERATION ? slot->generation + 1 : 1;
-		slot->state = SLOT_CALLING;
-	}
-	pthread_mutex_unlock(&pool_lock);
-	return slot;
-}
-
 /* The token of a slot's current call; read by the slot's own wrapper, which alone changes its generation. */
 static int64_t slot_token(const struct slot *slot)
 {
@@ -461,7 +481,7 @@ static int64_t slot_token(const struct slot *slot)
  * the callback's answer. When libmilter refuses one (the connection failed
  * or timed out), the later ones are skipped, the reply is set to the
  * failure text with 451 4.3.0, the answer becomes SMFIS_TEMPFAIL (never an
- * accept), and JS is told through the on_failure function.
+ * accept), and JS is told by a queued call (SHIM_FAILED_WRITE).
  */
 
 enum {
@@ -482,7 +502,6 @@ enum {
 /* libmilter's functions for each OP_*, set by milter_shim_bind_writes(); index OP_* - 1. */
 static void *write_fns[SHIM_OPS];
 static char *failure_text;
-static void (*on_failure)(void *ctx, int kind);
 
 /* Sets the 451 4.3.0 reply of milter_shim_bind_writes for the connection at ctx, where it can. */
 static void set_failure_reply(void *ctx)
@@ -554,18 +573,22 @@ static int op_run(void *ctx, const struct op *op)
 
 static int answer_without_js(void *ctx, int cb);
 
+static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n);
+
+/* What slot_wait() saw of a call: JS's code, the write that failed (0: none), and whether shim_close() answered. */
+struct outcome {
+	int code, failed, refused;
+};
+
 /*
- * Ends a wrapper call of callback cb (a CB_*): rc is what the JS handler
- * returned. Does the writes posted meanwhile; when rc is PENDING, waits for
- * the reply (unless it came already, while the handler still ran), doing
- * each write posted in the meantime, and answers with the reply's code, or
- * as a wrapper that cannot call JS when shim_close() answered it. Gives the
- * slot back.
+ * Waits, on the wrapper's own thread, until the call in `slot` is answered,
+ * doing each write posted for it meanwhile, in order (a write posted while
+ * JS still runs the call is done once it answers or marks it answered
+ * later); then gives the slot back.
  */
-static int slot_finish(struct slot *slot, int cb, int rc)
+static struct outcome slot_wait(struct slot *slot)
 {
 	pthread_mutex_lock(&pool_lock);
-	js_leave_locked(); /* the handler has returned */
 	for (;;) {
 		struct op *op = slot->head;
 		if (op != NULL) {
@@ -581,21 +604,11 @@ static int slot_finish(struct slot *slot, int cb, int rc)
 				slot->failed = kind;
 			continue;
 		}
-		if (rc != MILTER_SHIM_PENDING)
+		if (slot->state == SLOT_ANSWERED)
 			break;
-		if (slot->state == SLOT_ANSWERED) {
-			rc = slot->code;
-			break;
-		}
-		if (slot->state == SLOT_CALLING) {
-			slot->state = SLOT_WAITING;
-			pool_waiting++;
-		}
 		pthread_cond_wait(&slot->answered, &pool_lock);
 	}
-	int failed = slot->failed, refused = slot->refused;
-	void *ctx = slot->ctx;
-	/* A reply that came while the handler ran, and the handler then answered at once: the handler wins. */
+	struct outcome out = {slot->code, slot->failed, slot->refused};
 	slot->state = SLOT_FREE;
 	slot->failed = 0;
 	slot->refused = 0;
@@ -603,15 +616,33 @@ static int slot_finish(struct slot *slot, int cb, int rc)
 	slot->next_free = pool_free;
 	pool_free = slot;
 	pthread_mutex_unlock(&pool_lock);
-	if (failed) {
+	return out;
+}
+
+/** The callback index of the call that tells JS a write failed: args[0] is its OP_*. */
+#define SHIM_FAILED_WRITE 13
+
+/*
+ * Ends a wrapper call of callback cb (a CB_*) whose call is queued in
+ * `slot`: waits for JS's answer (slot_wait) and returns it; as a wrapper
+ * that cannot call JS when shim_close() answered it. When a write failed,
+ * sets the 451 4.3.0 reply, tells JS (a queued call of its own, which JS
+ * answers once it has reported it, while this thread still waits), and
+ * answers Tempfail.
+ */
+static int slot_finish(struct slot *slot, int cb)
+{
+	void *ctx = slot->ctx;
+	struct outcome out = slot_wait(slot);
+	if (out.failed) {
 		set_failure_reply(ctx);
-		if (on_failure != NULL && js_enter(SHIM_CLOSED)) {
-			on_failure(ctx, failed);
-			js_leave();
-		}
+		uint64_t kind = (uint64_t)out.failed;
+		struct slot *notice = slot_enqueue(ctx, SHIM_FAILED_WRITE, &kind, 1);
+		if (notice != NULL)
+			(void)slot_wait(notice);
 		return SHIM_SMFIS_TEMPFAIL;
 	}
-	return refused ? answer_without_js(ctx, cb) : rc;
+	return out.refused ? answer_without_js(ctx, cb) : out.code;
 }
 
 /* The callbacks in struct smfiDesc order: milter_shim_wrap()'s index order (see SHIM_WRAPPER). */
@@ -632,6 +663,8 @@ enum {
 	SHIM_CALLBACKS /* 13 */
 };
 
+_Static_assert(SHIM_FAILED_WRITE == SHIM_CALLBACKS, "the failed-write call follows the callbacks");
+
 
 /* ---- Pipelined no-reply stages --------------------------------------------
  *
@@ -642,10 +675,11 @@ enum {
  * the connections and callbacks JS names (milter_shim_pipeline, from its
  * negotiate handler), the wrappers of header, eoh and body instead copy their
  * arguments into a struct milter_shim_call, queue it, and answer
- * SMFIS_NOREPLY at once: libmilter reads on while JS catches up. A thread of
- * the shim's own (the pump) calls `bell`, a koffi-registered JS function,
- * whenever the queue is not empty; JS then takes calls in batches
- * (milter_shim_take_batch), runs them, and gives each back with
+ * SMFIS_NOREPLY at once: libmilter reads on while JS catches up. They share
+ * the one queue with the calls wrappers wait for (see "Calls to JS"): a
+ * thread of the shim's own (the pump) calls `bell`, a koffi-registered JS
+ * function, whenever the queue is not empty; JS then takes calls in batches
+ * (milter_shim_take_batch), runs them, and gives each queued one back with
  * milter_shim_done_batch, possibly later (an async callback).
  *
  * Order: calls are taken in the order they were queued. Every other wrapper
@@ -678,22 +712,6 @@ enum {
 /** The most macros milter_shim_bind_pipeline() captures: snap_take keeps their values on libmilter's stack. */
 #define SHIM_MAX_MACROS 256
 #define CONN_BUCKETS 1024
-
-/**
- * A queued call. JS sees its address and the fields up to len, as
- * milter_shim_take_batch() writes them out.
- */
-struct milter_shim_call {
-	void *ctx;		/* the connection's SMFICTX */
-	int callback;		/* CB_header, CB_eoh, CB_body, CB_abort or CB_close (struct smfiDesc order) */
-	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
-	unsigned char *bytes;	/* body: a copy of the chunk; NULL otherwise */
-	size_t len;		/* body: its length; 0 otherwise */
-	struct milter_shim_call *next;
-	struct conn *conn;
-	struct snap *snap;	/* the macros captured for it (shared), NULL if none */
-	size_t size;		/* what the call counts against its connection's bound */
-};
 
 /*
  * Macros captured for pipelined calls: smfi_getsymval() cannot be called
@@ -818,6 +836,7 @@ static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, cons
 		return NULL;
 	call->ctx = ctx;
 	call->callback = cb;
+	call->token = 0;
 	call->a = copies.a;
 	call->b = copies.b;
 	call->bytes = copies.bytes;
@@ -1120,15 +1139,22 @@ MILTER_SHIM_EXPORT int milter_shim_pipeline(void *ctx, unsigned mask)
 }
 
 /** How many uint64_t milter_shim_take_batch() writes per call. */
-#define SHIM_CALL_WORDS 7
+#define SHIM_CALL_WORDS 12
+
+_Static_assert(SHIM_CALL_WORDS == 4 + SHIM_MAX_ARGS, "a call's words: address, ctx, callback, token, arguments");
 
 /**
  * Takes up to `max` queued calls at once, oldest first, under one lock:
- * writes SHIM_CALL_WORDS (7) words per call into `out`: the call's address
- * (for milter_shim_done_batch and milter_shim_symval), then its ctx,
- * callback, a, b, bytes and len fields. Returns how many calls it took.
- * The JS thread runs each, then gives it back with milter_shim_done_batch();
- * its fields, and the memory they point to, stay valid until then.
+ * writes SHIM_CALL_WORDS (12) words per call into `out`: the call's address
+ * (for milter_shim_done_batch and milter_shim_symval), its ctx, callback and
+ * token, then SHIM_MAX_ARGS (8) argument words. A call with a token is one
+ * a wrapper waits for: its words are the callback's arguments after ctx in
+ * libmilter's order (pointers and integers widened to 64 bits; for
+ * SHIM_FAILED_WRITE, the OP_* of the write), valid until JS answers it
+ * with milter_shim_reply(). A call without (token 0) is a queued one: its
+ * words are a, b, bytes and len, and JS gives it back with
+ * milter_shim_done_batch() once run; its fields, and the memory they point
+ * to, stay valid until then. Returns how many calls it took.
  */
 MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 {
@@ -1143,10 +1169,18 @@ MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 		w[0] = (uint64_t)(uintptr_t)call;
 		w[1] = (uint64_t)(uintptr_t)call->ctx;
 		w[2] = (uint64_t)call->callback;
-		w[3] = (uint64_t)(uintptr_t)call->a;
-		w[4] = (uint64_t)(uintptr_t)call->b;
-		w[5] = (uint64_t)(uintptr_t)call->bytes;
-		w[6] = (uint64_t)call->len;
+		w[3] = (uint64_t)call->token;
+		if (call->token != 0) {
+			memcpy(w + 4, call->args, sizeof call->args);
+			struct slot *slot = (struct slot *)((char *)call - offsetof(struct slot, call));
+			slot->state = SLOT_CALLING;
+		} else {
+			w[4] = (uint64_t)(uintptr_t)call->a;
+			w[5] = (uint64_t)(uintptr_t)call->b;
+			w[6] = (uint64_t)(uintptr_t)call->bytes;
+			w[7] = (uint64_t)call->len;
+			w[8] = w[9] = w[10] = w[11] = 0;
+		}
 		n++;
 	}
 	if (ready_head == NULL)
@@ -1178,8 +1212,8 @@ static struct snap *call_end(struct milter_shim_call *call, struct conn **gone)
 }
 
 /**
- * Ends `n` calls that milter_shim_take_batch() gave, each once, when their
- * callbacks are through: `calls` holds their addresses. Frees them and lets
+ * Ends `n` queued calls (token 0) that milter_shim_take_batch() gave, each
+ * once, when their callbacks are through: `calls` holds their addresses. Frees them and lets
  * their connections' waiting wrappers (a full queue, or the next stage that
  * replies) go on.
  */
@@ -1222,11 +1256,13 @@ MILTER_SHIM_EXPORT const char *milter_shim_symval(const struct milter_shim_call 
  * ever had queued or running; 2, how many times a wrapper waited for its
  * connection's queue to have room; 3, how many connections have pipelining
  * state now; 4, how many times the bell was rung; 5, how many calls were
- * queued in all. -1 for any other `which`.
+ * queued in all; 6, how many calls a wrapper waited for, in all. -1 for any
+ * other `which`.
  */
 MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
 {
-	const int64_t *stats[] = {&stat_bytes, &stat_peak, &stat_waits, &stat_conns, &stat_rings, &stat_queued};
+	const int64_t *stats[] = {&stat_bytes,	&stat_peak,   &stat_waits,  &stat_conns,
+				  &stat_rings,	&stat_queued, &stat_relayed};
 	if (which < 0 || which >= (int)(sizeof stats / sizeof stats[0]))
 		return -1;
 	pthread_mutex_lock(&pool_lock);
@@ -1236,12 +1272,45 @@ MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
 }
 
 /*
- * The JS handlers. Written once, by milter_shim_wrap(), before it hands out
- * any wrapper; a thread that calls a wrapper got its address after that
- * (through smfi_register, then the threads smfi_main starts), so reading
- * them without the lock is safe.
+ * Queues a call a wrapper will wait for, of callback cb (a CB_*, or
+ * SHIM_FAILED_WRITE) for the connection at ctx with the `n` argument words
+ * `args`, in a slot of its own (SLOT_QUEUED, with a new generation), and
+ * has the bell rung; the caller waits with slot_finish() or slot_wait().
+ * NULL when no slot can be had, or when no call may go to JS: the shim is
+ * closed, or the bell is not bound.
  */
-static void *js_handlers[SHIM_CALLBACKS];
+static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n)
+{
+	pthread_mutex_lock(&pool_lock);
+	struct slot *slot = NULL;
+	if (closed == SHIM_OPEN && __atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
+		slot = slot_alloc_locked();
+	if (slot == NULL) {
+		pthread_mutex_unlock(&pool_lock);
+		return NULL;
+	}
+	slot->generation = slot->generation < SHIM_MAX_GENERATION ? slot->generation + 1 : 1;
+	slot->state = SLOT_QUEUED;
+	slot->ctx = ctx;
+	struct milter_shim_call *call = &slot->call;
+	call->ctx = ctx;
+	call->callback = cb;
+	call->token = slot_token(slot);
+	for (int i = 0; i < SHIM_MAX_ARGS; i++)
+		call->args[i] = i < n ? args[i] : 0;
+	call->next = NULL;
+	stat_relayed++;
+	int was_empty = ready_head == NULL;
+	if (ready_tail != NULL)
+		ready_tail->next = call;
+	else
+		ready_head = call;
+	ready_tail = call;
+	pthread_mutex_unlock(&pool_lock);
+	if (was_empty)
+		pthread_cond_signal(&pump_wake);
+	return slot;
+}
 
 /*
  * The answer of a wrapper that cannot call JS: no slot could be had, or the
@@ -1316,75 +1385,74 @@ static int close_admitted(void *ctx)
 	return -1;
 }
 
+/* A pointer argument as a call word; an integer one. */
+#define P(x) ((uint64_t)(uintptr_t)(x))
+#define N(x) ((uint64_t)(x))
+/* The words of a parenthesized list, for an initializer. */
+#define SHIM_WORDS(...) __VA_ARGS__
+
 /*
- * SHIM_WRAPPER(name, itself, queued, args, parameters...) defines
+ * SHIM_WRAPPER(name, itself, queued, words, parameters...) defines
  * wrap_<name>, with libmilter's prototype for xxfi_<name>. `itself` is what
  * the shim answers without JS (-1: nothing, go on); then, unless the call is
- * pipelined (`queued`: pipeline_gate's arguments), the wrapper calls the JS
- * handler with the same arguments and the token.
+ * pipelined (`queued`: pipeline_gate's arguments), the wrapper queues the
+ * call for JS with the argument `words` (a parenthesized list, (0) for
+ * none) and waits for its answer.
  */
-#define SHIM_WRAPPER(name, itself, queued, args, ...)                            \
-	typedef int js_##name##_fn(__VA_ARGS__, int64_t token);                   \
-	static int wrap_##name(__VA_ARGS__)                                       \
-	{                                                                         \
-		int own = itself;                                                 \
-		if (own >= 0)                                                     \
-			return own;                                               \
-		if (pipeline_gate queued)                                         \
-			return SHIM_SMFIS_NOREPLY;                                \
-		js_##name##_fn *js = (js_##name##_fn *)js_handlers[CB_##name];   \
-		struct slot *slot = slot_take();                                  \
-		int rc;                                                           \
-		if (slot != NULL) {                                               \
-			int64_t token = slot_token(slot);                         \
-			slot->ctx = ctx;                                          \
-			rc = slot_finish(slot, CB_##name, js args);               \
-		} else {                                                          \
-			rc = answer_without_js(ctx, CB_##name);                   \
-		}                                                                 \
-		if (CB_##name == CB_close)                                        \
-			pipeline_forget(ctx);                                     \
-		return rc;                                                        \
+#define SHIM_WRAPPER(name, itself, queued, words, ...)                            \
+	static int wrap_##name(__VA_ARGS__)                                        \
+	{                                                                          \
+		int own = itself;                                                  \
+		if (own >= 0)                                                      \
+			return own;                                                \
+		if (pipeline_gate queued)                                          \
+			return SHIM_SMFIS_NOREPLY;                                 \
+		const uint64_t args[] = {SHIM_WORDS words};                        \
+		struct slot *slot = slot_enqueue(ctx, CB_##name, args, (int)(sizeof args / sizeof *args)); \
+		int rc = slot != NULL ? slot_finish(slot, CB_##name) : answer_without_js(ctx, CB_##name); \
+		if (CB_##name == CB_close)                                         \
+			pipeline_forget(ctx);                                      \
+		return rc;                                                         \
 	}
 
 /* The pipeline_gate arguments of a callback that has no arguments to copy. */
 #define NOTHING(cb) (ctx, cb, NULL, NULL, NULL, 0)
 
-SHIM_WRAPPER(connect, -1, NOTHING(CB_connect), (ctx, hostname, hostaddr, token), void *ctx, char *hostname,
+SHIM_WRAPPER(connect, -1, NOTHING(CB_connect), (P(hostname), P(hostaddr)), void *ctx, char *hostname,
 	     void *hostaddr)
-SHIM_WRAPPER(helo, -1, NOTHING(CB_helo), (ctx, helohost, token), void *ctx, char *helohost)
-SHIM_WRAPPER(envfrom, -1, NOTHING(CB_envfrom), (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(envrcpt, -1, NOTHING(CB_envrcpt), (ctx, argv, token), void *ctx, char **argv)
-SHIM_WRAPPER(header, -1, (ctx, CB_header, headerf, headerv, NULL, 0), (ctx, headerf, headerv, token), void *ctx,
+SHIM_WRAPPER(helo, -1, NOTHING(CB_helo), (P(helohost)), void *ctx, char *helohost)
+SHIM_WRAPPER(envfrom, -1, NOTHING(CB_envfrom), (P(argv)), void *ctx, char **argv)
+SHIM_WRAPPER(envrcpt, -1, NOTHING(CB_envrcpt), (P(argv)), void *ctx, char **argv)
+SHIM_WRAPPER(header, -1, (ctx, CB_header, headerf, headerv, NULL, 0), (P(headerf), P(headerv)), void *ctx,
 	     char *headerf, char *headerv)
-SHIM_WRAPPER(eoh, -1, NOTHING(CB_eoh), (ctx, token), void *ctx)
-SHIM_WRAPPER(body, -1, (ctx, CB_body, NULL, NULL, bodyp, len), (ctx, bodyp, len, token), void *ctx,
+SHIM_WRAPPER(eoh, -1, NOTHING(CB_eoh), (0), void *ctx)
+SHIM_WRAPPER(body, -1, (ctx, CB_body, NULL, NULL, bodyp, len), (P(bodyp), N(len)), void *ctx,
 	     unsigned char *bodyp, size_t len)
-SHIM_WRAPPER(eom, -1, NOTHING(CB_eom), (ctx, token), void *ctx)
-SHIM_WRAPPER(abort, -1, NOTHING(CB_abort), (ctx, token), void *ctx)
-SHIM_WRAPPER(close, close_admitted(ctx), NOTHING(CB_close), (ctx, token), void *ctx)
-SHIM_WRAPPER(unknown, -1, NOTHING(CB_unknown), (ctx, arg, token), void *ctx, const char *arg)
-SHIM_WRAPPER(data, -1, NOTHING(CB_data), (ctx, token), void *ctx)
-SHIM_WRAPPER(negotiate, negotiate_itself(ctx, pf0, pf1), NOTHING(CB_negotiate), (ctx, f0, f1, f2, f3, pf0, pf1, pf2, pf3, token), void *ctx,
-	     unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0,
-	     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
+SHIM_WRAPPER(eom, -1, NOTHING(CB_eom), (0), void *ctx)
+SHIM_WRAPPER(abort, -1, NOTHING(CB_abort), (0), void *ctx)
+SHIM_WRAPPER(close, close_admitted(ctx), NOTHING(CB_close), (0), void *ctx)
+SHIM_WRAPPER(unknown, -1, NOTHING(CB_unknown), (P(arg)), void *ctx, const char *arg)
+SHIM_WRAPPER(data, -1, NOTHING(CB_data), (0), void *ctx)
+SHIM_WRAPPER(negotiate, negotiate_itself(ctx, pf0, pf1), NOTHING(CB_negotiate),
+	     (N(f0), N(f1), N(f2), N(f3), P(pf0), P(pf1), P(pf2), P(pf3)), void *ctx, unsigned long f0,
+	     unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0, unsigned long *pf1,
+	     unsigned long *pf2, unsigned long *pf3)
 
 /**
- * Wraps the JS handlers: js[i] is the handler for callback i (in struct
- * smfiDesc order: connect, helo, envfrom, envrcpt, header, eoh, body, eom,
- * abort, close, unknown, data, negotiate), or NULL. Sets out[i] to the
- * shim's wrapper for that callback when js[i] is set, else to NULL: out is
- * what goes into struct smfiDesc.
+ * The shim's wrappers for the callbacks JS handles: bit i of `mask` set for
+ * callback i (in struct smfiDesc order: connect, helo, envfrom, envrcpt,
+ * header, eoh, body, eom, abort, close, unknown, data, negotiate). Sets
+ * out[i] to the wrapper for callback i where its bit is set, else to NULL:
+ * out is what goes into struct smfiDesc.
  *
- * A handler has libmilter's xxfi_* prototype plus a trailing int64_t token
- * and returns either a status, which its wrapper returns to libmilter at
- * once, or MILTER_SHIM_PENDING, after which the wrapper waits for
- * milter_shim_reply(token, status) and returns that status.
+ * A wrapper queues its call for JS (see milter_shim_take_batch, after
+ * milter_shim_bind_pipeline started the bell; before that, or once the shim
+ * is closed, it answers as answer_without_js does) and returns the status
+ * JS gives with milter_shim_reply().
  *
- * Returns 0; -1, changing nothing, on a second call (the wrappers call one
- * set of handlers per process) or when js or out is NULL.
+ * Returns 0; -1, changing nothing, on a second call or when out is NULL.
  */
-MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *out[SHIM_CALLBACKS])
+MILTER_SHIM_EXPORT int milter_shim_wrap(unsigned mask, void *out[SHIM_CALLBACKS])
 {
 	static void *const wrappers[SHIM_CALLBACKS] = {
 		[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
@@ -1395,7 +1463,7 @@ MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *ou
 		[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
 		[CB_negotiate] = (void *)wrap_negotiate,
 	};
-	if (js == NULL || out == NULL)
+	if (out == NULL)
 		return -1;
 	pthread_mutex_lock(&pool_lock);
 	int first = !wrapped;
@@ -1403,10 +1471,8 @@ MILTER_SHIM_EXPORT int milter_shim_wrap(void *const js[SHIM_CALLBACKS], void *ou
 	pthread_mutex_unlock(&pool_lock);
 	if (!first)
 		return -1;
-	for (int i = 0; i < SHIM_CALLBACKS; i++) {
-		js_handlers[i] = js[i];
-		out[i] = js[i] != NULL ? wrappers[i] : NULL;
-	}
+	for (int i = 0; i < SHIM_CALLBACKS; i++)
+		out[i] = mask & 1u << i ? wrappers[i] : NULL;
 	return 0;
 }
 
@@ -1429,15 +1495,17 @@ static struct slot *slot_of_token(int64_t token)
 }
 
 /**
- * Answers the wrapper call that `token` names with `code` (what libmilter
- * gets from the callback). Called on the JS thread, at any time after the
- * handler received the token, even before the handler has returned
- * MILTER_SHIM_PENDING (the reply is then kept until the wrapper looks).
+ * Answers the wrapper call that `token` names (a call milter_shim_take_batch
+ * gave with that token) with `code`, what libmilter gets from the callback.
+ * Called on the JS thread. `code` MILTER_SHIM_PENDING instead marks the
+ * call answered later (a Promise): from then on each write posted for it is
+ * done at once, while the call waits (milter_shim_progress must reach the
+ * MTA before the answer does), and milter_shim_pending() counts it; once the
+ * shim is closed, such a call is answered as answer_without_js answers.
  *
- * Returns 0 when the code was delivered, -1 (changing nothing) when the
- * token names no call that is still waiting for it: already answered, over,
- * or never issued. Should the handler, having replied, return a status
- * rather than MILTER_SHIM_PENDING, that status is what libmilter gets.
+ * Returns 0 when the code was delivered (or the mark set), -1 (changing
+ * nothing) when the token names no call that is still waiting for it:
+ * already answered, over, not taken yet, or never issued.
  */
 MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
 {
@@ -1445,13 +1513,24 @@ MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
 	struct slot *wake = NULL;
 	pthread_mutex_lock(&pool_lock);
 	struct slot *slot = slot_of_token(token);
-	if (slot != NULL) {
-		if (slot->state == SLOT_WAITING) {
-			pool_waiting--;
+	if (slot != NULL && code == MILTER_SHIM_PENDING) {
+		if (slot->state == SLOT_CALLING && closed == SHIM_OPEN) {
+			slot->state = SLOT_WAITING;
+			pool_waiting++;
+			if (slot->head != NULL)
+				wake = slot; /* writes posted while JS ran it */
+		} else if (slot->state == SLOT_CALLING) {
+			slot->state = SLOT_ANSWERED; /* closed meanwhile: nothing will answer it */
+			slot->refused = 1;
 			wake = slot;
 		}
+		rc = 0;
+	} else if (slot != NULL) {
+		if (slot->state == SLOT_WAITING)
+			pool_waiting--;
 		slot->state = SLOT_ANSWERED;
 		slot->code = code;
+		wake = slot;
 		rc = 0;
 	}
 	pthread_mutex_unlock(&pool_lock);
@@ -1467,8 +1546,8 @@ MILTER_SHIM_EXPORT int milter_shim_reply(int64_t token, int code)
 }
 
 /**
- * How many wrapper calls wait for a reply right now: their handler returned
- * MILTER_SHIM_PENDING and milter_shim_reply() has not answered them yet.
+ * How many wrapper calls wait for a reply right now that JS marked answered
+ * later (milter_shim_reply with MILTER_SHIM_PENDING) and has not answered yet.
  */
 MILTER_SHIM_EXPORT int milter_shim_pending(void)
 {
@@ -1526,14 +1605,13 @@ MILTER_SHIM_EXPORT int milter_shim_admitted(void)
  * smfi_chgheader, smfi_insheader, smfi_chgfrom, smfi_addrcpt,
  * smfi_addrcpt_par, smfi_delrcpt, smfi_replacebody, smfi_quarantine,
  * smfi_progress, smfi_setreply (NULL for one the library lacks: a write of
- * that kind then fails); the text of the 451 4.3.0 reply set when a write
- * fails (copied); and on_failure(ctx, kind), called on libmilter's thread
- * after a write failed, before the wrapper answers SMFIS_TEMPFAIL (may be
- * NULL). Call once, before any write is posted. Returns 0, -1 when fns is
- * NULL or the text cannot be copied.
+ * that kind then fails), and the text of the 451 4.3.0 reply set when a
+ * write fails (copied). After a write failed, JS gets a call
+ * SHIM_FAILED_WRITE (see slot_finish) before the wrapper answers
+ * SMFIS_TEMPFAIL. Call once, before any write is posted. Returns 0, -1 when
+ * fns is NULL or the text cannot be copied.
  */
-MILTER_SHIM_EXPORT int milter_shim_bind_writes(void *const fns[SHIM_OPS], const char *text,
-					       void (*failed)(void *ctx, int kind))
+MILTER_SHIM_EXPORT int milter_shim_bind_writes(void *const fns[SHIM_OPS], const char *text)
 {
 	if (fns == NULL)
 		return -1;
@@ -1548,7 +1626,6 @@ MILTER_SHIM_EXPORT int milter_shim_bind_writes(void *const fns[SHIM_OPS], const 
 	for (int i = 0; i < SHIM_OPS; i++)
 		write_fns[i] = fns[i];
 	failure_text = copy;
-	on_failure = failed;
 	return 0;
 }
 
@@ -1608,8 +1685,10 @@ MILTER_SHIM_EXPORT int milter_shim_post(int64_t token, int kind, int index, cons
 /*
  * Closes the shim to `level`: no thread enters JS any more (but for
  * run_milter's done while only SHIM_CLOSED). Every wrapper waiting for a
- * reply is answered (as answer_without_js() answers, by slot_finish), queued
- * calls not taken are dropped (their connections' wrappers go on), every
+ * call JS has not taken, or marked answered later, is answered (as
+ * answer_without_js() answers, by slot_finish; a call JS is running is
+ * answered by JS, or when marked), other queued calls not taken are dropped
+ * (their connections' wrappers go on), every
  * wrapper waiting on its connection's queue and the pump are woken. With
  * SHIM_CLOSED, also waits until no thread is inside JS: the JS thread is
  * free meanwhile, and answers those calls. Returns how many threads are
@@ -1622,20 +1701,27 @@ static int shim_close(int level)
 		closed = level;
 	for (uint32_t i = 0; i < pool_size; i++) {
 		struct slot *slot = &pool_blocks[i / SHIM_BLOCK_SLOTS][i % SHIM_BLOCK_SLOTS];
-		if (slot->state != SLOT_WAITING)
+		if (slot->state != SLOT_WAITING && slot->state != SLOT_QUEUED)
 			continue;
+		if (slot->state == SLOT_WAITING)
+			pool_waiting--;
 		slot->state = SLOT_ANSWERED;
 		slot->refused = 1;
-		pool_waiting--;
 		pthread_cond_signal(&slot->answered);
 	}
-	struct milter_shim_call *dropped = ready_head;
-	ready_head = ready_tail = NULL;
-	for (struct milter_shim_call *call = dropped; call != NULL; call = call->next) {
+	/* The queued calls not taken: those of slots were answered above; the others are freed below. */
+	struct milter_shim_call *dropped = NULL;
+	for (struct milter_shim_call *call = ready_head, *next; call != NULL; call = next) {
+		next = call->next;
+		if (call->token != 0)
+			continue;
 		struct conn *gone = NULL;
 		call->snap = call_end(call, &gone); /* kept to free below, unlocked */
 		call->conn = gone;
+		call->next = dropped;
+		dropped = call;
 	}
+	ready_head = ready_tail = NULL;
 	for (int b = 0; b < CONN_BUCKETS; b++)
 		for (struct conn *conn = conns[b]; conn != NULL; conn = conn->next)
 			pthread_cond_broadcast(&conn->changed);
