@@ -317,8 +317,8 @@ MILTER_SHIM_EXPORT int milter_shim_run_milter(int (*main_fn)(void), void (*done)
  * process dies), and no way to answer later (a DNS lookup, a scanner's
  * verdict). So libmilter is given the wrappers below instead. Each queues
  * its call (the callback, its arguments as words, a token) on the one queue
- * of calls for JS, which the pipeline's pump rings the one bell for (see
- * "Pipelined no-reply stages"), and waits. JS takes the queued calls in
+ * of calls for JS and waits; the one bell (see "Pipelined no-reply stages")
+ * is rung by that thread itself when nobody rings it, or by the pump. JS takes the queued calls in
  * batches (milter_shim_take_batch) and answers each with
  * milter_shim_reply(token, code): at once, or later (a Promise), after
  * marking it with milter_shim_reply(token, MILTER_SHIM_PENDING). Only the
@@ -676,9 +676,10 @@ _Static_assert(SHIM_FAILED_WRITE == SHIM_CALLBACKS, "the failed-write call follo
  * negotiate handler), the wrappers of header, eoh and body instead copy their
  * arguments into a struct milter_shim_call, queue it, and answer
  * SMFIS_NOREPLY at once: libmilter reads on while JS catches up. They share
- * the one queue with the calls wrappers wait for (see "Calls to JS"): a
- * thread of the shim's own (the pump) calls `bell`, a koffi-registered JS
- * function, whenever the queue is not empty; JS then takes calls in batches
+ * the one queue with the calls wrappers wait for (see "Calls to JS"):
+ * `bell`, a koffi-registered JS function, is called whenever the queue is
+ * not empty, by one thread at a time (see bell_owner): a wrapper that waits
+ * anyway, or a thread of the shim's own (the pump); JS then takes calls in batches
  * (milter_shim_take_batch), runs them, and gives each queued one back with
  * milter_shim_done_batch, possibly later (an async callback).
  *
@@ -753,6 +754,17 @@ static int pipe_on;	 /* bell and bound set, pump started: read with __atomic_loa
 static int pipe_binding; /* milter_shim_bind_pipeline() has begun */
 static unsigned pipe_always; /* 1 << CB_* of the callbacks queued for every connection, within QUEUED_ALWAYS */
 static pthread_cond_t pump_wake = PTHREAD_COND_INITIALIZER;
+/*
+ * Who rings the bell, under pool_lock: one thread at a time, so that koffi's
+ * relay is entered by one thread at most. BELL_NONE: nobody, and the next
+ * call queued decides: a wrapper that will wait for its answer rings itself
+ * (bell_ring_as_caller: no hand-off to the pump and back), a queued call
+ * that does not wait hands the bell to the pump. BELL_CALLER: a wrapper
+ * rings; should calls be left once JS returns, it hands the bell to the
+ * pump. BELL_PUMP: the pump rings until the queue is empty.
+ */
+enum { BELL_NONE, BELL_CALLER, BELL_PUMP };
+static int bell_owner;
 static int64_t stat_bytes, stat_peak, stat_waits, stat_conns, stat_rings, stat_queued;
 
 static struct conn **conn_slot(const void *ctx)
@@ -979,15 +991,17 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	stat_bytes += (int64_t)call->size;
 	if ((int64_t)conn->bytes > stat_peak)
 		stat_peak = (int64_t)conn->bytes;
-	int was_empty = ready_head == NULL;
 	if (ready_tail != NULL)
 		ready_tail->next = call;
 	else
 		ready_head = call;
 	ready_tail = call;
+	int wake = bell_owner == BELL_NONE;
+	if (wake)
+		bell_owner = BELL_PUMP;
 	pthread_mutex_unlock(&pool_lock);
 	free(stale);
-	if (was_empty)
+	if (wake)
 		pthread_cond_signal(&pump_wake);
 	return 1;
 }
@@ -1007,31 +1021,52 @@ static void pipeline_forget(void *ctx)
 	conn_free(conn);
 }
 
-/* The pump: rings the bell whenever calls are queued, until the shim closes. */
+/* The pump: rings the bell while it has it (bell_owner) and calls are queued, until the shim closes. */
 static void *pump_thread(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&pool_lock);
 	for (;;) {
-		while (ready_head == NULL && closed == SHIM_OPEN)
+		while ((ready_head == NULL || bell_owner == BELL_CALLER) && closed == SHIM_OPEN)
 			pthread_cond_wait(&pump_wake, &pool_lock);
 		if (!js_enter_locked(SHIM_CLOSED))
 			break;
+		bell_owner = BELL_PUMP;
 		stat_rings++;
 		pthread_mutex_unlock(&pool_lock);
 		/* Relayed to the JS thread; returns once JS has taken what it will take this time. */
 		pipe_bell();
 		pthread_mutex_lock(&pool_lock);
 		js_leave_locked();
+		if (ready_head == NULL)
+			bell_owner = BELL_NONE;
 	}
 	pthread_mutex_unlock(&pool_lock);
 	return NULL;
 }
 
+/*
+ * A wrapper that took the bell (bell_owner BELL_CALLER, counted into JS)
+ * rings it on its own thread: JS takes the queued calls, its own among
+ * them. Calls left once JS returns go to the pump.
+ */
+static void bell_ring_as_caller(void)
+{
+	pipe_bell();
+	pthread_mutex_lock(&pool_lock);
+	js_leave_locked();
+	int wake = ready_head != NULL;
+	bell_owner = wake ? BELL_PUMP : BELL_NONE;
+	pthread_mutex_unlock(&pool_lock);
+	if (wake)
+		pthread_cond_signal(&pump_wake);
+}
+
 /**
- * Turns pipelining on for the process: `bell` is called (from a detached
- * thread of the shim's, with every signal blocked) whenever queued calls
- * wait to be taken, and again after it returns while any still do; `bound`
+ * Starts the bell and turns pipelining on for the process: `bell` is
+ * called, by one thread at a time (a wrapper's, or a detached thread of the
+ * shim's with every signal blocked), whenever calls wait to be taken, and
+ * again after it returns while any still do; `bound`
  * is the most bytes of calls one connection may have queued or running;
  * `getsymval` is libmilter's smfi_getsymval, with which the `count` macro
  * `names` are captured for each pipelined call (copied; see
@@ -1275,7 +1310,8 @@ MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
  * Queues a call a wrapper will wait for, of callback cb (a CB_*, or
  * SHIM_FAILED_WRITE) for the connection at ctx with the `n` argument words
  * `args`, in a slot of its own (SLOT_QUEUED, with a new generation), and
- * has the bell rung; the caller waits with slot_finish() or slot_wait().
+ * has the bell rung (by this thread, when nobody rings it: see bell_owner);
+ * the caller waits with slot_finish() or slot_wait().
  * NULL when no slot can be had, or when no call may go to JS: the shim is
  * closed, or the bell is not bound.
  */
@@ -1300,15 +1336,20 @@ static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n)
 		call->args[i] = i < n ? args[i] : 0;
 	call->next = NULL;
 	stat_relayed++;
-	int was_empty = ready_head == NULL;
 	if (ready_tail != NULL)
 		ready_tail->next = call;
 	else
 		ready_head = call;
 	ready_tail = call;
+	/* Nobody rings: this thread does, as it would wait for the pump to anyway (closed is SHIM_OPEN: JS may be entered). */
+	int ring = bell_owner == BELL_NONE && js_enter_locked(SHIM_CLOSED);
+	if (ring) {
+		bell_owner = BELL_CALLER;
+		stat_rings++;
+	}
 	pthread_mutex_unlock(&pool_lock);
-	if (was_empty)
-		pthread_cond_signal(&pump_wake);
+	if (ring)
+		bell_ring_as_caller();
 	return slot;
 }
 
