@@ -26,7 +26,11 @@
  * `flock /tmp/bench.lock npx tsx bench/postfix.ts`.
  *
  *   npx tsx bench/postfix.ts [--seconds 8] [--warmup 1] [--sessions 8] [--rounds 1]
- *     [--contenders "no milter,C,node"] [--disk] [--postconf name=value …]
+ *     [--contenders "no milter,C,node"] [--disk] [--readme] [--postconf name=value …]
+ *
+ * `--readme` runs the README's quick-start filter in each contender instead
+ * (`readme`: envrcpt and eom only, adding `X-Stamped: yes, queue id <i>`),
+ * on the same messages.
  *
  * Postfix's queue (and the rest of the run) is under /dev/shm: Postfix then
  * fsyncs nothing, and the CPU rather than the disk sets the pace, so the
@@ -58,8 +62,13 @@ const { values: opts } = parseArgs({
     contenders: { type: "string" },
     postconf: { type: "string", multiple: true, default: [] },
     disk: { type: "boolean", default: false },
+    readme: { type: "boolean", default: false },
   },
 });
+/** The filters' option: the README's quick-start filter (`--readme`), or the header-heavy no-reply one. */
+const FILTER_OPTION = opts.readme ? "readme" : "noreply";
+/** The header each filter adds to every message. */
+const MARK = opts.readme ? /^X-Stamped: yes, queue id \S+\r?$/gm : /^X-Bench: yes\r?$/gm;
 
 type Contender = "no milter" | "C" | "pymilter" | "node" | "node (no pipelining)";
 const ALL: Contender[] = ["no milter", "C", "pymilter", "node", "node (no pipelining)"];
@@ -136,13 +145,13 @@ function compile(): void {
 function filterCommand(who: Exclude<Contender, "no milter">, spec: string): [string, string[], Record<string, string>] {
   switch (who) {
     case "C":
-      return [join(build, "filter-c"), [spec, "noreply"], {}];
+      return [join(build, "filter-c"), [spec, FILTER_OPTION], {}];
     case "pymilter":
-      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, "noreply"], {}];
+      return ["/usr/bin/python3", [join(ROOT, "bench/filters/filter.py"), spec, FILTER_OPTION], {}];
     case "node":
     case "node (no pipelining)": {
       const [cmd, args] = command("node", join(ROOT, "bench/filters/filter.ts"));
-      return [cmd, [...args, spec, "noreply"], who === "node" ? {} : { PIPELINE_BYTES: "0" }];
+      return [cmd, [...args, spec, FILTER_OPTION], who === "node" ? {} : { PIPELINE_BYTES: "0" }];
     }
   }
 }
@@ -271,11 +280,11 @@ async function measure(who: Contender, message: string): Promise<Sample> {
     // stopped), each with the filter's header; no milter trouble logged.
     const text = readFileSync(dump, "latin1");
     const delivered = text.match(/^X-Mail-Args: /gm)?.length ?? 0;
-    const marked = text.match(/^X-Bench: yes\r?$/gm)?.length ?? 0;
+    const marked = text.match(MARK)?.length ?? 0;
     const warnings = postfix.maillog().split("\n").filter((l) => /warning: .*milter/i.test(l));
     if (delivered < accepted || marked !== (who === "no milter" ? 0 : delivered) || warnings.length > 0) {
       throw new Error(
-        `${who}: smtp-sink got ${delivered} messages of ${accepted} accepted, ${marked} with X-Bench` +
+        `${who}: smtp-sink got ${delivered} messages of ${accepted} accepted, ${marked} with the filter's header` +
           (warnings.length ? `; Postfix warned:\n${warnings.slice(0, 5).join("\n")}` : ""),
       );
     }
@@ -311,7 +320,11 @@ const lines: string[] = [
   `${SESSIONS} sessions in parallel, one message per session: 25 headers, 1 KiB body. ${SECONDS} s measured ` +
   `after ${WARMUP} s of warm-up per run, queue ${TMPFS ? "in /dev/shm" : "on disk"}; ${
     ROUNDS > 1 ? `median of ${ROUNDS} interleaved rounds` : "1 round"
-  }. Every filter negotiates NR_HDR and NR_BODY; "node (no pipelining)" runs with PIPELINE_BYTES=0.`,
+  }. ${
+    opts.readme
+      ? "Every filter is the README's quick-start filter (envrcpt and eom only)."
+      : 'Every filter negotiates NR_HDR and NR_BODY; "node (no pipelining)" runs with PIPELINE_BYTES=0.'
+  }`,
   "",
   "| contender | messages/s | filter CPU (cores) | ÷ no milter | ÷ C | ÷ pymilter |",
   "| --------- | ---------: | -----------------: | ----------: | --: | ---------: |",
