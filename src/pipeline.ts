@@ -10,6 +10,7 @@
  * @module
  */
 
+import { SMFIS_TEMPFAIL } from "../ffi/constants.ts";
 import type { Relay } from "../ffi/load.ts";
 import type { Pointer } from "../ffi/memory.ts";
 import {
@@ -18,6 +19,7 @@ import {
   QUEUED_ALWAYS_SYMBOLS,
   type QueuedCall,
   type RelayedCall,
+  type TakenCall,
 } from "../ffi/shim.ts";
 import { silent } from "./answers.ts";
 import { macroKey } from "./convert.ts";
@@ -107,35 +109,56 @@ export function pipelineStages(session: Session, r: Registration): void {
 const backlogs = new Map<Pointer, QueuedCall[]>();
 
 /**
- * The bell the shim rings while calls wait for JS: takes a batch of them and
- * runs them, oldest first. A call libmilter's thread waits for is answered
+ * The bell the shim rings while calls wait for JS: takes the waiting calls
+ * in batches, oldest first, up to {@linkcode RING_BATCHES} batches: calls
+ * queued while JS runs a batch come without a ring of their own (a ring
+ * costs a wake-up of the JS thread and of the thread that rang).
+ */
+function ring(relay: Relay): void {
+  for (let batch = 0; batch < RING_BATCHES; batch++) {
+    const calls = relay.take();
+    if (calls.length === 0) return;
+    runBatch(relay, calls);
+  }
+}
+
+/** The most batches one ring takes. */
+const RING_BATCHES = 4;
+
+/**
+ * Runs one batch of calls. A call libmilter's thread waits for is answered
  * (or marked answered later). A connection whose earlier queued call is
  * still running (its Promise pending) keeps a new queued one in its
  * backlog. The queued calls that are through go back to the shim together,
- * at the end.
+ * at the end of the batch.
  */
-function ring(relay: Relay): void {
+function runBatch(relay: Relay, calls: readonly TakenCall[]): void {
   const finished: QueuedCall[] = [];
-  try {
-    for (const call of relay.take()) {
-      if ("token" in call) {
-        const code = runners.relayed(call);
-        if (code === relay.pendingCode) relay.later(call.token);
-        else relay.reply(call.token, code);
-        continue;
-      }
-      const backlog = backlogs.get(call.ctx);
-      if (backlog !== undefined) backlog.push(call);
+  for (const call of calls) {
+    try {
+      if ("token" in call) answer(relay, call);
       else {
-        backlogs.set(call.ctx, []);
-        runQueue(call.ctx, call, finished);
+        const backlog = backlogs.get(call.ctx);
+        if (backlog !== undefined) backlog.push(call);
+        else {
+          backlogs.set(call.ctx, []);
+          runQueue(call.ctx, call, finished);
+        }
       }
+    } catch (error) {
+      // A bug of the binding's own: reported, and no call of the batch left without its answer.
+      reportInternal("the pipeline's bell", error);
+      if ("token" in call) relay.reply(call.token, SMFIS_TEMPFAIL);
     }
-  } catch (error) {
-    reportInternal("the pipeline's bell", error);
-  } finally {
-    relay.done(finished);
   }
+  relay.done(finished);
+}
+
+/** Runs a call libmilter's thread waits for and answers it, or marks it answered later. */
+function answer(relay: Relay, call: RelayedCall): void {
+  const code = runners.relayed(call);
+  if (code === relay.pendingCode) relay.later(call.token);
+  else relay.reply(call.token, code);
 }
 
 /**
