@@ -4,7 +4,8 @@
  * per message, as a C filter handing its callbacks to one thread would. The
  * shim answers negotiate itself (the filter has no negotiate) and queues
  * close (its answer is ignored, the filter has none); without the shim both
- * come to JS and wait (fixtures/round-trips.ts).
+ * come to JS and wait (fixtures/round-trips.ts). Through the shim, the
+ * shim's own counts agree: every call came through its one queue.
  */
 
 import { afterAll, expect, test } from "vitest";
@@ -36,7 +37,7 @@ test(`the README's filter: ${NO_SHIM ? "four round trips per message without the
   expect(await spam.envrcpt("<spam@example.net>")).toMatchObject({ smtpCode: 550 });
   spam.close();
   await filter.signal("SIGTERM"); // drains: every connection has closed when main returns
-  const { roundTrips, queued, mixed } = await filter.waitFor((e) => e.event === "calls");
+  const { roundTrips, queued, mixed, shim } = await filter.waitFor((e) => e.event === "calls");
   expect(mixed).toBe(0); // no connection saw another's private data
   const messages = MESSAGES + CONCURRENT;
   const connections = messages + 1;
@@ -47,5 +48,9 @@ test(`the README's filter: ${NO_SHIM ? "four round trips per message without the
   } else {
     expect(roundTrips).toBe(callbacks);
     expect(queued).toBe(connections); // close, queued: the binding releases the connection
+    // One relay: every call came to JS through the shim's queue, and the shim counted the same calls.
+    expect(shim).toMatchObject({ relayed: roundTrips, queued });
+    expect(shim.rings).toBeGreaterThan(0);
+    expect(shim.rings).toBeLessThanOrEqual(roundTrips + queued);
   }
 });
