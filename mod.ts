@@ -36,7 +36,7 @@ export { Flag, Stage, Stat, Step } from "./src/variants.ts";
 export type { SockAddr } from "./src/convert.ts";
 export { Ctx } from "./src/ctx.ts";
 export type { CallbackName } from "./src/stages.ts";
-export { type Answer, empty, type Filter, register, version_code } from "./src/filter.ts";
+export { type Answer, empty, type Filter, register, replace, version_code } from "./src/filter.ts";
 export {
   DEFAULT_PIPELINE_MACROS,
   main,

@@ -13,6 +13,7 @@ import { functionAddress, pinLibrary } from "./dl.ts";
 import {
   openShim,
   PENDING,
+  type Generation,
   type PipelinedSymbol,
   type PipelineStats,
   type QueuedCall,
@@ -167,6 +168,19 @@ export interface Relay {
    *   `smfi_setpriv` cannot be reached (JS then answers negotiate).
    */
   negotiateItself(flags: number): boolean;
+  /**
+   * Installs `generation` for the connections that start from now on
+   * (`Shim.generation`), after {@linkcode negotiateItself}.
+   *
+   * @returns `false` without the shim, or where the shim refuses.
+   */
+  publish(generation: Generation): boolean;
+  /** Stamps the connection at `ctx` with the generation `id` (`Shim.stamp`), from its negotiate; nothing without the shim. */
+  stamp(ctx: Pointer, id: number): void;
+  /** Whether the shim still holds the generation `id` (`Shim.live`); `false` without the shim. */
+  live(id: number): boolean;
+  /** How many times libmilter called each callback's wrapper, in `struct smfiDesc` order; `null` without the shim. */
+  wrapperCalls(): number[] | null;
   /** Refuses new connections at negotiate from now on, where {@linkcode negotiateItself} answers it. */
   refuseNew(): void;
   /** Connections admitted at a negotiate JS did not see, not yet closed once: 0 where JS sees every negotiate. */
@@ -359,6 +373,10 @@ function shimRelay(shim: Shim, path: string): Relay {
       shim.negotiateItself(flags, setpriv, getpriv);
       return true;
     },
+    publish: (generation) => shim.generation(generation),
+    stamp: (ctx, id) => void shim.stamp(ctx, id),
+    live: (id) => shim.live(id),
+    wrapperCalls: () => shim.wrapperCalls(),
     refuseNew: () => shim.refuseNew(),
     admitted: () => shim.admitted(),
   };
@@ -384,6 +402,10 @@ function directRelay(reason: string): Relay {
     symval: none,
     pipelineStats: () => null,
     negotiateItself: () => false,
+    publish: () => false,
+    stamp: () => {},
+    live: () => false,
+    wrapperCalls: () => null,
     refuseNew: () => {},
     admitted: () => 0,
   };
@@ -401,7 +423,7 @@ function registerAll(
 ): Record<CallbackSymbol, Pointer | null> {
   const symbols = Object.keys(CALLBACK_PROTOTYPES) as CallbackSymbol[];
   const pointers = shim
-    ? shim.wrap(symbols.filter((symbol) => handlers[symbol] !== undefined))
+    ? shim.wrap(symbols) // every wrapper: each connection's generation says which reach JS
     : symbols.map((symbol) => {
       const handler = handlers[symbol] as CallbackHandler<CallbackSymbol> | undefined;
       if (!handler) return null;

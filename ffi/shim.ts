@@ -37,7 +37,7 @@ import {
 } from "./symbols.ts";
 
 /** The ABI version of the shim this file is written for; see `milter_shim_abi()`. */
-export const SHIM_ABI = 8;
+export const SHIM_ABI = 9;
 
 /** Environment variable naming a shim object to load instead of the prebuilt one. */
 export const SHIM_PATH_ENV = "MILTER_SHIM_PATH";
@@ -187,6 +187,8 @@ export interface Shim {
   done(calls: readonly QueuedCall[]): void;
   /** The pipeline's figures (`milter_shim_pipeline_stat`). */
   pipelineStats(): PipelineStats;
+  /** How many times libmilter called each wrapper, in `struct smfiDesc` order (`milter_shim_pipeline_stat`). */
+  wrapperCalls(): number[];
   /**
    * Makes the negotiate wrapper answer without calling JS
    * (`milter_shim_negotiate_itself`), as libmilter does without a negotiate
@@ -199,6 +201,17 @@ export interface Shim {
    * @throws {Error} when the shim refuses (a second call, a missing function).
    */
   negotiateItself(flags: number, setpriv: bigint, getpriv: bigint): void;
+  /**
+   * Installs a generation for the connections that start from now on
+   * (`milter_shim_generation`); connections already stamped keep theirs.
+   *
+   * @returns `false` when the shim refuses (before {@linkcode negotiateItself}, or out of memory).
+   */
+  generation(generation: Generation): boolean;
+  /** Stamps the connection at `ctx` with the live generation `id` (`milter_shim_stamp`), while JS runs its negotiate. */
+  stamp(ctx: bigint, id: number): boolean;
+  /** Whether the generation `id` is current or still held by a connection (`milter_shim_live`). */
+  live(id: number): boolean;
   /** From now on the negotiate wrapper of {@linkcode negotiateItself} refuses new connections (`milter_shim_refuse_new`). */
   refuseNew(): void;
   /**
@@ -206,6 +219,26 @@ export interface Shim {
    * their first close (`milter_shim_admitted`): some JS may not have seen yet.
    */
   admitted(): number;
+}
+
+/**
+ * A filter as the shim's wrappers see it (`struct generation`): the
+ * connections that start while it is current are stamped with it and keep
+ * it until they close; every call of theirs carries its `id`.
+ */
+export interface Generation {
+  /** JS's number for it, > 0. */
+  readonly id: number;
+  /** Whether the shim answers negotiate for it (no negotiate callback of the filter's own). */
+  readonly itself: boolean;
+  /** The action flags negotiate answers. */
+  readonly flags: number;
+  /** The NO* steps of the callbacks it lacks, asked where the MTA offers them. */
+  readonly absent: number;
+  /** The callbacks JS sees; the wrappers answer the others Continue, as libmilter answers a NULL one. */
+  readonly relay: readonly CallbackSymbol[];
+  /** Those among abort and close queued without waiting. */
+  readonly queued: readonly QueuedSymbol[];
 }
 
 /** The callbacks the shim can pipeline. */
@@ -225,6 +258,8 @@ export interface QueuedCall {
   /** The connection's `SMFICTX`. */
   readonly ctx: bigint;
   readonly symbol: QueuedSymbol;
+  /** The id of the connection's {@linkcode Generation}, 0 when it has none. */
+  readonly generation: number;
   /** header: its name and value; `null` otherwise. */
   readonly a: bigint | null;
   readonly b: bigint | null;
@@ -241,6 +276,8 @@ export interface QueuedCall {
 export interface RelayedCall {
   readonly token: number;
   readonly symbol: CallbackSymbol;
+  /** The id of the connection's {@linkcode Generation}, 0 when it has none. */
+  readonly generation: number;
   /** The handler's arguments: the `SMFICTX`, libmilter's arguments (pointers as addresses or `null`), the token. */
   readonly args: readonly unknown[];
 }
@@ -264,6 +301,8 @@ export interface PipelineStats {
   readonly calls: number;
   /** How many calls libmilter's threads waited for, in all (round trips to JS). */
   readonly relayed: number;
+  /** How many connections the shim refused at negotiate (draining, or closed). */
+  readonly refused: number;
 }
 
 /** The most calls one {@linkcode Shim.take} returns. */
@@ -339,6 +378,15 @@ export const SHIM_PROTOTYPES = {
   milter_shim_negotiate_itself: declare<(flags: number, setpriv: bigint, getpriv: bigint) => number>()(
     "int milter_shim_negotiate_itself(unsigned long flags, void *setpriv, void *getpriv)",
   ),
+  milter_shim_generation: declare<
+    (id: number, flags: number, absent: number, relay: number, queued: number, itself: number) => number
+  >()(
+    "int milter_shim_generation(unsigned int id, unsigned long flags, unsigned long absent, unsigned int relay, unsigned int queued, int itself)",
+  ),
+  milter_shim_stamp: declare<(ctx: bigint, id: number) => number>()(
+    "int milter_shim_stamp(void *ctx, unsigned int id)",
+  ),
+  milter_shim_live: declare<(id: number) => number>()("int milter_shim_live(unsigned int id)"),
   milter_shim_refuse_new: declare<() => void>()("void milter_shim_refuse_new(void)"),
   milter_shim_admitted: declare<() => number>()("int milter_shim_admitted(void)"),
 };
@@ -448,6 +496,7 @@ export const PIPELINE_STATS: readonly (keyof PipelineStats)[] = [
   "rings",
   "calls",
   "relayed",
+  "refused",
 ];
 
 /**
@@ -557,7 +606,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
   /** The relayed call at word `w` of `words`, or `null` for a failed write's notice, which it handles. */
   const relayed = (w: number, token: number): RelayedCall | null => {
     const ctx = words[w + 1];
-    const index = Number(words[w + 2]);
+    const index = Number(words[w + 2] & 0xffn);
     if (index === FAILED_WRITE) {
       try {
         onFailure(ctx, Number(words[w + 4]));
@@ -575,7 +624,7 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
       args.push(kinds[i] ? (word === 0n ? null : word) : Number(word));
     }
     args.push(token);
-    return { token, symbol: CALLBACK_SYMBOLS[index], args };
+    return { token, symbol: CALLBACK_SYMBOLS[index], generation: Number(words[w + 2] >> 8n), args };
   };
   return {
     path,
@@ -647,7 +696,8 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         calls.push({
           address: words[w],
           ctx: words[w + 1],
-          symbol: QUEUED_SYMBOL[Number(words[w + 2])],
+          symbol: QUEUED_SYMBOL[Number(words[w + 2] & 0xffn)],
+          generation: Number(words[w + 2] >> 8n),
           a: words[w + 4] || null,
           b: words[w + 5] || null,
           bytes: words[w + 6] || null,
@@ -676,11 +726,21 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
         PIPELINE_STATS.map((name, which) => [name, Number(fn.milter_shim_pipeline_stat(which))]),
       ) as unknown as PipelineStats;
     },
+    wrapperCalls(): number[] {
+      return CALLBACK_SYMBOLS.map((_, i) => Number(fn.milter_shim_pipeline_stat(PIPELINE_STATS.length + i)));
+    },
     negotiateItself(flags: number, setpriv: bigint, getpriv: bigint): void {
       if (fn.milter_shim_negotiate_itself(flags, setpriv, getpriv) !== 0) {
         throw new Error("milter_shim_negotiate_itself refused (called twice, or a function is missing)");
       }
     },
+    generation(g: Generation): boolean {
+      const relay = g.relay.reduce((bits, symbol) => bits | 1 << CALLBACK_SYMBOLS.indexOf(symbol), 0);
+      const queued = g.queued.reduce((bits, symbol) => bits | 1 << QUEUED_INDEX[symbol], 0);
+      return fn.milter_shim_generation(g.id, g.flags, g.absent, relay >>> 0, queued, g.itself ? 1 : 0) === 0;
+    },
+    stamp: (ctx, id) => fn.milter_shim_stamp(ctx, id) === 0,
+    live: (id) => fn.milter_shim_live(id) !== 0,
     refuseNew: () => fn.milter_shim_refuse_new(),
     admitted: () => fn.milter_shim_admitted(),
     startMain(mainFn: bigint, done: (rc: number) => void): void {

@@ -11,13 +11,13 @@ import { SMFIS_TEMPFAIL } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
 import { BadReturn, CallbackTimeout, type Deferred } from "./answers.ts";
-import { enter, type Invocation, isOpen, leave, release, runInvocation, type Session } from "./ctx.ts";
+import { enter, type Invocation, leave, release, runInvocation, type Session, sessionAt } from "./ctx.ts";
 import { failure, owed } from "./failure.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import { keepNegotiated, refuseUnnegotiated, resumeNegotiated } from "./negotiation.ts";
+import { keepNegotiated, refuseUnnegotiated, resumeNegotiated, startingFilter } from "./negotiation.ts";
 import { queueDone } from "./pipeline.ts";
-import { registered, type Registration } from "./registration.ts";
+import type { Registration } from "./registration.ts";
 import type { CallbackName } from "./stages.ts";
 
 /** Calls into JS so far: those libmilter's thread waited for (round trips), and those queued. */
@@ -30,6 +30,19 @@ const calls = { roundTrips: 0, queued: 0 };
  */
 export function callsIntoJs(): { readonly roundTrips: number; readonly queued: number } {
   return { ...calls };
+}
+
+/** The generation the shim gave the call being dispatched (its connection's filter), 0 when none. */
+let arriving = 0;
+
+/** Runs `run` (a trampoline) for a call the shim gave with its connection's `generation`. */
+export function arrivingWith<T>(generation: number, run: () => T): T {
+  arriving = generation;
+  try {
+    return run();
+  } finally {
+    arriving = 0;
+  }
 }
 
 /**
@@ -46,12 +59,15 @@ export function dispatch(
   body: (session: Session, r: Registration) => number | Deferred,
   queued: QueuedCall | null = null,
 ): number {
-  const r = registered();
   if (queued === null) calls.roundTrips++;
   else calls.queued++;
-  const opening = !isOpen(ptr);
-  const invocation = enter(ptr, callback, r.flags, token, queued);
+  const open = sessionAt(ptr);
+  const opening = open === undefined;
+  const r = open?.filter ?? startingFilter(ptr, callback, arriving);
+  const invocation = enter(ptr, callback, r, token, queued);
   const { session } = invocation;
+  // A connection JS negotiates gets its filter's generation from JS: the shim's wrappers then follow it.
+  if (opening && callback === "negotiate") native("negotiate").relay.stamp(ptr, r.id);
   const resumed = !opening || resumeNegotiated(session, callback, r);
   let answer: number;
   try {
@@ -78,7 +94,7 @@ export function dispatch(
 function end(session: Session, callback: CallbackName): void {
   leave(session);
   if (callback !== "close") return;
-  keepNegotiated(session, registered());
+  keepNegotiated(session);
   release(session);
 }
 

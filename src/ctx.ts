@@ -23,6 +23,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
+import type { Registration } from "./registration.ts";
 import { describe, fail, milterError } from "./error.ts";
 import { report } from "./report.ts";
 import type { CallbackName } from "./stages.ts";
@@ -88,6 +89,8 @@ export type OwedScope = "connection" | "message";
 export class Session {
   readonly ptr: Pointer;
   readonly ctx: Ctx;
+  /** The filter the connection started with (register's, or one installed by `replace` since): it keeps it to the end. */
+  readonly filter: Registration;
   /** The private data of `setpriv`, `null` when none. */
   priv: unknown = null;
   #invocation: Invocation | null = null;
@@ -97,10 +100,11 @@ export class Session {
   #owed: OwedScope | null = null;
 
   /** @internal Opened by {@linkcode enter}. */
-  constructor(ptr: Pointer, actions: number) {
+  constructor(ptr: Pointer, filter: Registration) {
     this.ptr = ptr;
     this.ctx = new Ctx(TOKEN, nextId++);
-    this.#actions = actions;
+    this.filter = filter;
+    this.#actions = filter.flags;
   }
 
   /** The call of a callback running for this connection now, `null` between callbacks. */
@@ -175,21 +179,21 @@ let sessionsChanged: (() => void) | null = null;
 
 /**
  * Marks `callback` as running for the connection at `ptr`, opening its
- * session on first sight with the registration's `actions`; `token` and
- * `queued` as {@linkcode Invocation} says.
+ * session on first sight on `filter`; `token` and `queued` as
+ * {@linkcode Invocation} says.
  *
  * @returns the call begun.
  */
 export function enter(
   ptr: Pointer,
   callback: CallbackName,
-  actions: number,
+  filter: Registration,
   token = -1,
   queued: QueuedCall | null = null,
 ): Invocation {
   let session = sessions.get(ptr);
   if (!session) {
-    session = new Session(ptr, actions);
+    session = new Session(ptr, filter);
     sessions.set(ptr, session);
     byCtx.set(session.ctx, session);
   }
@@ -238,6 +242,12 @@ export function allSessions(): Iterable<Session> {
 /** Ends every session still open (libmilter frees their contexts when main ends). */
 export function releaseAll(): void {
   for (const session of [...sessions.values()]) release(session);
+}
+
+/** Whether an open session runs on `filter`. */
+export function usesFilter(filter: Registration): boolean {
+  for (const session of sessions.values()) if (session.filter === filter) return true;
+  return false;
 }
 
 /** How many connections have an open session. */

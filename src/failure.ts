@@ -11,7 +11,6 @@ import { failureReply, kindOf, silent } from "./answers.ts";
 import type { Session } from "./ctx.ts";
 import { describe } from "./error.ts";
 import { native } from "./native.ts";
-import { registered } from "./registration.ts";
 import { report } from "./report.ts";
 import { writeStderr } from "./runtime.ts";
 import { type CallbackName, STAGES } from "./stages.ts";
@@ -71,10 +70,9 @@ export function owed(session: Session, callback: CallbackName, filterName: strin
 
 /** What a failed callback answers, reported while its Ctx is still usable. */
 export function failure(session: Session, callback: CallbackName, error: unknown): number {
-  const r = registered();
-  const answer = answerFailure(session, callback, r.name);
+  const answer = answerFailure(session, callback, session.filter.name);
   const kind = kindOf(error);
-  report(error, { callback, ctx: session.ctx, kind });
+  report(error, { callback, ctx: session.ctx, kind, filter: session.filter.name });
   return answer;
 }
 

@@ -10,16 +10,24 @@
 
 import { MI_SUCCESS, SMFI_VERSION } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
+import { type Generation, QUEUED_ALWAYS_SYMBOLS } from "../ffi/shim.ts";
 import type { SmfiDesc } from "../ffi/symbols.ts";
 import { failureReply } from "./answers.ts";
-import { type Ctx, enter, leave, sessionAt } from "./ctx.ts";
+import { type Ctx, enter, leave, sessionAt, usesFilter } from "./ctx.ts";
 import type { SockAddr } from "./convert.ts";
 import { describe, fail, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import { type Callback, isRegistered, registered, type Registration, setRegistered } from "./registration.ts";
+import {
+  type Callback,
+  isRegistered,
+  registered,
+  type Registration,
+  setRegistered,
+  sweep,
+} from "./registration.ts";
 import { report, reportFor } from "./report.ts";
-import { CALLBACK_NAMES, type CallbackName, STAGES } from "./stages.ts";
+import { CALLBACK_NAMES, type CallbackName, STAGES, stageOf } from "./stages.ts";
 import { TRAMPOLINE_HANDLERS } from "./trampolines.ts";
 import { encodeMask, type Flag, FLAG_BITS, isFlag, type Stat, type Step, STEP_BITS } from "./variants.ts";
 
@@ -118,73 +126,95 @@ export const empty: Readonly<Filter> = Object.freeze({
   flags: Object.freeze([]) as unknown as Flag[],
 });
 
-/** `filter[key]`, with a getter's exception turned into a MilterError. */
-function property(filter: object, key: string): unknown {
+/** `filter[key]`, with a getter's exception turned into a MilterError naming `fn`. */
+function property(fn: string, filter: object, key: string): unknown {
   try {
     return (filter as Record<string, unknown>)[key];
   } catch (error) {
-    fail("register", `reading filter.${key} threw: ${describe(error)}`, { cause: error });
+    fail(fn, `reading filter.${key} threw: ${describe(error)}`, { cause: error });
   }
 }
 
-/** Checks the filter and reads what register keeps of it. */
-function readFilter(filter: unknown): Registration {
+/** Checks the filter given to `fn` and reads what is kept of it, as generation `id`. */
+function readFilter(fn: string, filter: unknown, id: number): Registration {
   if (typeof filter !== "object" || filter === null) {
-    fail("register", `expected a filter object, got ${describe(filter)}`);
+    fail(fn, `expected a filter object, got ${describe(filter)}`);
   }
-  const name = property(filter, "name");
-  const version = property(filter, "version");
-  const flags = property(filter, "flags");
-  if (typeof name !== "string") fail("register", `filter.name must be a string, got ${describe(name)}`);
-  if (name.includes("\0")) fail("register", "filter.name contains a NUL byte");
-  if (!Number.isInteger(version)) fail("register", `filter.version must be an integer, got ${describe(version)}`);
+  const name = property(fn, filter, "name");
+  const version = property(fn, filter, "version");
+  const flags = property(fn, filter, "flags");
+  if (typeof name !== "string") fail(fn, `filter.name must be a string, got ${describe(name)}`);
+  if (name.includes("\0")) fail(fn, "filter.name contains a NUL byte");
+  if (!Number.isInteger(version)) fail(fn, `filter.version must be an integer, got ${describe(version)}`);
   if ((version as number) <= 4) {
-    fail(
-      "register",
-      `filter.version ${version} would make libmilter skip negotiate, data and unknown; use version_code`,
-    );
+    fail(fn, `filter.version ${version} would make libmilter skip negotiate, data and unknown; use version_code`);
   }
-  if (!Array.isArray(flags)) fail("register", `filter.flags must be an array of Flag, got ${describe(flags)}`);
+  if (!Array.isArray(flags)) fail(fn, `filter.flags must be an array of Flag, got ${describe(flags)}`);
   for (const flag of flags) {
-    if (!isFlag(flag)) fail("register", `filter.flags contains ${describe(flag)}, not a Flag`);
+    if (!isFlag(flag)) fail(fn, `filter.flags contains ${describe(flag)}, not a Flag`);
   }
   const callbacks: Partial<Record<CallbackName, Callback>> = {};
   for (const key of CALLBACK_NAMES) {
-    const cb = property(filter, key);
+    const cb = property(fn, filter, key);
     if (typeof cb === "function") callbacks[key] = cb as Callback;
     else if (cb !== undefined && cb !== null) {
-      fail("register", `filter.${key} must be a function, null or absent, got ${describe(cb)}`);
+      fail(fn, `filter.${key} must be a function, null or absent, got ${describe(cb)}`);
     }
   }
   const absent = CALLBACK_NAMES.flatMap((key) => callbacks[key] ? [] : STAGES[key].absentStep ?? []);
   return Object.freeze({
+    id,
     self: filter,
     name,
     flags: encodeMask(FLAG_BITS, flags as Flag[]),
     callbacks: Object.freeze(callbacks),
     absentSteps: encodeMask(STEP_BITS, absent),
-    // See wanted(): negotiate comes first when the filter has one, or no connect callback.
-    negotiates: callbacks.negotiate !== undefined || callbacks.connect === undefined,
     negotiatedByShim: false,
   });
 }
 
 /**
- * Whether libmilter gets a trampoline for `name`. Besides the filter's own
- * callbacks: close always (it ends the session); negotiate when the filter
- * has one or no connect callback (the binding must see every connection
- * start, to refuse new ones while draining, and connect, when present, comes
- * first anyway); eom and abort whenever the filter negotiates, as it may
- * then ask for no-reply stages, whose failures eom must answer and abort
- * forget. None of these is a protocol stage the MTA could skip.
+ * Whether JS sees calls of `name` for connections on `r`. Besides the
+ * filter's own callbacks: close always (it ends the session); negotiate when
+ * the filter has one, or (without the shim, which otherwise answers it) no
+ * connect callback (the binding must see every connection start, to refuse
+ * new ones while draining, and connect, when present, comes first anyway);
+ * eom and abort whenever the filter negotiates, as it may then ask for
+ * no-reply stages, whose failures eom must answer and abort forget. None of
+ * these is a protocol stage the MTA could skip. Without the shim, libmilter
+ * gets a trampoline for exactly these; through the shim, every wrapper, and
+ * each connection's generation says which reach JS.
  */
 function wanted(r: Registration, name: CallbackName): boolean {
   if (r.callbacks[name]) return true;
   if (name === "close") return true;
-  if (name === "negotiate") return r.negotiates;
+  if (name === "negotiate") return r.callbacks.connect === undefined;
   if (name === "eom" || name === "abort") return r.callbacks.negotiate !== undefined;
   return false;
 }
+
+/**
+ * The shim's generation of `r`: a filter with a negotiate callback sees
+ * every stage (it may negotiate no-reply stages, and answers the MTA's
+ * absent ones itself); otherwise the shim negotiates, and relays what
+ * {@linkcode wanted} says.
+ */
+function generationOf(r: Registration): Generation {
+  const own = r.callbacks.negotiate !== undefined;
+  return {
+    id: r.id,
+    itself: !own,
+    flags: r.flags,
+    absent: r.absentSteps,
+    relay: CALLBACK_NAMES.filter((name) => own || (name !== "negotiate" && wanted(r, name))).map((name) =>
+      STAGES[name].symbol
+    ),
+    queued: QUEUED_ALWAYS_SYMBOLS.filter((symbol) => r.callbacks[stageOf(symbol).name] === undefined),
+  };
+}
+
+/** Whether the shim keeps generations (see `Relay.publish`): `replace` needs them. */
+let generations = false;
 
 /**
  * Registers the filter with libmilter. Only one filter may be registered
@@ -193,7 +223,7 @@ function wanted(r: Registration, name: CallbackName): boolean {
  * @throws {MilterError} when the filter is malformed, one is already registered, or libmilter refuses it.
  */
 export function register(filter: Filter): void {
-  const r = readFilter(filter);
+  const r = readFilter("register", filter, 1);
   if (isRegistered()) {
     fail(
       "register",
@@ -208,7 +238,10 @@ export function register(filter: Filter): void {
     xxfi_flags: r.flags,
   };
   const pointers = lib.registerCallbacks(TRAMPOLINE_HANDLERS);
-  for (const { name, symbol } of Object.values(STAGES)) desc[symbol] = wanted(r, name) ? pointers[symbol] : null;
+  const shim = lib.relay.withoutShim === null;
+  for (const { name, symbol } of Object.values(STAGES)) {
+    desc[symbol] = shim || wanted(r, name) ? pointers[symbol] : null;
+  }
   const rc = lib.functions.smfi_register(desc as unknown as SmfiDesc);
   if (rc !== MI_SUCCESS) {
     fail(
@@ -219,10 +252,48 @@ export function register(filter: Filter): void {
     );
   }
   // Without a negotiate callback of the filter's own, its answer is fixed now: the shim gives it.
-  const byShim = r.negotiates && r.callbacks.negotiate === undefined && lib.relay.negotiateItself(r.flags);
+  generations = shim && lib.relay.negotiateItself(r.flags) && lib.relay.publish(generationOf(r));
+  install(r);
+  lib.relay.bindWrites(failureReply(r.name), writeFailed);
+}
+
+/** Makes `r` the current filter: the shim negotiates for it when it has no negotiate callback. */
+function install(r: Registration): void {
+  const byShim = generations && r.callbacks.negotiate === undefined;
   setRegistered(byShim ? Object.freeze({ ...r, negotiatedByShim: true }) : r);
   reportFor(r.name);
-  lib.relay.bindWrites(failureReply(r.name), writeFailed);
+}
+
+/**
+ * Installs a new filter while the milter runs (or before main): connections
+ * that start from now on use `filter`; connections already open finish on
+ * the filter they started with, whose callbacks keep running for them. The
+ * two may differ in name, flags and callbacks: each connection negotiates
+ * with the MTA for its own filter. Not in the OCaml module: libmilter
+ * registers one filter per process, and this binding puts its own wrappers
+ * between libmilter and the filters. The reply of a write libmilter refuses
+ * (`451 4.3.0 mail filter … failed`) keeps naming the registered filter.
+ *
+ * @throws {MilterError} when the filter is malformed, none was registered,
+ *   main has stopped, or the native shim (which keeps each connection's
+ *   filter) is not there.
+ */
+export function replace(filter: Filter): void {
+  if (!isRegistered()) fail("replace", "register a filter first");
+  const r = readFilter("replace", filter, registered().id + 1);
+  if (lifecycle.phase === "stopped") fail("replace", "main has stopped");
+  const relay = native("replace").relay;
+  if (!generations) {
+    fail(
+      "replace",
+      `replacing a filter needs the native shim, which keeps each connection's filter: ${
+        relay.withoutShim ?? "libmilter lacks smfi_setpriv"
+      }`,
+    );
+  }
+  if (!relay.publish(generationOf(r))) fail("replace", "the native shim refused the new filter (out of memory)");
+  install(r);
+  sweep((old) => old.id === registered().id || relay.live(old.id) || usesFilter(old));
 }
 
 /**
@@ -235,7 +306,7 @@ export function register(filter: Filter): void {
 function writeFailed(ptr: Pointer, write: string): void {
   const session = sessionAt(ptr);
   if (!session || !isRegistered()) return;
-  enter(ptr, "eom", session.actions); // for the reporter, a call of eom of its own
+  enter(ptr, "eom", session.filter); // for the reporter, a call of eom of its own
   try {
     report(
       milterError(

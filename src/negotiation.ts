@@ -12,7 +12,7 @@ import type { Session } from "./ctx.ts";
 import { describe } from "./error.ts";
 import { reportInternal, tempfail } from "./failure.ts";
 import { pipelineStages } from "./pipeline.ts";
-import type { Registration } from "./registration.ts";
+import { registered, type Registration, registrationOf } from "./registration.ts";
 import { CALLBACK_NAMES, type CallbackName, STAGES } from "./stages.ts";
 import { encodeMask, FLAG_BITS, isFlag, isStep, STEP_BITS } from "./variants.ts";
 
@@ -32,7 +32,10 @@ const NO_REPLY_MASK = encodeMask(
  * address comes (a fresh connection there negotiates first), and the oldest
  * go past {@linkcode KEPT_NEGOTIATIONS}.
  */
-const closedNegotiations = new Map<Pointer, { readonly actions: number; readonly noReply: number }>();
+const closedNegotiations = new Map<
+  Pointer,
+  { readonly filter: Registration; readonly actions: number; readonly noReply: number }
+>();
 
 /**
  * The most entries {@linkcode closedNegotiations} keeps: more than the
@@ -52,14 +55,25 @@ export function keptNegotiations(bound?: number): number {
   return closedNegotiations.size;
 }
 
-/** Keeps a closing session's negotiation for a next session on its connection (after SMFIC_QUIT_NC). */
-export function keepNegotiated(session: Session, r: Registration): void {
-  if (r.callbacks.negotiate === undefined) return; // every session has the registration's
+/** Keeps a closing session's filter and negotiation for a next session on its connection (after SMFIC_QUIT_NC). */
+export function keepNegotiated(session: Session): void {
   closedNegotiations.delete(session.ptr); // re-inserted last: the Map's order is the age
-  closedNegotiations.set(session.ptr, { actions: session.actions, noReply: session.noReply });
+  closedNegotiations.set(session.ptr, { filter: session.filter, actions: session.actions, noReply: session.noReply });
   if (closedNegotiations.size > keptBound) {
     closedNegotiations.delete(closedNegotiations.keys().next().value!);
   }
+}
+
+/**
+ * The filter a session opening with `callback` at `ptr` runs: its
+ * connection's `generation` when the shim gave one; otherwise, for a next
+ * session after SMFIC_QUIT_NC, the filter of the session before it; for a
+ * fresh connection, the current one.
+ */
+export function startingFilter(ptr: Pointer, callback: CallbackName, generation: number): Registration {
+  if (generation !== 0) return registrationOf(generation);
+  const before = callback === "negotiate" ? undefined : closedNegotiations.get(ptr);
+  return before?.filter ?? registered();
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
- * What {@linkcode register} kept of the filter: one per process, read by
- * every callback call.
+ * What {@linkcode register} and `replace` kept of the filter: the current
+ * one, which connections that start now use, and those it replaced, kept
+ * while connections that started with them run.
  *
  * @module
  */
@@ -12,8 +13,10 @@ import type { CallbackName } from "./stages.ts";
 // deno-lint-ignore no-explicit-any
 export type Callback = (this: unknown, ctx: Ctx, ...args: any[]) => unknown;
 
-/** What {@linkcode register} keeps of the filter. */
+/** What {@linkcode register} (or `replace`) keeps of a filter. */
 export interface Registration {
+  /** Its generation: 1 for the registered filter, one more for each `replace`; every call of a connection carries it. */
+  readonly id: number;
   /** The object given to register: the `this` of its callbacks. */
   readonly self: object;
   readonly name: string;
@@ -23,8 +26,6 @@ export interface Registration {
   readonly callbacks: Readonly<Partial<Record<CallbackName, Callback>>>;
   /** The NO* steps of the stages the filter has no callback for. */
   readonly absentSteps: number;
-  /** Whether libmilter calls negotiate (see {@linkcode wanted}): every connection then starts there. */
-  readonly negotiates: boolean;
   /**
    * Whether the shim answers negotiate without a round trip to JS (the
    * filter has no negotiate callback of its own; see `Relay.negotiateItself`):
@@ -34,19 +35,38 @@ export interface Registration {
   readonly negotiatedByShim: boolean;
 }
 
-let registration: Registration | null = null;
+let current: Registration | null = null;
 
-/** The registered filter, for a callback call (libmilter calls none before registration). */
+/** Filters replaced while connections that started with them may still run, by id. */
+const retired = new Map<number, Registration>();
+
+/** The current filter: the one connections starting now use (libmilter calls nothing before registration). */
 export function registered(): Registration {
-  return registration!;
+  return current!;
 }
 
-/** Keeps the registered filter, once. */
+/** Installs `r` as the current filter; the one it replaces is kept until {@linkcode sweep} finds it unused. */
 export function setRegistered(r: Registration): void {
-  registration = r;
+  if (current !== null) retired.set(current.id, current);
+  current = r;
 }
 
 /** Whether a filter is registered. */
 export function isRegistered(): boolean {
-  return registration !== null;
+  return current !== null;
+}
+
+/** The filter of generation `id`: the current one for 0 (a connection without one) or an id no longer kept. */
+export function registrationOf(id: number): Registration {
+  return id === 0 || id === current!.id ? current! : retired.get(id) ?? current!;
+}
+
+/** Forgets the replaced filters that `inUse` says nothing uses any more. */
+export function sweep(inUse: (r: Registration) => boolean): void {
+  for (const [id, r] of retired) if (!inUse(r)) retired.delete(id);
+}
+
+/** @internal How many replaced filters are still kept: for tests. */
+export function retiredCount(): number {
+  return retired.size;
 }

@@ -82,9 +82,9 @@ export function reportFor(name: string): void {
   filterName = name;
 }
 
-/** Hands a failure to the reporter; never throws. */
-export function report(error: unknown, failure: Omit<ErrorInfo, "filter">): void {
-  const info: ErrorInfo = { ...failure, filter: filterName };
+/** Hands a failure to the reporter (of the registered filter unless `filter` names another); never throws. */
+export function report(error: unknown, failure: Omit<ErrorInfo, "filter"> & { readonly filter?: string }): void {
+  const info: ErrorInfo = { ...failure, filter: failure.filter ?? filterName };
   try {
     reporter(error, info);
   } catch (reporterError) {

@@ -25,9 +25,9 @@ import {
 import type { QueuedCall, QueuedSymbol, RelayedCall } from "../ffi/shim.ts";
 import { CALLBACK_SYMBOLS, type CallbackHandler, type CallbackHandlers, type CallbackSymbol } from "../ffi/symbols.ts";
 import { silent, statCode } from "./answers.ts";
-import { dispatch } from "./calls.ts";
+import { arrivingWith, dispatch } from "./calls.ts";
 import { decodeSockAddr, type SockAddr, sockaddrLength, splitArgv } from "./convert.ts";
-import { sessionAt } from "./ctx.ts";
+import { type Session, sessionAt } from "./ctx.ts";
 import { isThenable } from "./error.ts";
 import { reportInternal } from "./failure.ts";
 import { answerNegotiate } from "./negotiation.ts";
@@ -52,7 +52,7 @@ const NO_TOKEN = -1;
  */
 export function runQueued(call: QueuedCall): number {
   try {
-    return QUEUED[call.symbol](call);
+    return arrivingWith(call.generation, () => QUEUED[call.symbol](call));
   } catch (error) {
     reportInternal(call.symbol, error);
     sessionAt(call.ctx)?.owe("message");
@@ -66,7 +66,8 @@ export function runQueued(call: QueuedCall): number {
  * Total, as every trampoline is.
  */
 export function runRelayed(call: RelayedCall): number {
-  return (TRAMPOLINE_HANDLERS[call.symbol] as (...args: readonly unknown[]) => number)(...call.args);
+  const handler = TRAMPOLINE_HANDLERS[call.symbol] as (...args: readonly unknown[]) => number;
+  return arrivingWith(call.generation, () => handler(...call.args));
 }
 
 /** How each queued callback runs from the shim's copy of its arguments. */
@@ -85,13 +86,15 @@ interface Decoded {
 }
 
 /**
- * The answer of a callback libmilter calls for the binding's sake while the
- * filter has none (see {@linkcode wanted}): close, abort and eom continue.
- * Any other is a bug of the binding, and fails rather than let mail through.
+ * The answer at a stage the connection's filter has no callback for, as
+ * libmilter answers a NULL callback: Continue, sent as no reply where the
+ * connection negotiated none. JS sees such calls for the binding's sake
+ * (close, and abort and eom of a filter that negotiates: see `wanted` in
+ * `filter.ts`), and from an MTA that sends a stage it was asked not to
+ * (it lacks the NO* step), through the shim's wrappers.
  */
-function withoutCallback(callback: CallbackName): number {
-  if (callback === "close" || callback === "abort" || callback === "eom") return SMFIS_CONTINUE;
-  throw new Error(`milter binding: libmilter called ${callback}, which the filter does not have`);
+function withoutCallback(session: Session, callback: CallbackName): number {
+  return silent(session, callback) ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
 /**
@@ -107,7 +110,7 @@ function callStage(
 ): number {
   return dispatch(callback, ptr, token, (session, r) => {
     const fn = r.callbacks[callback];
-    if (!fn) return withoutCallback(callback);
+    if (!fn) return withoutCallback(session, callback);
     const { args, raw = [] } = decode();
     if (session.invocation !== null) session.invocation.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
@@ -180,9 +183,10 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
       const fn = r.callbacks.negotiate;
       if (!fn) {
         // What libmilter does without a negotiate callback: the registered
-        // flags, and the NO* steps it pre-filled for absent callbacks.
+        // flags, and the NO* steps of absent callbacks the MTA offers
+        // (libmilter pre-fills those of the callbacks registered as NULL).
         writeULong(pf0, r.flags);
-        writeULong(pf1, (readULong(pf1) & ~SMFIP_SKIP) >>> 0);
+        writeULong(pf1, ((readULong(pf1) | (r.absentSteps & f1)) & ~SMFIP_SKIP) >>> 0);
         return SMFIS_CONTINUE;
       }
       const result = Reflect.apply(fn, r.self, [

@@ -103,6 +103,7 @@ describe("the constants both sides use", () => {
       rings: "rings",
       queued: "calls",
       relayed: "relayed",
+      refused: "refused",
     };
     expect(stats.map((s) => names[s])).toEqual([...PIPELINE_STATS]);
   });

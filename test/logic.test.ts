@@ -69,25 +69,36 @@ describe("answers: what each stage accepts", () => {
   });
 });
 
+/** A filter without flags or callbacks, for sessions of the failure policy's tests. */
+const FILTER: Registration = {
+  id: 1,
+  self: {},
+  name: "logic",
+  flags: 0,
+  callbacks: {},
+  absentSteps: 0,
+  negotiatedByShim: false,
+};
+
 describe("failure: what is owed after a failure", () => {
   let next = 1n;
   /** A fresh session that negotiated `steps` as no reply. */
   function session(...steps: (keyof typeof STEP_BITS)[]): Session {
-    const { session: s } = enter(0x1000n * next++, "negotiate", 0);
+    const { session: s } = enter(0x1000n * next++, "negotiate", FILTER);
     s.negotiated(0, steps.reduce((bits, step) => bits | STEP_BITS[step], 0));
     leave(s);
     return s;
   }
   /** Runs `callback`'s owed answer as dispatch does: the code, or "callback" when the filter's callback runs. */
   function at(s: Session, callback: CallbackName): number | "callback" {
-    enter(s.ptr, callback, 0);
+    enter(s.ptr, callback, FILTER);
     const answer = owed(s, callback, "logic");
     leave(s);
     return answer ?? "callback";
   }
   /** A failure of `callback`, as dispatch's failure path answers it. */
   function fails(s: Session, callback: CallbackName): number {
-    enter(s.ptr, callback, 0);
+    enter(s.ptr, callback, FILTER);
     const answer = answerFailure(s, callback, "logic");
     leave(s);
     return answer;
@@ -145,16 +156,16 @@ describe("negotiation: what negotiate's answer sets", () => {
   const pf = [0n, 1n, 2n, 3n].map((i) => base + i * size);
   const out = (): number[] => pf.map(readULong);
   const r: Registration = {
+    id: 1,
     self: {},
     name: "logic",
     flags: FLAG_BITS.ADDHDRS,
     callbacks: {},
     absentSteps: STEP_BITS.NOHELO | STEP_BITS.NOUNKNOWN,
-    negotiates: true,
     negotiatedByShim: false,
   };
   let next = 1n;
-  const negotiating = (): Session => enter(0x9000n * next++, "negotiate", r.flags).session;
+  const negotiating = (): Session => enter(0x9000n * next++, "negotiate", r).session;
 
   test("Continue: the flags and no-reply steps asked, and the NO* steps of absent callbacks the MTA offers", () => {
     const s = negotiating();

@@ -60,7 +60,7 @@
  *    later; milter_shim_bind_writes no longer takes a function (a failed
  *    write reaches JS as a queued call).
  */
-#define MILTER_SHIM_ABI 8
+#define MILTER_SHIM_ABI 9
 
 /*
  * glibc 2.34 moved the pthread functions from libpthread into libc and gave
@@ -366,6 +366,8 @@ _Static_assert(SHIM_MAX_SLOTS <= (1 << SHIM_INDEX_BITS), "slot indexes must fit 
 
 struct conn;
 struct snap;
+struct generation;
+static struct generation *gen_unref_locked(struct generation *g);
 
 /**
  * A call queued for JS. JS sees its address and the fields up to args, as
@@ -378,6 +380,7 @@ struct snap;
 struct milter_shim_call {
 	void *ctx;		/* the connection's SMFICTX */
 	int callback;		/* a CB_* (struct smfiDesc order), or SHIM_FAILED_WRITE */
+	unsigned generation;	/* the id of the connection's generation (see "Generations"), 0 if none */
 	int64_t token;		/* the waiting wrapper's, 0 for a call no wrapper waits for */
 	uint64_t args[SHIM_MAX_ARGS]; /* with a token: the callback's arguments after ctx, as words */
 	char *a, *b;		/* header: copies of its name and value; NULL otherwise */
@@ -386,6 +389,7 @@ struct milter_shim_call {
 	struct milter_shim_call *next;
 	struct conn *conn;
 	struct snap *snap;	/* the macros captured for it (shared), NULL if none */
+	struct generation *hold; /* a queued close: its connection's generation, held until the call ends */
 	size_t size;		/* what the call counts against its connection's bound */
 };
 
@@ -573,7 +577,7 @@ static int op_run(void *ctx, const struct op *op)
 
 static int answer_without_js(void *ctx, int cb);
 
-static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n);
+static struct slot *slot_enqueue(void *ctx, int cb, unsigned generation, const uint64_t *args, int n);
 
 /* What slot_wait() saw of a call: JS's code, the write that failed (0: none), and whether shim_close() answered. */
 struct outcome {
@@ -637,7 +641,7 @@ static int slot_finish(struct slot *slot, int cb)
 	if (out.failed) {
 		set_failure_reply(ctx);
 		uint64_t kind = (uint64_t)out.failed;
-		struct slot *notice = slot_enqueue(ctx, SHIM_FAILED_WRITE, &kind, 1);
+		struct slot *notice = slot_enqueue(ctx, SHIM_FAILED_WRITE, 0, &kind, 1);
 		if (notice != NULL)
 			(void)slot_wait(notice);
 		return SHIM_SMFIS_TEMPFAIL;
@@ -766,6 +770,8 @@ static pthread_cond_t pump_wake = PTHREAD_COND_INITIALIZER;
 enum { BELL_NONE, BELL_CALLER, BELL_PUMP };
 static int bell_owner;
 static int64_t stat_bytes, stat_peak, stat_waits, stat_conns, stat_rings, stat_queued;
+static int64_t stat_refused;		   /* connections refused at negotiate, under pool_lock */
+static int64_t stat_calls[SHIM_CALLBACKS]; /* libmilter's calls of each wrapper, atomic */
 
 static struct conn **conn_slot(const void *ctx)
 {
@@ -848,6 +854,7 @@ static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, cons
 		return NULL;
 	call->ctx = ctx;
 	call->callback = cb;
+	call->generation = 0;
 	call->token = 0;
 	call->a = copies.a;
 	call->b = copies.b;
@@ -856,6 +863,7 @@ static struct milter_shim_call *call_copy(void *ctx, int cb, const char *a, cons
 	call->next = NULL;
 	call->conn = NULL;
 	call->snap = NULL;
+	call->hold = NULL;
 	call->size = copies.size;
 	return call;
 }
@@ -897,7 +905,8 @@ static struct snap *snap_drop(struct snap *snap)
 
 /*
  * Runs first in every wrapper: when the connection pipelines callback cb,
- * or cb is among those queued for every connection (pipe_always), queues a copy of the call (a, b:
+ * or cb is among those its generation queues (`queued`, or pipe_always
+ * when it is -1), queues a copy of the call (a, b:
  * header name and value; bytes, len: body chunk) and returns 1, and the
  * wrapper answers at once. Otherwise waits until every queued call of the
  * connection is done and returns 0, and the wrapper calls JS as usual. A
@@ -910,13 +919,15 @@ static struct snap *snap_drop(struct snap *snap)
  * one's, and the first of them starts it afresh (nothing pipelined until its
  * negotiate says so).
  */
-static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const unsigned char *bytes, size_t len)
+static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const unsigned char *bytes, size_t len,
+			 int queued, unsigned generation, struct generation **held)
 {
 	if (!__atomic_load_n(&pipe_on, __ATOMIC_ACQUIRE))
 		return 0;
 	pthread_mutex_lock(&pool_lock);
+	unsigned always = queued >= 0 ? (unsigned)queued : pipe_always;
 	struct conn *conn = conn_find(ctx);
-	if (conn == NULL && (pipe_always & 1u << cb)) {
+	if (conn == NULL && (always & 1u << cb)) {
 		/* Only this connection's thread links a state for its ctx: none appears meanwhile. */
 		pthread_mutex_unlock(&pool_lock);
 		conn = conn_new(ctx, 0);
@@ -935,7 +946,7 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	}
 	struct milter_shim_call *call = NULL;
 	struct snap *fresh = NULL, *stale = NULL;
-	if ((conn->mask | pipe_always) & 1u << cb) {
+	if ((conn->mask | always) & 1u << cb) {
 		if (closed != SHIM_OPEN) {
 			/* Nothing runs it any more: answered as no reply, the message is tempfailed at its next replying stage. */
 			pthread_mutex_unlock(&pool_lock);
@@ -948,6 +959,11 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 		int capture = conn->snap == NULL || conn->snap_cb != cb;
 		pthread_mutex_unlock(&pool_lock);
 		call = call_copy(ctx, cb, a, b, bytes, len);
+		if (call != NULL) {
+			call->generation = generation;
+			call->hold = *held; /* from now on the call's to release */
+			*held = NULL;
+		}
 		if (call != NULL && capture)
 			fresh = snap_take(ctx);
 		pthread_mutex_lock(&pool_lock);
@@ -976,6 +992,8 @@ static int pipeline_gate(void *ctx, int cb, const char *a, const char *b, const 
 	if (closed != SHIM_OPEN) {
 		/* Closed while it waited for room: not queued, answered as no reply (see above). */
 		struct snap *last = snap_drop(call->snap);
+		if (call->hold != NULL)
+			free(gen_unref_locked(call->hold));
 		pthread_mutex_unlock(&pool_lock);
 		free(last);
 		free(stale);
@@ -1181,8 +1199,9 @@ _Static_assert(SHIM_CALL_WORDS == 4 + SHIM_MAX_ARGS, "a call's words: address, c
 /**
  * Takes up to `max` queued calls at once, oldest first, under one lock:
  * writes SHIM_CALL_WORDS (12) words per call into `out`: the call's address
- * (for milter_shim_done_batch and milter_shim_symval), its ctx, callback and
- * token, then SHIM_MAX_ARGS (8) argument words. A call with a token is one
+ * (for milter_shim_done_batch and milter_shim_symval), its ctx, its callback
+ * with the id of the connection's generation above bit 8 (callback |
+ * generation << 8; see "Generations"), its token, then SHIM_MAX_ARGS (8) argument words. A call with a token is one
  * a wrapper waits for: its words are the callback's arguments after ctx in
  * libmilter's order (pointers and integers widened to 64 bits; for
  * SHIM_FAILED_WRITE, the OP_* of the write), valid until JS answers it
@@ -1203,7 +1222,7 @@ MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 		uint64_t *w = out + (size_t)n * SHIM_CALL_WORDS;
 		w[0] = (uint64_t)(uintptr_t)call;
 		w[1] = (uint64_t)(uintptr_t)call->ctx;
-		w[2] = (uint64_t)call->callback;
+		w[2] = (uint64_t)call->callback | (uint64_t)call->generation << 8;
 		w[3] = (uint64_t)call->token;
 		if (call->token != 0) {
 			memcpy(w + 4, call->args, sizeof call->args);
@@ -1233,6 +1252,9 @@ MILTER_SHIM_EXPORT int milter_shim_take_batch(uint64_t *out, int max)
 static struct snap *call_end(struct milter_shim_call *call, struct conn **gone)
 {
 	struct conn *conn = call->conn;
+	if (call->hold != NULL)
+		free(gen_unref_locked(call->hold)); /* rare enough to free under the lock */
+	call->hold = NULL;
 	conn->calls--;
 	conn->bytes -= call->size;
 	stat_bytes -= (int64_t)call->size;
@@ -1291,14 +1313,19 @@ MILTER_SHIM_EXPORT const char *milter_shim_symval(const struct milter_shim_call 
  * ever had queued or running; 2, how many times a wrapper waited for its
  * connection's queue to have room; 3, how many connections have pipelining
  * state now; 4, how many times the bell was rung; 5, how many calls were
- * queued in all; 6, how many calls a wrapper waited for, in all. -1 for any
- * other `which`.
+ * queued in all; 6, how many calls a wrapper waited for, in all; 7, how
+ * many connections the negotiate wrapper refused (draining, or the shim
+ * closed); 8 + i, how many times libmilter called the wrapper of callback i
+ * (struct smfiDesc order). -1 for any other `which`.
  */
 MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
 {
-	const int64_t *stats[] = {&stat_bytes,	&stat_peak,   &stat_waits,  &stat_conns,
-				  &stat_rings,	&stat_queued, &stat_relayed};
-	if (which < 0 || which >= (int)(sizeof stats / sizeof stats[0]))
+	const int64_t *stats[] = {&stat_bytes,	&stat_peak,   &stat_waits,   &stat_conns,
+				  &stat_rings,	&stat_queued, &stat_relayed, &stat_refused};
+	const int n = (int)(sizeof stats / sizeof stats[0]);
+	if (which >= n && which < n + SHIM_CALLBACKS)
+		return __atomic_load_n(&stat_calls[which - n], __ATOMIC_RELAXED);
+	if (which < 0 || which >= n)
 		return -1;
 	pthread_mutex_lock(&pool_lock);
 	int64_t v = *stats[which];
@@ -1315,7 +1342,7 @@ MILTER_SHIM_EXPORT int64_t milter_shim_pipeline_stat(int which)
  * NULL when no slot can be had, or when no call may go to JS: the shim is
  * closed, or the bell is not bound.
  */
-static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n)
+static struct slot *slot_enqueue(void *ctx, int cb, unsigned generation, const uint64_t *args, int n)
 {
 	pthread_mutex_lock(&pool_lock);
 	struct slot *slot = NULL;
@@ -1331,6 +1358,7 @@ static struct slot *slot_enqueue(void *ctx, int cb, const uint64_t *args, int n)
 	struct milter_shim_call *call = &slot->call;
 	call->ctx = ctx;
 	call->callback = cb;
+	call->generation = generation;
 	call->token = slot_token(slot);
 	for (int i = 0; i < SHIM_MAX_ARGS; i++)
 		call->args[i] = i < n ? args[i] : 0;
@@ -1390,40 +1418,119 @@ static int answer_without_js(void *ctx, int cb)
 #define SHIM_SMFIP_SKIP 0x400
 
 static int negotiates_itself;		 /* set once, before smfi_main */
-static unsigned long own_flags;
 static int (*own_setpriv)(void *ctx, void *data);
 static void *(*own_getpriv)(void *ctx);
 static int refusing_new;		 /* read with __atomic_load_n */
 static int admitted;			 /* under pool_lock */
-static char admitted_mark;		 /* the private data of an admitted connection */
 
-/* The negotiate wrapper's answer after milter_shim_negotiate_itself(); -1 (ask JS) before it. */
-static int negotiate_itself(void *ctx, unsigned long *pf0, unsigned long *pf1)
+/* ---- Generations: the filter a connection started with ---------------------
+ *
+ * Why: JS may install a new filter while connections run (Milter.replace);
+ * each connection must finish on the filter it started with, and the two may
+ * differ in flags and callbacks. libmilter's struct smfiDesc is fixed at
+ * smfi_register, so every wrapper is registered, and each filter JS installs
+ * is published here as a generation: its id (JS's number for it), what
+ * negotiate answers for it, the callbacks JS must see (the others the
+ * wrapper answers SMFIS_CONTINUE itself, as libmilter does for a NULL
+ * callback) and those queued without waiting (abort and close without a
+ * callback). A connection is stamped with a generation at negotiate, by the
+ * negotiate wrapper (for a generation that `itself` negotiates) or by JS
+ * (milter_shim_stamp), in libmilter's private data of the connection, which
+ * JS does not use: a stamp no reused SMFICTX address inherits. Every call
+ * carries its connection's generation id to JS. A generation is freed once
+ * it is not current and no connection holds it; a connection holds it until
+ * its first close, when its count as admitted ends too (milter_shim_admitted).
+ */
+struct generation {
+	struct generation *next; /* the list of live generations */
+	unsigned id;		 /* JS's id, > 0; 0 for milter_shim_negotiate_itself's own */
+	unsigned long flags;	 /* the actions negotiate answers */
+	unsigned long absent;	 /* the NO* steps of its absent callbacks, asked where the MTA offers them */
+	unsigned relay;		 /* 1 << CB_* of the callbacks JS sees */
+	int queued;		 /* 1 << CB_* queued without waiting (within QUEUED_ALWAYS); -1: pipe_always */
+	int itself;		 /* negotiate is answered by the shim */
+	int refs;		 /* connections stamped with it, +1 while current; under pool_lock */
+};
+
+static struct generation *gen_current, *gen_live; /* under pool_lock */
+
+/* Drops a hold on g; pool_lock held. Returns it, unlinked, when that was the last, for the caller to free. */
+static struct generation *gen_unref_locked(struct generation *g)
+{
+	if (--g->refs > 0)
+		return NULL;
+	struct generation **link = &gen_live;
+	while (*link != g)
+		link = &(*link)->next;
+	*link = g->next;
+	return g;
+}
+
+/* The generation the connection at ctx is stamped with, NULL when none. */
+static struct generation *stamp_of(void *ctx)
+{
+	return negotiates_itself ? own_getpriv(ctx) : NULL;
+}
+
+/* Stamps the connection at ctx with g and counts it admitted; pool_lock held. Returns 0, -1 when libmilter refuses. */
+static int stamp_locked(void *ctx, struct generation *g)
+{
+	if (own_setpriv(ctx, g) != 0)
+		return -1;
+	g->refs++;
+	admitted++;
+	return 0;
+}
+
+/* The negotiate wrapper's answer for a generation that negotiates itself; -1 (ask JS) otherwise. */
+static int negotiate_itself(void *ctx, unsigned long f1, unsigned long *pf0, unsigned long *pf1)
 {
 	if (!negotiates_itself)
 		return -1;
 	pthread_mutex_lock(&pool_lock);
+	struct generation *g = gen_current;
+	if (g == NULL || !g->itself) {
+		pthread_mutex_unlock(&pool_lock);
+		return -1;
+	}
 	int admit = closed == SHIM_OPEN && !__atomic_load_n(&refusing_new, __ATOMIC_ACQUIRE) &&
-		    own_setpriv(ctx, &admitted_mark) == 0;
-	admitted += admit;
+		    stamp_locked(ctx, g) == 0;
+	stat_refused += !admit;
 	pthread_mutex_unlock(&pool_lock);
 	if (!admit)
 		return SHIM_SMFIS_TEMPFAIL;
-	*pf0 = own_flags;
-	*pf1 &= ~(unsigned long)SHIM_SMFIP_SKIP;
+	/* g stays: the connection holds it. */
+	*pf0 = g->flags;
+	*pf1 = (*pf1 | (g->absent & f1)) & ~(unsigned long)SHIM_SMFIP_SKIP;
 	return 0; /* SMFIS_CONTINUE */
 }
 
-/* At close: an admitted connection's first close ends its count, before JS sees it close. Returns -1 (go on). */
-static int close_admitted(void *ctx)
+/*
+ * At close: a stamped connection's first close ends its stamp and its count
+ * as admitted, before JS sees it close; returns its generation, still held
+ * for the close call (gen_release), NULL when it had none.
+ */
+static struct generation *unstamp(void *ctx)
 {
-	if (!negotiates_itself || own_getpriv(ctx) != &admitted_mark)
-		return -1;
+	struct generation *g = stamp_of(ctx);
+	if (g == NULL)
+		return NULL;
 	own_setpriv(ctx, NULL);
 	pthread_mutex_lock(&pool_lock);
 	admitted--;
 	pthread_mutex_unlock(&pool_lock);
-	return -1;
+	return g;
+}
+
+/* Drops a hold on g (NULL is ignored). */
+static void gen_release(struct generation *g)
+{
+	if (g == NULL)
+		return;
+	pthread_mutex_lock(&pool_lock);
+	struct generation *gone = gen_unref_locked(g);
+	pthread_mutex_unlock(&pool_lock);
+	free(gone);
 }
 
 /* A pointer argument as a call word; an integer one. */
@@ -1433,28 +1540,47 @@ static int close_admitted(void *ctx)
 #define SHIM_WORDS(...) __VA_ARGS__
 
 /*
- * SHIM_WRAPPER(name, itself, queued, words, parameters...) defines
- * wrap_<name>, with libmilter's prototype for xxfi_<name>. `itself` is what
- * the shim answers without JS (-1: nothing, go on); then, unless the call is
- * pipelined (`queued`: pipeline_gate's arguments), the wrapper queues the
- * call for JS with the argument `words` (a parenthesized list, (0) for
- * none) and waits for its answer.
+ * SHIM_WRAPPER(name, itself, gate, words, parameters...) defines
+ * wrap_<name>, with libmilter's prototype for xxfi_<name>. It counts the
+ * call and reads the connection's generation first (`itself` may end the
+ * connection's hold on it). `itself` is what the shim answers without JS
+ * (-1: nothing, go on); a callback the generation does not relay is
+ * answered SMFIS_CONTINUE, as libmilter answers a NULL one; then, unless
+ * the call is queued (`gate`: pipeline_gate's first arguments), the
+ * wrapper queues the call for JS with the argument `words` (a parenthesized
+ * list, (0) for none) and waits for its answer.
  */
-#define SHIM_WRAPPER(name, itself, queued, words, ...)                            \
+#define SHIM_WRAPPER(name, itself, gate, words, ...)                              \
 	static int wrap_##name(__VA_ARGS__)                                        \
 	{                                                                          \
-		int own = itself;                                                  \
-		if (own >= 0)                                                      \
-			return own;                                                \
-		if (pipeline_gate queued)                                          \
-			return SHIM_SMFIS_NOREPLY;                                 \
-		const uint64_t args[] = {SHIM_WORDS words};                        \
-		struct slot *slot = slot_enqueue(ctx, CB_##name, args, (int)(sizeof args / sizeof *args)); \
-		int rc = slot != NULL ? slot_finish(slot, CB_##name) : answer_without_js(ctx, CB_##name); \
-		if (CB_##name == CB_close)                                         \
-			pipeline_forget(ctx);                                      \
+		__atomic_add_fetch(&stat_calls[CB_##name], 1, __ATOMIC_RELAXED);   \
+		struct generation *gen = stamp_of(ctx);                            \
+		unsigned gen_id = gen != NULL ? gen->id : 0;                       \
+		unsigned relay = gen != NULL ? gen->relay : ~0u;                   \
+		int always = gen != NULL && gen->id != 0 ? gen->queued : -1;       \
+		struct generation *held = CB_##name == CB_close ? unstamp(ctx) : NULL; \
+		int rc = itself;                                                   \
+		if (rc < 0 && !(relay & 1u << CB_##name))                          \
+			rc = 0; /* SMFIS_CONTINUE, as libmilter answers a NULL callback */ \
+		if (rc < 0 && pipeline_gate(SHIM_WORDS gate, always, gen_id, &held)) \
+			rc = SHIM_SMFIS_NOREPLY;                                   \
+		if (rc < 0) {                                                      \
+			const uint64_t args[] = {SHIM_WORDS words};                \
+			rc = relay_call(ctx, CB_##name, gen_id, args, (int)(sizeof args / sizeof *args)); \
+		}                                                                  \
+		gen_release(held);                                                 \
 		return rc;                                                         \
 	}
+
+/* Queues a wrapper's call for JS and waits for its answer. */
+static int relay_call(void *ctx, int cb, unsigned gen_id, const uint64_t *args, int n)
+{
+	struct slot *slot = slot_enqueue(ctx, cb, gen_id, args, n);
+	int rc = slot != NULL ? slot_finish(slot, cb) : answer_without_js(ctx, cb);
+	if (cb == CB_close)
+		pipeline_forget(ctx);
+	return rc;
+}
 
 /* The pipeline_gate arguments of a callback that has no arguments to copy. */
 #define NOTHING(cb) (ctx, cb, NULL, NULL, NULL, 0)
@@ -1471,10 +1597,10 @@ SHIM_WRAPPER(body, -1, (ctx, CB_body, NULL, NULL, bodyp, len), (P(bodyp), N(len)
 	     unsigned char *bodyp, size_t len)
 SHIM_WRAPPER(eom, -1, NOTHING(CB_eom), (0), void *ctx)
 SHIM_WRAPPER(abort, -1, NOTHING(CB_abort), (0), void *ctx)
-SHIM_WRAPPER(close, close_admitted(ctx), NOTHING(CB_close), (0), void *ctx)
+SHIM_WRAPPER(close, -1, NOTHING(CB_close), (0), void *ctx)
 SHIM_WRAPPER(unknown, -1, NOTHING(CB_unknown), (P(arg)), void *ctx, const char *arg)
 SHIM_WRAPPER(data, -1, NOTHING(CB_data), (0), void *ctx)
-SHIM_WRAPPER(negotiate, negotiate_itself(ctx, pf0, pf1), NOTHING(CB_negotiate),
+SHIM_WRAPPER(negotiate, negotiate_itself(ctx, f1, pf0, pf1), NOTHING(CB_negotiate),
 	     (N(f0), N(f1), N(f2), N(f3), P(pf0), P(pf1), P(pf2), P(pf3)), void *ctx, unsigned long f0,
 	     unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0, unsigned long *pf1,
 	     unsigned long *pf2, unsigned long *pf3)
@@ -1598,25 +1724,118 @@ MILTER_SHIM_EXPORT int milter_shim_pending(void)
 	return n;
 }
 
+/* Makes g the current generation, dropping the hold on the one before; pool_lock held. Returns that one when freed. */
+static struct generation *gen_install_locked(struct generation *g)
+{
+	struct generation *old = gen_current;
+	g->refs = 1;
+	g->next = gen_live;
+	gen_live = g;
+	gen_current = g;
+	return old != NULL ? gen_unref_locked(old) : NULL;
+}
+
+/* A generation, or NULL when memory runs out. */
+static struct generation *gen_new(unsigned id, unsigned long flags, unsigned long absent, unsigned relay, int queued,
+				  int itself)
+{
+	struct generation *g = malloc(sizeof *g);
+	if (g == NULL)
+		return NULL;
+	*g = (struct generation){.id = id, .flags = flags, .absent = absent, .relay = relay, .queued = queued,
+				 .itself = itself};
+	return g;
+}
+
 /**
  * Makes the negotiate wrapper answer without calling JS, as libmilter does
  * without a negotiate callback: `flags` (the registered actions) and the
  * steps libmilter offers pre-filled, SMFIP_SKIP cleared (see "Negotiation
- * answered by the shim"). `setpriv` and `getpriv` are libmilter's
- * smfi_setpriv and smfi_getpriv, which mark the connections it admits. Call
- * once, before smfi_main. Returns 0; -1, changing nothing, when a function
- * is NULL or after the first call.
+ * answered by the shim"): a first generation, id 0, that relays every
+ * wrapped callback, until milter_shim_generation() installs another.
+ * `setpriv` and `getpriv` are libmilter's smfi_setpriv and smfi_getpriv,
+ * which stamp the connections it admits. Call once, before smfi_main.
+ * Returns 0; -1, changing nothing, when a function is NULL, memory runs out,
+ * or after the first call.
  */
 MILTER_SHIM_EXPORT int milter_shim_negotiate_itself(unsigned long flags, int (*setpriv)(void *ctx, void *data),
 						    void *(*getpriv)(void *ctx))
 {
 	if (setpriv == NULL || getpriv == NULL || negotiates_itself)
 		return -1;
-	own_flags = flags;
+	struct generation *g = gen_new(0, flags, 0, ~0u, -1, 1);
+	if (g == NULL)
+		return -1;
 	own_setpriv = setpriv;
 	own_getpriv = getpriv;
+	pthread_mutex_lock(&pool_lock);
+	gen_install_locked(g);
+	pthread_mutex_unlock(&pool_lock);
 	negotiates_itself = 1;
 	return 0;
+}
+
+/**
+ * Installs the generation `id` (> 0) for the connections that start from
+ * now on (see "Generations"): `flags` and `absent` (NO* steps, asked where
+ * the MTA offers them) are what negotiate answers when `itself` is set (when
+ * not, JS answers negotiate, and stamps the connection with
+ * milter_shim_stamp); `relay` holds 1 << CB_* of the callbacks JS sees,
+ * `queued` those among abort and close queued without waiting. Connections
+ * already stamped keep theirs. After milter_shim_negotiate_itself(), any
+ * number of times. Returns 0; -1, changing nothing, for id 0, `queued`
+ * outside abort and close, before milter_shim_negotiate_itself, or when
+ * memory runs out.
+ */
+MILTER_SHIM_EXPORT int milter_shim_generation(unsigned id, unsigned long flags, unsigned long absent, unsigned relay,
+					      unsigned queued, int itself)
+{
+	if (id == 0 || (queued & ~QUEUED_ALWAYS) != 0 || !negotiates_itself)
+		return -1;
+	/* close always reaches JS: it ends the connection's state there, and in the shim (pipeline_forget). */
+	struct generation *g = gen_new(id, flags, absent, relay | 1u << CB_close, (int)queued, itself != 0);
+	if (g == NULL)
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	struct generation *gone = gen_install_locked(g);
+	pthread_mutex_unlock(&pool_lock);
+	free(gone);
+	return 0;
+}
+
+/**
+ * Stamps the connection at ctx with the live generation `id`, while JS runs
+ * its negotiate (for a generation that does not negotiate itself), and
+ * counts it admitted until its first close. Returns 0; -1 when no live
+ * generation has that id, the connection is stamped already, or libmilter
+ * refuses.
+ */
+MILTER_SHIM_EXPORT int milter_shim_stamp(void *ctx, unsigned id)
+{
+	if (ctx == NULL || !negotiates_itself || own_getpriv(ctx) != NULL)
+		return -1;
+	pthread_mutex_lock(&pool_lock);
+	struct generation *g = gen_live;
+	while (g != NULL && g->id != id)
+		g = g->next;
+	int rc = g != NULL ? stamp_locked(ctx, g) : -1;
+	pthread_mutex_unlock(&pool_lock);
+	return rc;
+}
+
+/**
+ * Whether the generation `id` is still live: current, or held by a
+ * connection (or a queued close) that has not ended. JS keeps a filter
+ * it replaced until its generation is not.
+ */
+MILTER_SHIM_EXPORT int milter_shim_live(unsigned id)
+{
+	pthread_mutex_lock(&pool_lock);
+	struct generation *g = gen_live;
+	while (g != NULL && g->id != id)
+		g = g->next;
+	pthread_mutex_unlock(&pool_lock);
+	return g != NULL;
 }
 
 /**
