@@ -244,8 +244,14 @@ export interface Generation {
 /** The callbacks the shim can pipeline. */
 export type PipelinedSymbol = "xxfi_header" | "xxfi_eoh" | "xxfi_body";
 
-/** The callbacks the shim queues: those it can pipeline, and abort and close, whose answers libmilter ignores. */
-export type QueuedSymbol = PipelinedSymbol | "xxfi_abort" | "xxfi_close";
+/** The callbacks a generation may have the shim observe: queued for JS without waiting, answered Continue. */
+export type ObservedSymbol = "xxfi_envfrom" | "xxfi_envrcpt" | "xxfi_eom";
+
+/**
+ * The callbacks the shim queues: those it can pipeline, abort and close,
+ * whose answers libmilter ignores, and those observed without a callback.
+ */
+export type QueuedSymbol = PipelinedSymbol | "xxfi_abort" | "xxfi_close" | ObservedSymbol;
 
 /**
  * A call the shim answered at once and queued (`struct milter_shim_call`):
@@ -260,7 +266,7 @@ export interface QueuedCall {
   readonly symbol: QueuedSymbol;
   /** The id of the connection's {@linkcode Generation}, 0 when it has none. */
   readonly generation: number;
-  /** header: its name and value; `null` otherwise. */
+  /** header: its name and value; envfrom and envrcpt: the address; `null` otherwise. */
   readonly a: bigint | null;
   readonly b: bigint | null;
   /** body: the chunk and its length; `null` and 0 otherwise. */
@@ -419,9 +425,19 @@ export const PIPELINED_SYMBOLS: readonly PipelinedSymbol[] = ["xxfi_header", "xx
  * not wait for JS there.
  */
 export const QUEUED_ALWAYS_SYMBOLS: readonly QueuedSymbol[] = ["xxfi_abort", "xxfi_close"];
+/**
+ * The callbacks beside those that a generation may queue where its filter
+ * has no callback (its `QUEUED_OBSERVED`), for JS to see messages end and
+ * count recipients without holding libmilter's thread: the shim answers
+ * them Continue at once. A queued envfrom or envrcpt carries its address
+ * (`a`).
+ */
+export const OBSERVED_SYMBOLS: readonly ObservedSymbol[] = ["xxfi_envfrom", "xxfi_envrcpt", "xxfi_eom"];
 /** Each queued callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
 const QUEUED_INDEX: Readonly<Record<QueuedSymbol, number>> = Object.fromEntries(
-  [...PIPELINED_SYMBOLS, ...QUEUED_ALWAYS_SYMBOLS].map((symbol) => [symbol, CALLBACK_SYMBOLS.indexOf(symbol)]),
+  [...PIPELINED_SYMBOLS, ...QUEUED_ALWAYS_SYMBOLS, ...OBSERVED_SYMBOLS].map((
+    symbol,
+  ) => [symbol, CALLBACK_SYMBOLS.indexOf(symbol)]),
 ) as Record<QueuedSymbol, number>;
 const QUEUED_SYMBOL: Readonly<Record<number, QueuedSymbol>> = Object.fromEntries(
   Object.entries(QUEUED_INDEX).map(([symbol, index]) => [index, symbol]),

@@ -25,6 +25,7 @@ import type { QueuedCall, ShimWrite } from "../ffi/shim.ts";
 import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
+import { noteQuarantine, noteReply } from "./messages.ts";
 import { macroKey, replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
 import type { Ctx } from "./ctx.ts";
@@ -289,6 +290,7 @@ export function setreply(ctx: Ctx, rcode: string, xcode?: string | null, message
   const problem = replyCodeProblem(rcode, x) ?? (text === null ? null : replyLinesProblem([text]));
   if (problem) op.fail(problem);
   op.check(op.libmilter.smfi_setreply(session.ptr, rcode, x, text));
+  noteReply(session, [rcode, x, text].filter((part) => part !== null).join(" "));
 }
 
 /**
@@ -310,6 +312,7 @@ export function setmlreply(ctx: Ctx, rcode: string, xcode: string | null | undef
   for (const line of lines) op.string("a line", line);
   if (lines.length > MAX_LINES) op.fail(`at most ${MAX_LINES} lines can be passed to libmilter on this platform`);
   op.check(callSetmlreply(native(op.name), session.ptr, rcode, x, lines));
+  noteReply(session, [rcode, x, lines[0] ?? null].filter((part) => part !== null).join(" "));
 }
 
 /**
@@ -489,6 +492,8 @@ export function quarantine(ctx: Ctx, reason: string): void {
   op.string("the reason", reason);
   if (reason === "") op.fail("the reason must not be empty");
   op.write(session, { kind: "quarantine", a: reason }, () => op.libmilter.smfi_quarantine(session.ptr, reason), why);
+  session.quarantine();
+  noteQuarantine(session, reason);
 }
 
 /**

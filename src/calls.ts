@@ -10,7 +10,7 @@
 import { SMFIS_TEMPFAIL } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
 import type { QueuedCall } from "../ffi/shim.ts";
-import { BadReturn, CallbackTimeout, type Deferred } from "./answers.ts";
+import { BadReturn, CallbackTimeout, type Deferred, kindOf } from "./answers.ts";
 import { enter, type Invocation, leave, release, runInvocation, type Session, sessionAt } from "./ctx.ts";
 import { failure, owed } from "./failure.ts";
 import { lifecycle } from "./lifecycle.ts";
@@ -18,7 +18,9 @@ import { native } from "./native.ts";
 import { keepNegotiated, refuseUnnegotiated, resumeNegotiated, startingFilter } from "./negotiation.ts";
 import { queueDone } from "./pipeline.ts";
 import type { Registration } from "./registration.ts";
+import { noteAnswer } from "./messages.ts";
 import type { CallbackName } from "./stages.ts";
+import { countCall, countEvent, countPending, type FailureKind } from "./stats.ts";
 
 /** Calls into JS so far: those libmilter's thread waited for (round trips), and those queued. */
 const calls = { roundTrips: 0, queued: 0 };
@@ -59,6 +61,7 @@ export function dispatch(
   body: (session: Session, r: Registration) => number | Deferred,
   queued: QueuedCall | null = null,
 ): number {
+  const started = performance.now();
   if (queued === null) calls.roundTrips++;
   else calls.queued++;
   const open = sessionAt(ptr);
@@ -68,26 +71,52 @@ export function dispatch(
   const { session } = invocation;
   // A connection JS negotiates gets its filter's generation from JS: the shim's wrappers then follow it.
   if (opening && callback === "negotiate") native("negotiate").relay.stamp(ptr, r.id);
+  if (opening) countEvent("session");
   const resumed = !opening || resumeNegotiated(session, callback, r);
   let answer: number;
+  let failed: FailureKind | null = null;
+  let own = false; // the answer is the filter's callback's
   try {
     // A connection that starts while main is stopping is refused at its
     // first callback (negotiate or connect; the shim refuses it where it
     // answers negotiate), so the MTA tempfails it; so is a session whose
     // connection's negotiation was lost.
     if (opening && !r.negotiatedByShim && lifecycle.phase !== "running" && callback !== "close") {
+      countEvent("refused");
       answer = SMFIS_TEMPFAIL;
     } else if (!resumed) answer = refuseUnnegotiated(session, callback, r);
     else {
-      const result = owed(session, callback, r.name) ?? runInvocation(session, () => body(session, r));
-      if (typeof result !== "number") return answerLater(invocation, result);
+      const owes = owed(session, callback, r.name);
+      own = owes === null && r.callbacks[callback] !== undefined;
+      const result = owes ?? runInvocation(session, () => body(session, r));
+      if (typeof result !== "number") return answerLater(invocation, result, started);
       answer = result;
     }
   } catch (error) {
     answer = failure(session, callback, error);
+    failed = kindOf(error);
   }
+  recordAnswer(session, callback, answer, started, own, failed);
   end(session, callback);
   return answer;
+}
+
+/**
+ * Counts a call answered `code` (`own`: by the filter's callback; `failed`:
+ * by the binding for it) and notes it for the log, while its Ctx is usable.
+ */
+function recordAnswer(
+  session: Session,
+  callback: CallbackName,
+  code: number,
+  started: number,
+  own: boolean,
+  failed: FailureKind | null,
+): void {
+  const seconds = (performance.now() - started) / 1000;
+  if (own || failed !== null) countCall(callback, seconds, failed === null ? code : null, session.takeQuarantined());
+  if (callback === "eom" || callback === "abort") countEvent(callback);
+  noteAnswer(session, callback, code, seconds, failed);
 }
 
 /** Ends a callback: its Ctx is unusable until the next one, and for good after close. */
@@ -108,7 +137,7 @@ function end(session: Session, callback: CallbackName): void {
  * has no thread waiting: its settlement lets the connection's next queued
  * call run instead.
  */
-function answerLater(invocation: Invocation, deferred: Deferred): number {
+function answerLater(invocation: Invocation, deferred: Deferred, started: number): number {
   const { session, callback, token, queued } = invocation;
   const relay = native("main").relay;
   const why = queued === null ? relay.cannotWait(token) : null;
@@ -119,6 +148,7 @@ function answerLater(invocation: Invocation, deferred: Deferred): number {
       callback,
       new BadReturn(`the ${callback} callback returned a Promise, which needs the native shim: ${why}`),
     );
+    recordAnswer(session, callback, code, started, false, "bad-return");
     end(session, callback);
     return code;
   }
@@ -128,16 +158,21 @@ function answerLater(invocation: Invocation, deferred: Deferred): number {
     settled = true;
     clearTimeout(timer);
     invocation.abandon = null;
+    countPending(-1);
     let code: number;
+    let failed: FailureKind | null = null;
     try {
       code = compute();
     } catch (error) {
       code = failure(session, callback, error);
+      failed = kindOf(error);
     }
+    recordAnswer(session, callback, code, started, failed === null, failed);
     end(session, callback);
     if (queued === null) relay.reply(token, code);
     else queueDone(queued);
   };
+  countPending(1);
   const timeoutMs = lifecycle.callbackTimeoutMs;
   const timer = timeoutMs === null ? undefined : setTimeout(() =>
     answer(() => {

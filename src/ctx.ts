@@ -98,6 +98,7 @@ export class Session {
   #actions: number;
   #noReply = 0;
   #owed: OwedScope | null = null;
+  #quarantined = false;
 
   /** @internal Opened by {@linkcode enter}. */
   constructor(ptr: Pointer, filter: Registration) {
@@ -163,6 +164,18 @@ export class Session {
   /** The message ended: a failure owed for it is forgotten. */
   forgetMessage(): void {
     if (this.#owed === "message") this.#owed = null;
+  }
+
+  /** The running end of message quarantined the message. */
+  quarantine(): void {
+    this.#quarantined = true;
+  }
+
+  /** Whether the message was quarantined since last asked. */
+  takeQuarantined(): boolean {
+    const was = this.#quarantined;
+    this.#quarantined = false;
+    return was;
   }
 
   /** Ends the session for good: its Ctx becomes unusable and its private data is dropped. */

@@ -13,6 +13,7 @@ import { describe } from "./error.ts";
 import { native } from "./native.ts";
 import { report } from "./report.ts";
 import { writeStderr } from "./runtime.ts";
+import { countEvent } from "./stats.ts";
 import { type CallbackName, STAGES } from "./stages.ts";
 
 /** Answers Tempfail with the 451 4.3.0 reply of a failed callback. */
@@ -78,6 +79,7 @@ export function failure(session: Session, callback: CallbackName, error: unknown
 
 /** Reports a failure of the binding itself, outside any callback's context; never throws. */
 export function reportInternal(where: string, error: unknown): void {
+  countEvent("internal");
   try {
     const why = error instanceof Error ? error.message : describe(error);
     writeStderr(`milter: the binding failed in ${where} and answered Tempfail: ${why}`);

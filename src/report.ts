@@ -9,6 +9,7 @@ import type { Ctx } from "./ctx.ts";
 import type { CallbackName } from "./stages.ts";
 import { describe, fail } from "./error.ts";
 import { writeStderr } from "./runtime.ts";
+import { countFailure } from "./stats.ts";
 
 /** What went wrong, beside the error itself. */
 export interface ErrorInfo {
@@ -84,6 +85,7 @@ export function reportFor(name: string): void {
 
 /** Hands a failure to the reporter (of the registered filter unless `filter` names another); never throws. */
 export function report(error: unknown, failure: Omit<ErrorInfo, "filter"> & { readonly filter?: string }): void {
+  countFailure(failure.callback, failure.kind);
   const info: ErrorInfo = { ...failure, filter: failure.filter ?? filterName };
   try {
     reporter(error, info);

@@ -30,6 +30,7 @@ import { decodeSockAddr, type SockAddr, sockaddrLength, splitArgv } from "./conv
 import { type Session, sessionAt } from "./ctx.ts";
 import { isThenable } from "./error.ts";
 import { reportInternal } from "./failure.ts";
+import { logging, noteCall } from "./messages.ts";
 import { answerNegotiate } from "./negotiation.ts";
 import type { CallbackName } from "./stages.ts";
 import { decodeMask, FLAG_BITS, STEP_BITS } from "./variants.ts";
@@ -75,6 +76,9 @@ const QUEUED: { readonly [K in QueuedSymbol]: (call: QueuedCall) => number } = {
   xxfi_header: (call) => callStage("header", call.ctx, NO_TOKEN, () => strings(call.a, call.b), call),
   xxfi_eoh: (call) => callStage("eoh", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
   xxfi_body: (call) => callStage("body", call.ctx, NO_TOKEN, () => chunk(call.bytes, call.len), call),
+  xxfi_envfrom: (call) => callStage("envfrom", call.ctx, NO_TOKEN, () => strings(call.a), call),
+  xxfi_envrcpt: (call) => callStage("envrcpt", call.ctx, NO_TOKEN, () => strings(call.a), call),
+  xxfi_eom: (call) => callStage("eom", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
   xxfi_abort: (call) => callStage("abort", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
   xxfi_close: (call) => callStage("close", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
 };
@@ -110,8 +114,12 @@ function callStage(
 ): number {
   return dispatch(callback, ptr, token, (session, r) => {
     const fn = r.callbacks[callback];
-    if (!fn) return withoutCallback(session, callback);
+    if (!fn) {
+      if (logging()) noteCall(session, callback, decode().args);
+      return withoutCallback(session, callback);
+    }
     const { args, raw = [] } = decode();
+    noteCall(session, callback, args);
     if (session.invocation !== null) session.invocation.raw = raw;
     const result = Reflect.apply(fn, r.self, [session.ctx, ...args]);
     if (!isThenable(result)) return statCode(callback, result, silent(session, callback));

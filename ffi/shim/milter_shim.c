@@ -714,6 +714,13 @@ _Static_assert(SHIM_FAILED_WRITE == SHIM_CALLBACKS, "the failed-write call follo
  * answers, so its thread need not wait for JS.
  */
 #define QUEUED_ALWAYS (1u << CB_abort | 1u << CB_close)
+/**
+ * The callbacks a generation may queue without waiting (see "Generations"):
+ * abort and close, and envfrom, envrcpt and eom observed for JS where the
+ * filter has no callback (JS counts messages and recipients): the wrapper
+ * answers those SMFIS_CONTINUE, as libmilter answers a NULL callback.
+ */
+#define QUEUED_OBSERVED (QUEUED_ALWAYS | 1u << CB_envfrom | 1u << CB_envrcpt | 1u << CB_eom)
 /** The most macros milter_shim_bind_pipeline() captures: snap_take keeps their values on libmilter's stack. */
 #define SHIM_MAX_MACROS 256
 #define CONN_BUCKETS 1024
@@ -1447,7 +1454,7 @@ struct generation {
 	unsigned long flags;	 /* the actions negotiate answers */
 	unsigned long absent;	 /* the NO* steps of its absent callbacks, asked where the MTA offers them */
 	unsigned relay;		 /* 1 << CB_* of the callbacks JS sees */
-	int queued;		 /* 1 << CB_* queued without waiting (within QUEUED_ALWAYS); -1: pipe_always */
+	int queued;		 /* 1 << CB_* queued without waiting (within QUEUED_OBSERVED); -1: pipe_always */
 	int itself;		 /* negotiate is answered by the shim */
 	int refs;		 /* connections stamped with it, +1 while current; under pool_lock */
 };
@@ -1563,7 +1570,7 @@ static void gen_release(struct generation *g)
 		if (rc < 0 && !(relay & 1u << CB_##name))                          \
 			rc = 0; /* SMFIS_CONTINUE, as libmilter answers a NULL callback */ \
 		if (rc < 0 && pipeline_gate(SHIM_WORDS gate, always, gen_id, &held)) \
-			rc = SHIM_SMFIS_NOREPLY;                                   \
+			rc = PIPELINABLE & 1u << CB_##name ? SHIM_SMFIS_NOREPLY : 0; \
 		if (rc < 0) {                                                      \
 			const uint64_t args[] = {SHIM_WORDS words};                \
 			rc = relay_call(ctx, CB_##name, gen_id, args, (int)(sizeof args / sizeof *args)); \
@@ -1588,8 +1595,10 @@ static int relay_call(void *ctx, int cb, unsigned gen_id, const uint64_t *args, 
 SHIM_WRAPPER(connect, -1, NOTHING(CB_connect), (P(hostname), P(hostaddr)), void *ctx, char *hostname,
 	     void *hostaddr)
 SHIM_WRAPPER(helo, -1, NOTHING(CB_helo), (P(helohost)), void *ctx, char *helohost)
-SHIM_WRAPPER(envfrom, -1, NOTHING(CB_envfrom), (P(argv)), void *ctx, char **argv)
-SHIM_WRAPPER(envrcpt, -1, NOTHING(CB_envrcpt), (P(argv)), void *ctx, char **argv)
+SHIM_WRAPPER(envfrom, -1, (ctx, CB_envfrom, argv != NULL ? argv[0] : NULL, NULL, NULL, 0), (P(argv)), void *ctx,
+	     char **argv)
+SHIM_WRAPPER(envrcpt, -1, (ctx, CB_envrcpt, argv != NULL ? argv[0] : NULL, NULL, NULL, 0), (P(argv)), void *ctx,
+	     char **argv)
 SHIM_WRAPPER(header, -1, (ctx, CB_header, headerf, headerv, NULL, 0), (P(headerf), P(headerv)), void *ctx,
 	     char *headerf, char *headerv)
 SHIM_WRAPPER(eoh, -1, NOTHING(CB_eoh), (0), void *ctx)
@@ -1781,16 +1790,17 @@ MILTER_SHIM_EXPORT int milter_shim_negotiate_itself(unsigned long flags, int (*s
  * the MTA offers them) are what negotiate answers when `itself` is set (when
  * not, JS answers negotiate, and stamps the connection with
  * milter_shim_stamp); `relay` holds 1 << CB_* of the callbacks JS sees,
- * `queued` those among abort and close queued without waiting. Connections
+ * `queued` those queued without waiting (within QUEUED_OBSERVED: abort,
+ * close, and envfrom, envrcpt and eom, answered SMFIS_CONTINUE). Connections
  * already stamped keep theirs. After milter_shim_negotiate_itself(), any
  * number of times. Returns 0; -1, changing nothing, for id 0, `queued`
- * outside abort and close, before milter_shim_negotiate_itself, or when
+ * outside QUEUED_OBSERVED, before milter_shim_negotiate_itself, or when
  * memory runs out.
  */
 MILTER_SHIM_EXPORT int milter_shim_generation(unsigned id, unsigned long flags, unsigned long absent, unsigned relay,
 					      unsigned queued, int itself)
 {
-	if (id == 0 || (queued & ~QUEUED_ALWAYS) != 0 || !negotiates_itself)
+	if (id == 0 || (queued & ~QUEUED_OBSERVED) != 0 || !negotiates_itself)
 		return -1;
 	/* close always reaches JS: it ends the connection's state there, and in the shim (pipeline_forget). */
 	struct generation *g = gen_new(id, flags, absent, relay | 1u << CB_close, (int)queued, itself != 0);
