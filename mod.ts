@@ -72,3 +72,6 @@ export {
   setsymlist,
 } from "./src/actions.ts";
 export { type ErrorInfo, type ErrorReporter, setErrorReporter } from "./src/report.ts";
+export { DURATION_BUCKETS, type FailureKind, type Histogram, type Stats, stats, type Verdict } from "./src/stats.ts";
+export { metrics } from "./src/metrics.ts";
+export type { LogEntry } from "./src/messages.ts";

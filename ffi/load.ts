@@ -11,9 +11,9 @@ import type { Libc } from "./libc.ts";
 import { type BlockingCalls, blockingCalls } from "./thread.ts";
 import { functionAddress, pinLibrary } from "./dl.ts";
 import {
+  type Generation,
   openShim,
   PENDING,
-  type Generation,
   type PipelinedSymbol,
   type PipelineStats,
   type QueuedCall,

@@ -78,6 +78,16 @@ export interface Shim {
    */
   runMilter(mainFn: bigint, done: (rc: number) => void): void;
   /**
+   * {@linkcode runMilter} with libmilter's `mi_listener` (at `listener`) in
+   * place of `smfi_main` (`milter_shim_run_listener`): the same, without
+   * libmilter's signal thread, so that every stop signal reaches JS (that
+   * thread stops libmilter, undrained, on any signal it happens to get).
+   * After {@linkcode wrap}; once per process.
+   *
+   * @throws {Error} as {@linkcode startMain}.
+   */
+  runListener(listener: bigint, listen: Listen, done: (rc: number) => void): void;
+  /**
    * For the runtime's exit handler while `smfi_main` runs
    * (`milter_shim_exit`): closes the shim for good, as {@linkcode runMilter}
    * does, and `done` never runs. Should a thread be inside a call into JS
@@ -241,6 +251,22 @@ export interface Generation {
   readonly queued: readonly QueuedSymbol[];
 }
 
+/** What `smfi_main` would give libmilter's listener: what the program set, and the registered filter. */
+export interface Listen {
+  /** `smfi_setconn`'s spec. */
+  readonly conn: string;
+  /** `smfi_setdbg`'s level. */
+  readonly dbg: number;
+  /** `smfi_settimeout`'s seconds. */
+  readonly timeout: number;
+  /** `smfi_setbacklog`'s backlog. */
+  readonly backlog: number;
+  /** The registered filter's name, version and action flags. */
+  readonly name: string;
+  readonly version: number;
+  readonly flags: number;
+}
+
 /** The callbacks the shim can pipeline. */
 export type PipelinedSymbol = "xxfi_header" | "xxfi_eoh" | "xxfi_body";
 
@@ -335,6 +361,21 @@ export const SHIM_PROTOTYPES = {
   ),
   milter_shim_run_milter: declare<(mainFn: bigint, done: unknown) => number>()(
     "int milter_shim_run_milter(void *main_fn, void *done)",
+  ),
+  milter_shim_run_listener: declare<
+    (
+      listener: bigint,
+      conn: string,
+      dbg: number,
+      name: string,
+      version: number,
+      flags: number,
+      timeout: number,
+      backlog: number,
+      done: unknown,
+    ) => number
+  >()(
+    "int milter_shim_run_listener(void *listener, const char *conn, int dbg, const char *name, int version, unsigned long flags, long timeout, int backlog, void *done)",
   ),
   milter_shim_exit: declare<(code: number) => void>()("void milter_shim_exit(int code)"),
   // koffi copies a JS array into a C array for a pointer parameter, and back into the same JS array for an _Out_ one.
@@ -764,6 +805,12 @@ function load(fromEnv: string | undefined): Shim | ShimUnavailable {
     },
     runMilter(mainFn: bigint, done: (rc: number) => void): void {
       startOnThread(fn.milter_shim_run_milter, "milter_shim_run_milter", mainFn, done);
+    },
+    runListener(listener: bigint, listen: Listen, done: (rc: number) => void): void {
+      const { conn, dbg, name, version, flags, timeout, backlog } = listen;
+      const start = (address: bigint, registered: unknown): number =>
+        fn.milter_shim_run_listener(address, conn, dbg, name, version, flags, timeout, backlog, registered);
+      startOnThread(start, "milter_shim_run_listener", listener, done);
     },
     exit(code: number): void {
       fn.milter_shim_exit(code);

@@ -10,7 +10,7 @@
  */
 
 import { functionAddress } from "./dl.ts";
-import type { Shim } from "./shim.ts";
+import type { Listen, Shim } from "./shim.ts";
 
 /** libmilter's functions `int fn(void)` that block. */
 export type BlockingSymbol = "smfi_main" | "smfi_stop";
@@ -30,7 +30,7 @@ export interface BlockingCalls {
    *
    * @throws {Error} (as a rejection) when no thread could be started for it.
    */
-  run(symbol: BlockingSymbol): Promise<number>;
+  run(symbol: BlockingSymbol, listen?: Listen): Promise<number>;
   /**
    * For the runtime's exit handler while `smfi_main` runs: from now on no
    * libmilter thread calls into JS, and should one be inside such a call,
@@ -50,23 +50,28 @@ export function blockingCalls(
   shim: Shim | { readonly reason: string },
   onWorker: (symbol: BlockingSymbol) => Promise<number>,
 ): BlockingCalls {
-  const addresses = "reason" in shim
-    ? null
-    : { smfi_main: functionAddress(path, "smfi_main"), smfi_stop: functionAddress(path, "smfi_stop") };
+  const addresses = "reason" in shim ? null : {
+    smfi_main: functionAddress(path, "smfi_main"),
+    smfi_stop: functionAddress(path, "smfi_stop"),
+    mi_listener: functionAddress(path, "mi_listener"),
+  };
   if ("reason" in shim || addresses === null || addresses.smfi_main === null || addresses.smfi_stop === null) {
     const reason = "reason" in shim
       ? shim.reason
       : `the addresses of smfi_main and smfi_stop in ${path} are out of reach (no dlsym)`;
     return { thread: { kind: "worker", reason }, run: onWorker, onExit: () => {} };
   }
-  const { smfi_main, smfi_stop } = addresses;
+  const { smfi_main, smfi_stop, mi_listener } = addresses;
   return {
     thread: { kind: "shim", path: shim.path },
-    // smfi_main through runMilter: once it returns, no libmilter thread calls into JS.
-    run: (symbol) =>
-      new Promise<number>((resolve) =>
-        symbol === "smfi_main" ? shim.runMilter(smfi_main, resolve) : shim.startMain(smfi_stop, resolve)
-      ),
+    // smfi_main through runMilter: once it returns, no libmilter thread calls into JS. Where
+    // libmilter's listener can be reached, it runs in smfi_main's place, without its signal thread.
+    run: (symbol, listen) =>
+      new Promise<number>((resolve) => {
+        if (symbol === "smfi_stop") shim.startMain(smfi_stop, resolve);
+        else if (listen !== undefined && mi_listener !== null) shim.runListener(mi_listener, listen, resolve);
+        else shim.runMilter(smfi_main, resolve);
+      }),
     onExit: (code) => shim.exit(code),
   };
 }

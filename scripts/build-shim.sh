@@ -36,7 +36,7 @@ LIB=libmilter_shim.so
 # Every symbol the object exports; keep in step with MILTER_SHIM_EXPORT in
 # the source. The version script hides everything else (musl's crti.o would
 # otherwise export _init and _fini).
-EXPORTS="milter_shim_abi milter_shim_start_main milter_shim_wrap milter_shim_reply milter_shim_pending milter_shim_bind_writes milter_shim_post milter_shim_bind_pipeline milter_shim_pipeline milter_shim_take_batch milter_shim_done_batch milter_shim_symval milter_shim_pipeline_stat milter_shim_run_milter milter_shim_exit milter_shim_negotiate_itself milter_shim_generation milter_shim_stamp milter_shim_live milter_shim_refuse_new milter_shim_admitted"
+EXPORTS="milter_shim_abi milter_shim_start_main milter_shim_wrap milter_shim_reply milter_shim_pending milter_shim_bind_writes milter_shim_post milter_shim_bind_pipeline milter_shim_pipeline milter_shim_take_batch milter_shim_done_batch milter_shim_symval milter_shim_pipeline_stat milter_shim_run_milter milter_shim_run_listener milter_shim_exit milter_shim_negotiate_itself milter_shim_generation milter_shim_stamp milter_shim_live milter_shim_refuse_new milter_shim_admitted"
 # target  compiler  strip  glibc base version ("-" for musl)  ELF machine  libc NEEDED
 TARGETS="linux-x64-gnu gcc strip GLIBC_2.2.5 X86-64 libc.so.6
 linux-arm64-gnu aarch64-linux-gnu-gcc aarch64-linux-gnu-strip GLIBC_2.17 AArch64 libc.so.6

@@ -10,24 +10,19 @@
 
 import { MI_SUCCESS, SMFI_VERSION } from "../ffi/constants.ts";
 import type { Pointer } from "../ffi/memory.ts";
-import { type Generation, QUEUED_ALWAYS_SYMBOLS } from "../ffi/shim.ts";
+import { type Generation, OBSERVED_SYMBOLS, type ObservedSymbol, QUEUED_ALWAYS_SYMBOLS } from "../ffi/shim.ts";
 import type { SmfiDesc } from "../ffi/symbols.ts";
 import { failureReply } from "./answers.ts";
 import { type Ctx, enter, leave, sessionAt, usesFilter } from "./ctx.ts";
 import type { SockAddr } from "./convert.ts";
 import { describe, fail, milterError } from "./error.ts";
 import { lifecycle } from "./lifecycle.ts";
+import { logging } from "./messages.ts";
+import { absentSteps } from "./negotiation.ts";
 import { native } from "./native.ts";
-import {
-  type Callback,
-  isRegistered,
-  registered,
-  type Registration,
-  setRegistered,
-  sweep,
-} from "./registration.ts";
+import { type Callback, isRegistered, registered, type Registration, setRegistered, sweep } from "./registration.ts";
 import { report, reportFor } from "./report.ts";
-import { CALLBACK_NAMES, type CallbackName, STAGES, stageOf } from "./stages.ts";
+import { CALLBACK_NAMES, type CallbackName, stageOf, STAGES } from "./stages.ts";
 import { TRAMPOLINE_HANDLERS } from "./trampolines.ts";
 import { encodeMask, type Flag, FLAG_BITS, isFlag, type Stat, type Step, STEP_BITS } from "./variants.ts";
 
@@ -201,20 +196,44 @@ function wanted(r: Registration, name: CallbackName): boolean {
  */
 function generationOf(r: Registration): Generation {
   const own = r.callbacks.negotiate !== undefined;
+  // Observed for the log where the filter has no callback: queued, answered Continue by the shim.
+  const observed = logging() && !own
+    ? OBSERVED_SYMBOLS.filter((symbol) => r.callbacks[stageOf(symbol).name] === undefined)
+    : [];
+  const seen = (name: CallbackName): boolean =>
+    own || (name !== "negotiate" && wanted(r, name)) || observed.includes(STAGES[name].symbol as ObservedSymbol) ||
+    (name === "abort" && logging());
   return {
     id: r.id,
     itself: !own,
     flags: r.flags,
-    absent: r.absentSteps,
-    relay: CALLBACK_NAMES.filter((name) => own || (name !== "negotiate" && wanted(r, name))).map((name) =>
-      STAGES[name].symbol
-    ),
-    queued: QUEUED_ALWAYS_SYMBOLS.filter((symbol) => r.callbacks[stageOf(symbol).name] === undefined),
+    absent: absentSteps(r),
+    relay: CALLBACK_NAMES.filter(seen).map((name) => STAGES[name].symbol),
+    queued: [
+      ...QUEUED_ALWAYS_SYMBOLS.filter((symbol) => r.callbacks[stageOf(symbol).name] === undefined),
+      ...observed,
+    ],
   };
+}
+
+/**
+ * Has the binding observe every message (for `main({ log })`): the current
+ * filter is published again so that connections starting now are followed.
+ */
+export function observeMessages(): void {
+  if (generations) native("main").relay.publish(generationOf(registered()));
 }
 
 /** Whether the shim keeps generations (see `Relay.publish`): `replace` needs them. */
 let generations = false;
+
+/** What libmilter registered: the first filter's name, version and flags. */
+let registeredAs: { readonly name: string; readonly version: number; readonly flags: number } | null = null;
+
+/** The name, version and action flags libmilter registered (the filter given to {@linkcode register}). */
+export function registeredDesc(): { readonly name: string; readonly version: number; readonly flags: number } {
+  return registeredAs!;
+}
 
 /**
  * Registers the filter with libmilter. Only one filter may be registered
@@ -251,6 +270,7 @@ export function register(filter: Filter): void {
       { code: rc },
     );
   }
+  registeredAs = { name: r.name, version: filter.version, flags: r.flags };
   // Without a negotiate callback of the filter's own, its answer is fixed now: the shim gives it.
   generations = shim && lib.relay.negotiateItself(r.flags) && lib.relay.publish(generationOf(r));
   install(r);

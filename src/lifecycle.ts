@@ -37,6 +37,10 @@ export const lifecycle: {
   tcpNoDelay: boolean;
   /** libmilter's largest command, as last set by setmaxdatasize (libmilter's default 65535). */
   maxDataSize: number;
+  /** What settimeout, setbacklog and setdbg last gave libmilter (its defaults: 7210 s, SOMAXCONN, 0): main's listener gets them. */
+  timeout: number;
+  backlog: number;
+  dbg: number;
   /** How long a callback's Promise may stay pending, in ms (`null`: no bound); set by main. */
   callbackTimeoutMs: number | null;
   /**
@@ -56,6 +60,9 @@ export const lifecycle: {
   socketMode: 0o660,
   tcpNoDelay: true,
   maxDataSize: 65535,
+  timeout: 7210,
+  backlog: 4096,
+  dbg: 0,
   callbackTimeoutMs: 8_000,
   pipelining: false,
   pipelineMacros: new Map(),

@@ -14,7 +14,12 @@ import { allSessions, onSessionEnd, openSessions, releaseAll } from "./ctx.ts";
 import { check, describe, fail, milterError, requireInt } from "./error.ts";
 import { abandonPending } from "./calls.ts";
 import { startPipeline } from "./pipeline.ts";
-import { isRegistered } from "./registration.ts";
+import { isRegistered, registered } from "./registration.ts";
+import { type Answer, type Filter, observeMessages, registeredDesc, replace } from "./filter.ts";
+import type { Listen } from "../ffi/shim.ts";
+import { type LogEntry, logfmt, logTo } from "./messages.ts";
+import { serveMetrics } from "./metrics.ts";
+import { countEvent } from "./stats.ts";
 import { runQueued, runRelayed } from "./trampolines.ts";
 import { type FileIdentity, lifecycle } from "./lifecycle.ts";
 import { applyConnectionLimit, type FileLimit, RESERVED_ASYNC_CALLS, restoreFileLimit } from "./limits.ts";
@@ -175,6 +180,7 @@ export function settimeout(seconds: number): void {
     "settimeout",
     native("settimeout").functions.smfi_settimeout(requireInt("settimeout", "the timeout", seconds, 0)),
   );
+  lifecycle.timeout = seconds;
 }
 
 /**
@@ -189,6 +195,7 @@ export function setbacklog(backlog: number): void {
     "setbacklog",
     native("setbacklog").functions.smfi_setbacklog(requireInt("setbacklog", "the backlog", backlog, 1)),
   );
+  lifecycle.backlog = backlog;
 }
 
 /**
@@ -199,6 +206,7 @@ export function setbacklog(backlog: number): void {
  */
 export function setdbg(level: number): void {
   check("setdbg", native("setdbg").functions.smfi_setdbg(requireInt("setdbg", "the debug level", level, 0)));
+  lifecycle.dbg = level;
 }
 
 /**
@@ -278,6 +286,35 @@ export interface MainOptions {
    * captures nothing.
    */
   pipelineMacros?: string[];
+  /**
+   * Serves the figures of {@linkcode metrics} on `GET /metrics` at this
+   * socket while main runs, in {@linkcode setconn}'s syntax
+   * (`"inet:9464@127.0.0.1"`, `"unix:/run/milter/metrics.sock"`); anything
+   * else gets 404. Bind it to a loopback or private address. main rejects
+   * (after stopping) when the socket cannot be opened. Under Deno, needs
+   * `--allow-net`. Default: none.
+   */
+  metrics?: string;
+  /**
+   * One log entry per message (see {@linkcode LogEntry}) when it ends (end
+   * of message, abort, or the connection closing with it open), and one per
+   * connection that had none: `"text"`, one logfmt line on stderr (what
+   * journald keeps); `"json"`, one JSON object per line on stderr; or a
+   * function given each entry. To see every message and recipient, the
+   * binding then also observes envfrom, envrcpt, end of message and abort
+   * where the filter has no callback (queued, without holding the MTA; see
+   * the README for what it costs). Default: none.
+   */
+  log?: "text" | "json" | ((entry: LogEntry) => void);
+  /**
+   * On SIGHUP, called for a new filter (or a Promise of one), which
+   * {@linkcode replace} installs: connections that start afterwards use it,
+   * open ones finish on theirs. When it throws, rejects or returns something
+   * that is not a valid filter, the filter in place stays and the failure is
+   * reported on stderr. SIGHUPs during a reload make one more reload after
+   * it. Without it, SIGHUP stops the filter as libmilter does.
+   */
+  reload?: () => Answer<Filter>;
 }
 
 /**
@@ -432,6 +469,18 @@ interface Settings {
   readonly pipelineBytes: number;
   readonly pipelineMacros: readonly string[];
   readonly signals: boolean;
+  readonly metrics: string | null;
+  readonly log: ((entry: LogEntry) => void) | null;
+  readonly reload: (() => Answer<Filter>) | null;
+}
+
+/** What `main({ log })` names, as the function that writes an entry. */
+function logWriter(log: MainOptions["log"]): ((entry: LogEntry) => void) | null {
+  if (log === undefined || log === null) return null;
+  if (log === "text") return (entry) => writeStderr(logfmt(entry));
+  if (log === "json") return (entry) => writeStderr(JSON.stringify(entry));
+  if (typeof log === "function") return log;
+  fail("main", `log must be "text", "json" or a function, got ${describe(log)}`);
 }
 
 /**
@@ -465,7 +514,16 @@ function readOptions(options: MainOptions): Settings {
       fail("main", `pipelineMacros must hold non-empty macro names without NUL, got ${describe(name)}`);
     }
   }
+  if (options.metrics !== undefined && (typeof options.metrics !== "string" || options.metrics === "")) {
+    fail("main", `metrics must be a socket spec such as "inet:9464@127.0.0.1", got ${describe(options.metrics)}`);
+  }
+  if (options.reload !== undefined && typeof options.reload !== "function") {
+    fail("main", `reload must be a function returning a filter, got ${describe(options.reload)}`);
+  }
   return {
+    metrics: options.metrics ?? null,
+    log: logWriter(options.log),
+    reload: options.reload ?? null,
     drainTimeoutMs: timerDelay(drain),
     maxConnections: options.maxConnections,
     callbackTimeoutMs: timerDelay(callbackTimeout),
@@ -507,7 +565,7 @@ function start(options: MainOptions): Promise<void> {
     } else if (limit === null && settings.maxConnections !== undefined) {
       writeStderr("milter: cannot bound connections on this system (no setrlimit); maxConnections is not applied");
     }
-    if (settings.signals) removeSignals = onStopSignals(() => stop());
+    if (settings.signals) removeSignals = onStopSignals((signal) => onSignal(signal, settings.reload));
     try {
       startPipeline(settings.pipelineBytes, settings.pipelineMacros, { queued: runQueued, relayed: runRelayed });
     } catch (error) {
@@ -519,6 +577,19 @@ function start(options: MainOptions): Promise<void> {
     throw error;
   }
   const current = run = new Run(lib, settings.drainTimeoutMs);
+  if (settings.log !== null) {
+    logTo(settings.log);
+    observeMessages();
+  }
+  // Served while main runs; a socket that cannot be opened stops the filter, and main rejects with why.
+  let metricsFailure: unknown = null;
+  const metricsServer = settings.metrics === null ? Promise.resolve(null) : serveMetrics(settings.metrics).catch(
+    (error: unknown) => {
+      metricsFailure = error;
+      stop();
+      return null;
+    },
+  );
   // A program that ends while main runs (process.exit, an uncaught exception) ends with its own code:
   // libmilter's threads, still serving connections, must not call into the runtime as it tears down.
   const removeExit = onProgramExit((code) => lib.blocking.onExit(code));
@@ -534,11 +605,14 @@ function start(options: MainOptions): Promise<void> {
       removeSignals();
       restoreFileLimit(lib, limit);
       removeUnixSocket(lifecycle.socket, lifecycle.socketFile);
+      logTo(null);
+      await (await metricsServer)?.close();
       // Resolve only once no call into libmilter is outstanding, so that a
       // program exiting right after main never tears down with native work
       // still running on another thread.
       await stopReturned;
-      if (error) reject(milterError("main", `smfi_main could not run: ${error}`, { cause: error }));
+      if (metricsFailure !== null) reject(metricsFailure);
+      else if (error) reject(milterError("main", `smfi_main could not run: ${error}`, { cause: error }));
       // smfi_stop can reach libmilter before smfi_main has started its
       // listener (stop right after main); smfi_main then fails, but the
       // filter did what was asked: it stopped.
@@ -555,11 +629,25 @@ function start(options: MainOptions): Promise<void> {
     };
     // On a thread of its own where the platform has the shim: a runtime
     // joins its worker pool at exit, and would wait there for smfi_main.
-    lib.blocking.run("smfi_main").then(
+    lib.blocking.run("smfi_main", listenSettings()).then(
       (rc) => done(null, rc),
       (error) => done(error, -1), // no thread could be started: undo everything main set up
     );
   });
+}
+
+/** What smfi_main would give libmilter's listener: what the program set, and the registered filter. */
+function listenSettings(): Listen {
+  const { name, version, flags } = registeredDesc();
+  return {
+    conn: lifecycle.conn!,
+    dbg: lifecycle.dbg,
+    timeout: lifecycle.timeout,
+    backlog: lifecycle.backlog,
+    name,
+    version,
+    flags,
+  };
 }
 
 /** Says once, on stderr, when libmilter's main loop must run on the runtime's worker pool. */
@@ -641,6 +729,48 @@ function wakeListener(): void {
   };
   setTimeout(poke, 10).unref?.();
 }
+
+/** A stop signal while main runs: SIGHUP reloads when main has `reload`; anything else stops. */
+function onSignal(signal: string, reload: (() => Answer<Filter>) | null): void {
+  if (signal === "SIGHUP" && reload !== null) reloads.request(reload);
+  else stop();
+}
+
+/**
+ * The reloads of `main({ reload })`: one at a time; a SIGHUP during one
+ * makes one more after it (what it loads may have changed meanwhile).
+ */
+const reloads = {
+  running: false,
+  again: false,
+  request(reload: () => Answer<Filter>): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    void this.once(reload).finally(() => {
+      this.running = false;
+      if (this.again && lifecycle.phase === "running") {
+        this.again = false;
+        this.request(reload);
+      }
+    });
+  },
+  async once(reload: () => Answer<Filter>): Promise<void> {
+    try {
+      const filter = await reload();
+      if (lifecycle.phase !== "running") return; // stopping meanwhile: nothing to install it for
+      replace(filter);
+      countEvent("reloadOk");
+      writeStderr(`milter: reloaded on SIGHUP; new connections use filter ${JSON.stringify(registered().name)}`);
+    } catch (error) {
+      countEvent("reloadFailed");
+      const why = error instanceof Error ? error.message : describe(error);
+      writeStderr(`milter: reload on SIGHUP failed; the filter in place stays: ${why}`);
+    }
+  },
+};
 
 /**
  * Shuts the filter down: no new connections are accepted, open connections

@@ -53,16 +53,36 @@ function families(s: Stats): Family[] {
       )
     );
   return [
-    { name: "milter_connections_open", type: "gauge", help: "MTA connections the filter serves now.", samples: one(s.connections.open) },
-    { name: "milter_connections_total", type: "counter", help: "MTA connections opened, refused ones included.", samples: one(s.connections.total) },
+    {
+      name: "milter_connections_open",
+      type: "gauge",
+      help: "MTA connections the filter serves now.",
+      samples: one(s.connections.open),
+    },
+    {
+      name: "milter_connections_total",
+      type: "counter",
+      help: "MTA connections opened, refused ones included.",
+      samples: one(s.connections.total),
+    },
     {
       name: "milter_connections_refused_total",
       type: "counter",
       help: "Connections refused because the filter was stopping.",
       samples: one(s.connections.refused),
     },
-    { name: "milter_messages_total", type: "counter", help: "Messages that reached end of message.", samples: one(s.messages.total) },
-    { name: "milter_messages_aborted_total", type: "counter", help: "Messages the MTA aborted.", samples: one(s.messages.aborted) },
+    {
+      name: "milter_messages_total",
+      type: "counter",
+      help: "Messages that reached end of message.",
+      samples: one(s.messages.total),
+    },
+    {
+      name: "milter_messages_aborted_total",
+      type: "counter",
+      help: "Messages the MTA aborted.",
+      samples: one(s.messages.aborted),
+    },
     {
       name: "milter_verdicts_total",
       type: "counter",
@@ -81,7 +101,12 @@ function families(s: Stats): Family[] {
       help: "Failures of the binding itself, answered Tempfail.",
       samples: one(s.internalFailures),
     },
-    { name: "milter_callbacks_pending", type: "gauge", help: "Callbacks whose Promise is pending.", samples: one(s.callbacks.pending) },
+    {
+      name: "milter_callbacks_pending",
+      type: "gauge",
+      help: "Callbacks whose Promise is pending.",
+      samples: one(s.callbacks.pending),
+    },
     {
       name: "milter_pipeline_bytes",
       type: "gauge",
@@ -100,7 +125,12 @@ function families(s: Stats): Family[] {
       help: "Calls into JS: relayed (libmilter's thread waited: a round trip) or queued.",
       samples: [[{ ...filter, mode: "relayed" }, s.calls.relayed], [{ ...filter, mode: "queued" }, s.calls.queued]],
     },
-    { name: "milter_bell_rings_total", type: "counter", help: "Times the shim woke the JS thread for calls.", samples: one(s.calls.rings) },
+    {
+      name: "milter_bell_rings_total",
+      type: "counter",
+      help: "Times the shim woke the JS thread for calls.",
+      samples: one(s.calls.rings),
+    },
     {
       name: "milter_reloads_total",
       type: "counter",

@@ -11,6 +11,7 @@ import { BadReturn, statCode } from "./answers.ts";
 import type { Session } from "./ctx.ts";
 import { describe } from "./error.ts";
 import { reportInternal, tempfail } from "./failure.ts";
+import { logging } from "./messages.ts";
 import { pipelineStages } from "./pipeline.ts";
 import { registered, type Registration, registrationOf } from "./registration.ts";
 import { CALLBACK_NAMES, type CallbackName, STAGES } from "./stages.ts";
@@ -105,6 +106,18 @@ export function refuseUnnegotiated(session: Session, callback: CallbackName, r: 
   return tempfail(session.ptr, r.name);
 }
 
+/** The NO* steps that keep the MTA from sending what the log needs (`main({ log })`): MAIL and RCPT. */
+const OBSERVED_STEPS = encodeMask(STEP_BITS, ["NOMAIL", "NORCPT"]);
+
+/**
+ * The NO* steps asked for `r`'s absent callbacks (where the MTA offers
+ * them): all of them, but while messages are logged, not those of MAIL and
+ * RCPT, which the log counts.
+ */
+export function absentSteps(r: Registration): number {
+  return logging() ? r.absentSteps & ~OBSERVED_STEPS : r.absentSteps;
+}
+
 /** Validates negotiate's answer and writes it to libmilter's output words. */
 export function answerNegotiate(
   result: unknown,
@@ -134,7 +147,7 @@ export function answerNegotiate(
   writeULong(pf[0], encodeMask(FLAG_BITS, flags));
   // The NO* steps of absent callbacks only where the MTA offers them, as libmilter does without a
   // negotiate callback: libmilter drops a connection asked for a step its MTA lacks.
-  writeULong(pf[1], (stepMask | (r.absentSteps & offeredSteps)) >>> 0);
+  writeULong(pf[1], (stepMask | (absentSteps(r) & offeredSteps)) >>> 0);
   writeULong(pf[2], 0);
   writeULong(pf[3], 0);
   return code;

@@ -168,7 +168,9 @@ export function countCall(stage: CallbackName, seconds: number, code: number | n
   countDuration(stage, seconds);
   if (code === null || !decides(stage)) return;
   const verdict = VERDICT_OF[code];
-  if (verdict !== undefined) bump(inner(verdicts, stage), quarantined && verdict === "continue" ? "quarantine" : verdict);
+  if (verdict !== undefined) {
+    bump(inner(verdicts, stage), quarantined && verdict === "continue" ? "quarantine" : verdict);
+  }
 }
 
 /** A callback at `stage` failed as `kind` (reported; answered 451 by the binding, or for `stale` refused). */
@@ -178,7 +180,9 @@ export function countFailure(stage: CallbackName, kind: FailureKind): void {
 
 function countDuration(stage: CallbackName, seconds: number): void {
   let d = durations.get(stage);
-  if (d === undefined) durations.set(stage, d = { counts: new Array(DURATION_BUCKETS.length + 1).fill(0), sum: 0, count: 0 });
+  if (d === undefined) {
+    durations.set(stage, d = { counts: new Array(DURATION_BUCKETS.length + 1).fill(0), sum: 0, count: 0 });
+  }
   let i = 0;
   while (i < DURATION_BUCKETS.length && seconds > DURATION_BUCKETS[i]) i++;
   d.counts[i]++;
@@ -197,7 +201,9 @@ export function countPending(delta: 1 | -1): void {
 }
 
 /** The nested counts as a plain object. */
-function plain<V extends string>(map: Map<CallbackName, Map<V, number>>): Partial<Record<CallbackName, Partial<Record<V, number>>>> {
+function plain<V extends string>(
+  map: Map<CallbackName, Map<V, number>>,
+): Partial<Record<CallbackName, Partial<Record<V, number>>>> {
   const out: Partial<Record<CallbackName, Partial<Record<V, number>>>> = {};
   for (const name of CALLBACK_NAMES) {
     const found = map.get(name);

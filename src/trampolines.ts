@@ -31,7 +31,7 @@ import { type Session, sessionAt } from "./ctx.ts";
 import { isThenable } from "./error.ts";
 import { reportInternal } from "./failure.ts";
 import { logging, noteCall } from "./messages.ts";
-import { answerNegotiate } from "./negotiation.ts";
+import { absentSteps, answerNegotiate } from "./negotiation.ts";
 import type { CallbackName } from "./stages.ts";
 import { decodeMask, FLAG_BITS, STEP_BITS } from "./variants.ts";
 
@@ -194,7 +194,7 @@ const TRAMPOLINES: { readonly [K in CallbackSymbol]: CallbackHandler<K> } = {
         // flags, and the NO* steps of absent callbacks the MTA offers
         // (libmilter pre-fills those of the callbacks registered as NULL).
         writeULong(pf0, r.flags);
-        writeULong(pf1, ((readULong(pf1) | (r.absentSteps & f1)) & ~SMFIP_SKIP) >>> 0);
+        writeULong(pf1, ((readULong(pf1) | (absentSteps(r) & f1)) & ~SMFIP_SKIP) >>> 0);
         return SMFIS_CONTINUE;
       }
       const result = Reflect.apply(fn, r.self, [

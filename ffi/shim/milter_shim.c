@@ -1614,6 +1614,17 @@ SHIM_WRAPPER(negotiate, negotiate_itself(ctx, f1, pf0, pf1), NOTHING(CB_negotiat
 	     unsigned long f1, unsigned long f2, unsigned long f3, unsigned long *pf0, unsigned long *pf1,
 	     unsigned long *pf2, unsigned long *pf3)
 
+/* Every wrapper, by CB_*. */
+static void *const wrappers[SHIM_CALLBACKS] = {
+		[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
+		[CB_envfrom] = (void *)wrap_envfrom,	 [CB_envrcpt] = (void *)wrap_envrcpt,
+		[CB_header] = (void *)wrap_header,	 [CB_eoh] = (void *)wrap_eoh,
+		[CB_body] = (void *)wrap_body,		 [CB_eom] = (void *)wrap_eom,
+		[CB_abort] = (void *)wrap_abort,	 [CB_close] = (void *)wrap_close,
+		[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
+		[CB_negotiate] = (void *)wrap_negotiate,
+};
+
 /**
  * The shim's wrappers for the callbacks JS handles: bit i of `mask` set for
  * callback i (in struct smfiDesc order: connect, helo, envfrom, envrcpt,
@@ -1630,15 +1641,6 @@ SHIM_WRAPPER(negotiate, negotiate_itself(ctx, f1, pf0, pf1), NOTHING(CB_negotiat
  */
 MILTER_SHIM_EXPORT int milter_shim_wrap(unsigned mask, void *out[SHIM_CALLBACKS])
 {
-	static void *const wrappers[SHIM_CALLBACKS] = {
-		[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
-		[CB_envfrom] = (void *)wrap_envfrom,	 [CB_envrcpt] = (void *)wrap_envrcpt,
-		[CB_header] = (void *)wrap_header,	 [CB_eoh] = (void *)wrap_eoh,
-		[CB_body] = (void *)wrap_body,		 [CB_eom] = (void *)wrap_eom,
-		[CB_abort] = (void *)wrap_abort,	 [CB_close] = (void *)wrap_close,
-		[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
-		[CB_negotiate] = (void *)wrap_negotiate,
-	};
 	if (out == NULL)
 		return -1;
 	pthread_mutex_lock(&pool_lock);
@@ -2009,6 +2011,81 @@ static int shim_close(int level)
 		dropped = next;
 	}
 	return inside;
+}
+
+/* ---- libmilter's listener, without its signal thread ----------------------
+ *
+ * Why: smfi_main starts a thread that waits (sigwait) for SIGHUP, SIGTERM
+ * and SIGINT and stops libmilter on any of them, closing its listening
+ * socket, whatever JS does with the signal. The kernel hands a signal sent
+ * to the process to any thread that accepts it, so now and then that thread
+ * gets it instead of the JS thread: a stop without the drain, and a SIGHUP
+ * meant to reload the filter stopping it instead. Everything else smfi_main
+ * does is to ignore SIGPIPE and call mi_listener (exported by libmilter),
+ * which this runs instead, on the shim's thread, with what smfi_setconn,
+ * smfi_setdbg, smfi_settimeout and smfi_setbacklog were given and a filter
+ * description of the shim's wrappers. Signals then reach JS alone.
+ */
+
+/* libmilter's struct smfiDesc, in mfapi.h's order. */
+struct shim_desc {
+	char *xxfi_name;
+	int xxfi_version;
+	unsigned long xxfi_flags;
+	void *callbacks[SHIM_CALLBACKS];
+};
+
+typedef int (*listener_fn)(char *conn, int dbg, struct shim_desc *smfi, long timeout, int backlog);
+
+static struct {
+	listener_fn listener;
+	char *conn;
+	int dbg;
+	long timeout;
+	int backlog;
+	struct shim_desc desc; /* kept for good: every connection's context points at it */
+} listen_with;
+
+static int listener_main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	return listen_with.listener(listen_with.conn, listen_with.dbg, &listen_with.desc, listen_with.timeout,
+				    listen_with.backlog);
+}
+
+/**
+ * milter_shim_run_milter() with libmilter's mi_listener (`listener`) in
+ * place of smfi_main: `conn`, `dbg`, `timeout` and `backlog` as
+ * smfi_setconn, smfi_setdbg, smfi_settimeout and smfi_setbacklog were given
+ * them; the filter's `name`, `version` and `flags`, and the shim's wrappers
+ * for every callback (after milter_shim_wrap). Once per process. Returns
+ * what milter_shim_start_main() returns; EINVAL for a NULL listener or conn,
+ * before milter_shim_wrap; EBUSY on a second call; ENOMEM.
+ */
+MILTER_SHIM_EXPORT int milter_shim_run_listener(void *listener, const char *conn, int dbg, const char *name,
+						int version, unsigned long flags, long timeout, int backlog,
+						void (*done)(int rc))
+{
+	if (listener == NULL || conn == NULL || name == NULL || !wrapped)
+		return EINVAL;
+	if (listen_with.listener != NULL)
+		return EBUSY;
+	listen_with.conn = strdup(conn);
+	listen_with.desc.xxfi_name = strdup(name);
+	if (listen_with.conn == NULL || listen_with.desc.xxfi_name == NULL) {
+		free(listen_with.conn);
+		free(listen_with.desc.xxfi_name);
+		listen_with.conn = listen_with.desc.xxfi_name = NULL;
+		return ENOMEM;
+	}
+	listen_with.dbg = dbg;
+	listen_with.timeout = timeout;
+	listen_with.backlog = backlog;
+	listen_with.desc.xxfi_version = version;
+	listen_with.desc.xxfi_flags = flags;
+	memcpy(listen_with.desc.callbacks, wrappers, sizeof wrappers);
+	listen_with.listener = (listener_fn)listener;
+	return start_main(listener_main, done, 1);
 }
 
 /**
