@@ -1461,6 +1461,15 @@ struct generation {
 
 static struct generation *gen_current, *gen_live; /* under pool_lock */
 
+/*
+ * The stamp of a connection refused while JS drains: negotiation succeeds
+ * (a failed one makes the MTA apply its default action, which may be to
+ * accept unfiltered), then every stage that replies answers Tempfail
+ * without JS, from connect on, so the MTA refuses the SMTP session; abort
+ * and close continue. Never freed, never counted.
+ */
+static struct generation refusing = {.relay = 0, .queued = 0, .refs = 1};
+
 /* Drops a hold on g; pool_lock held. Returns it, unlinked, when that was the last, for the caller to free. */
 static struct generation *gen_unref_locked(struct generation *g)
 {
@@ -1502,8 +1511,15 @@ static int negotiate_itself(void *ctx, unsigned long f1, unsigned long *pf0, uns
 	}
 	int admit = closed == SHIM_OPEN && !__atomic_load_n(&refusing_new, __ATOMIC_ACQUIRE) &&
 		    stamp_locked(ctx, g) == 0;
+	int refuse = !admit && closed == SHIM_OPEN && own_setpriv(ctx, &refusing) == 0;
 	stat_refused += !admit;
 	pthread_mutex_unlock(&pool_lock);
+	if (refuse) {
+		/* Every stage: connect comes, and is refused. */
+		*pf0 = g->flags;
+		*pf1 &= ~(unsigned long)SHIM_SMFIP_SKIP;
+		return 0;
+	}
 	if (!admit)
 		return SHIM_SMFIS_TEMPFAIL;
 	/* g stays: the connection holds it. */
@@ -1523,6 +1539,8 @@ static struct generation *unstamp(void *ctx)
 	if (g == NULL)
 		return NULL;
 	own_setpriv(ctx, NULL);
+	if (g == &refusing)
+		return NULL;
 	pthread_mutex_lock(&pool_lock);
 	admitted--;
 	pthread_mutex_unlock(&pool_lock);
@@ -1567,6 +1585,8 @@ static void gen_release(struct generation *g)
 		int always = gen != NULL && gen->id != 0 ? gen->queued : -1;       \
 		struct generation *held = CB_##name == CB_close ? unstamp(ctx) : NULL; \
 		int rc = itself;                                                   \
+		if (rc < 0 && gen == &refusing)                                    \
+			rc = QUEUED_ALWAYS & 1u << CB_##name ? 0 : SHIM_SMFIS_TEMPFAIL; \
 		if (rc < 0 && !(relay & 1u << CB_##name))                          \
 			rc = 0; /* SMFIS_CONTINUE, as libmilter answers a NULL callback */ \
 		if (rc < 0 && pipeline_gate(SHIM_WORDS gate, always, gen_id, &held)) \
