@@ -138,7 +138,7 @@ function addressOf(addr: SockAddr | null): string | null {
 export function noteCall(session: Session, callback: CallbackName, args: readonly unknown[]): void {
   if (logger === null) return;
   const c = connectionOf(session);
-  if (callback === "connect") c.client = addressOf(args[1] as SockAddr | null);
+  if (callback === "connect") c.client = addressOf(args[1] as SockAddr | null) ?? clientOf(session);
   else if (callback === "envfrom") {
     if (c.message !== null) write(session, c, "aborted", null); // ended with nothing the binding saw
     c.message = newMessage();
@@ -245,12 +245,23 @@ function write(session: Session, c: Connection, fallback: Verdict | "aborted", s
   });
 }
 
+/**
+ * The client's address from the macros: `{client_addr}`, or the address in
+ * `_` (`name [address]`, which Postfix and Sendmail send at connect by
+ * default); `null` without either.
+ */
+function clientOf(session: Session): string | null {
+  const underscore = macro(session, "_");
+  const found = underscore === null ? null : /\[(?:IPv6:)?([^\]]+)\]/i.exec(underscore);
+  return macro(session, "{client_addr}") ?? (found === null ? null : found[1]);
+}
+
 function emit(
   session: Session,
   c: Connection,
   entry: Omit<LogEntry, "filter" | "connection" | "client">,
 ): void {
-  c.client ??= macro(session, "{client_addr}");
+  c.client ??= clientOf(session);
   const full: LogEntry = { filter: session.filter.name, connection: session.ctx.id, client: c.client, ...entry };
   try {
     logger?.(full);

@@ -210,7 +210,8 @@ export function serveMetrics(spec: string): Promise<MetricsServer> {
   server.keepAliveTimeout = 5_000;
   return new Promise<MetricsServer>((resolve, reject) => {
     server.once("error", (error) => {
-      reject(milterError("main", `cannot serve metrics on ${spec}: ${describe(error)}`, { cause: error }));
+      const why = error instanceof Error ? error.message : describe(error);
+      reject(milterError("main", `cannot serve metrics on ${spec}: ${why}`, { cause: error }));
     });
     const listening = (): void => {
       server.removeAllListeners("error");

@@ -106,13 +106,13 @@ export function refuseUnnegotiated(session: Session, callback: CallbackName, r: 
   return tempfail(session.ptr, r.name);
 }
 
-/** The NO* steps that keep the MTA from sending what the log needs (`main({ log })`): MAIL and RCPT. */
-const OBSERVED_STEPS = encodeMask(STEP_BITS, ["NOMAIL", "NORCPT"]);
+/** The NO* steps that keep the MTA from sending what the log needs (`main({ log })`): connect (and its macros), MAIL, RCPT. */
+const OBSERVED_STEPS = encodeMask(STEP_BITS, ["NOCONNECT", "NOMAIL", "NORCPT"]);
 
 /**
  * The NO* steps asked for `r`'s absent callbacks (where the MTA offers
- * them): all of them, but while messages are logged, not those of MAIL and
- * RCPT, which the log counts.
+ * them): all of them, but while messages are logged, not those of
+ * connect, MAIL and RCPT, which the log reads.
  */
 export function absentSteps(r: Registration): number {
   return logging() ? r.absentSteps & ~OBSERVED_STEPS : r.absentSteps;

@@ -76,6 +76,7 @@ const QUEUED: { readonly [K in QueuedSymbol]: (call: QueuedCall) => number } = {
   xxfi_header: (call) => callStage("header", call.ctx, NO_TOKEN, () => strings(call.a, call.b), call),
   xxfi_eoh: (call) => callStage("eoh", call.ctx, NO_TOKEN, () => ({ args: [] }), call),
   xxfi_body: (call) => callStage("body", call.ctx, NO_TOKEN, () => chunk(call.bytes, call.len), call),
+  xxfi_connect: (call) => callStage("connect", call.ctx, NO_TOKEN, () => ({ args: [readCString(call.a), null] }), call),
   xxfi_envfrom: (call) => callStage("envfrom", call.ctx, NO_TOKEN, () => strings(call.a), call),
   xxfi_envrcpt: (call) => callStage("envrcpt", call.ctx, NO_TOKEN, () => strings(call.a), call),
   xxfi_eom: (call) => callStage("eom", call.ctx, NO_TOKEN, () => ({ args: [] }), call),

@@ -106,7 +106,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     expect(sample(text, "milter_failures_total", { ...f, stage: "envrcpt", kind: "exception" })).toBe(1);
     expect(sample(text, "milter_callback_duration_seconds_count", { ...f, stage: "envrcpt" })).toBe(12);
     expect(sample(text, "milter_callback_duration_seconds_bucket", { ...f, stage: "eom", le: "+Inf" })).toBe(6);
-    expect(sample(text, "milter_connections_open", f)).toBe(0);
+    await expect.poll(async () => sample((await scrape(port)).text, "milter_connections_open", f)).toBe(0);
     expect(sample(text, "milter_callbacks_pending", f)).toBe(0);
     expect((await scrape(port, "/")).status).toBe(404);
     expect((await scrape(port, "/metrics/x")).status).toBe(404);
@@ -131,7 +131,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     });
     started.push(filter);
     const failed = await filter.waitFor((e) => e.event === "failed");
-    expect(failed.message).toMatch(/^Milter\.main: cannot serve metrics on inet:\d+@127\.0\.0\.1: .*EADDRINUSE/);
+    expect(failed.message).toMatch(/^Milter\.main: cannot serve metrics on inet:\d+@127\.0\.0\.1: .*(EADDRINUSE|in use)/);
     expect(await filter.exited).toEqual({ code: 3, signal: null });
     expect((await scrape(port)).status).toBe(200); // the first one serves on
     void holder;
@@ -140,7 +140,8 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
   test("one log entry per message, and one for a connection without any", async () => {
     const filter = await start(runtime, { RULES: rulesFile({ tag: "A", reject: "spam", quarantine: true }), LOG: "fn" });
     const client = await filter.client();
-    await client.connect("client.example", { family: "inet", address: "192.0.2.7", port: 40000 });
+    // Postfix and Sendmail send the macro `_` at connect: the client's name and [address].
+    await client.connect("client.example", null, { _: "client.example [192.0.2.7]" });
     await send(client, "QA", ["<a@example.net>", "<spam@example.net>", "<b@example.net>"]);
     await send(client, "QB", ["<q@example.net>"]);
     await send(client, "QC", ["<boom@example.net>"]);
@@ -243,7 +244,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     const filter = await start(runtime, { RULES: rules, RELOAD: "1" });
     for (const [broken, why] of [[{ tag: "X", throw: true }, "rules X are broken"], [
       { tag: "Y", invalid: true },
-      "Milter.replace: filter.name must be a string, got 42",
+      "Milter.replace: filter.name must be a string, got number 42",
     ]] as const) {
       writeFileSync(rules, JSON.stringify(broken));
       filter.child.kill("SIGHUP");
