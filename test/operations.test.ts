@@ -239,6 +239,45 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     for (const c of [open, after, fresh]) c.quit();
   });
 
+  test("4,000 messages with a reload every 100 ms: none lost or tempfailed, none answered by two filters", async () => {
+    const rules = rulesFile({ tag: "R0" });
+    const filter = await start(runtime, { RULES: rules, RELOAD: "1" });
+    let reloads = 0;
+    const timer = setInterval(() => {
+      writeFileSync(rules, JSON.stringify({ tag: `R${++reloads}`, async: reloads % 2 === 1 }));
+      filter.child.kill("SIGHUP");
+    }, 100);
+    const seen = new Set<string>();
+    const worker = async (w: number): Promise<number> => {
+      let answered = 0;
+      for (let c = 0; c < 10; c++) {
+        const client = await filter.client();
+        await client.connect(`w${w}.example`, null);
+        for (let m = 0; m < 10; m++) {
+          const result = await send(client, `W${w}C${c}M${m}`, ["<a@example.net>"]);
+          expect(result.reply).toEqual({ action: "continue" });
+          const [header] = result.modifications as { value: string }[];
+          const [atEom, atRcpt] = header.value.split("/");
+          expect(atEom).toBe(atRcpt); // one filter, from envrcpt to eom
+          seen.add(atEom);
+          answered++;
+        }
+        client.quit();
+      }
+      return answered;
+    };
+    try {
+      const counts = await Promise.all(Array.from({ length: 40 }, (_, w) => worker(w)));
+      expect(counts.reduce((a, b) => a + b, 0)).toBe(4000);
+    } finally {
+      clearInterval(timer);
+    }
+    expect(reloads).toBeGreaterThan(5);
+    expect(seen.size).toBeGreaterThan(1); // messages met more than one filter
+    expect(filter.stderr).not.toContain("failed");
+    expect(filter.child.exitCode).toBe(null);
+  });
+
   test("a reload that throws or returns no filter leaves the filter in place, and says so", async () => {
     const rules = rulesFile({ tag: "A" });
     const filter = await start(runtime, { RULES: rules, RELOAD: "1" });
