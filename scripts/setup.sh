@@ -25,8 +25,10 @@ if [ "$what" = test ]; then
   # scripts/arm64-sysroot.sh). libdb5.3, libldap-2.5-0, libnsl2, libsasl2-2,
   # libssl3: the libraries of the Sendmail that scripts/sendmail-tree.sh
   # extracts (never installed: sendmail-bin conflicts with postfix); mount:
-  # its private /etc/hosts (test/mta/sendmail.test.ts).
-  packages+=(postfix opendkim opendkim-tools systemd
+  # its private /etc/hosts (test/mta/sendmail.test.ts). prometheus: promtool
+  # checks the metrics endpoint's output (test/operations.test.ts); haproxy:
+  # several filter processes behind one balancer (test/balanced.test.ts).
+  packages+=(postfix opendkim opendkim-tools systemd prometheus haproxy
     gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools qemu-user-static
     libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2 libssl3 mount)
 elif [ "$what" != demo ]; then
