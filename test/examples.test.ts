@@ -241,6 +241,48 @@ describe("rules", () => {
     expect(await subject(filter, "=?x-unknown?B?%%%?= pills")).toBe("continue");
   });
 
+  test.each(["node", "deno", "bun"] as const)(
+    "under %s, MILTER_RULES is read again on SIGHUP: new connections use it, a broken file changes nothing",
+    async (runtime) => {
+      const file = join(mkdtempSync(join(tmpdir(), "milter-rules-")), "rules.json");
+      const rule = (helo: string): string =>
+        JSON.stringify([{ on: "helo", match: `^${helo}$`, reply: ["550", "5.7.1", "not %s"] }]);
+      writeFileSync(file, rule("first\\.example"));
+      const filter = await example("rules", { MILTER_RULES: file }, runtime);
+      const heloOf = async (name: string): Promise<string | undefined> => {
+        const client = await filter.client();
+        await client.connect("client.example", null);
+        const reply = await client.helo(name);
+        client.quit();
+        return reply.text ?? reply.action;
+      };
+      expect(await heloOf("first.example")).toBe("550 5.7.1 not first.example");
+      const open = await filter.client(); // started on the first rules, it keeps them
+      await open.connect("client.example", null);
+      writeFileSync(file, rule("second\\.example"));
+      filter.child.kill("SIGHUP");
+      await expect.poll(() => heloOf("second.example"), { timeout: 10_000 }).toBe("550 5.7.1 not second.example");
+      expect(await heloOf("first.example")).toBe("continue");
+      expect((await open.helo("first.example")).text).toBe("550 5.7.1 not first.example");
+      open.quit();
+      writeFileSync(file, "[{");
+      filter.child.kill("SIGHUP");
+      await expect.poll(() => filter.stderr, { timeout: 10_000 }).toContain("reload on SIGHUP failed");
+      expect(await heloOf("second.example")).toBe("550 5.7.1 not second.example");
+      expect(filter.child.exitCode).toBe(null);
+    },
+  );
+
+  test("a MILTER_RULES file that is not rules stops it at start with exit code 78", async () => {
+    const file = join(mkdtempSync(join(tmpdir(), "milter-rules-")), "rules.json");
+    writeFileSync(file, JSON.stringify([{ on: "body", match: "x", reply: ["550", "5.7.1", "x"] }]));
+    expectRefusal(
+      await refused("rules", { MILTER_RULES: file }),
+      "MILTER_RULES",
+      '"on" must be helo, sender or subject',
+    );
+  });
+
   test.each(["deno", "bun"] as const)("runs the same under %s, npm package included", async (runtime) => {
     const filter = await example("rules", {}, runtime);
     expect(await subject(filter, "=?UTF-8?B?Q2hlYXAgcGlsbHM=?=")).toBe(REFUSED_SUBJECT);
@@ -481,38 +523,41 @@ describe("ratelimit", () => {
 });
 
 describe("the systemd unit", () => {
-  const unit = readFileSync(join(ROOT, "examples/milter-stamp.service"), "utf8");
+  const unit = readFileSync(join(ROOT, "examples/milter-rules.service"), "utf8");
   /** The value of `key=` in the unit (the last, as systemd takes it for a single-valued key). */
   const setting = (key: string): string => [...unit.matchAll(new RegExp(`^${key}=(.*)$`, "gm"))].at(-1)![1];
 
   /** What `systemd-analyze verify` says of a unit file (it exits 0 even on unknown keys). */
   const verify = (text: string): string => {
-    const file = join(dir, "milter-stamp.service");
+    const file = join(dir, "milter-rules.service");
     writeFileSync(file, text);
     execFileSync("systemd-analyze", ["--version"]); // fails the test when systemd is missing
     return spawnSync("systemd-analyze", ["verify", file], { encoding: "utf8" }).stderr;
   };
 
-  test("examples/milter-stamp.service passes systemd-analyze verify, and a typo would not", () => {
+  test("examples/milter-rules.service passes systemd-analyze verify, and a typo would not", () => {
     expect(verify(unit)).toBe("");
     expect(verify(unit.replace("Type=simple", "Tpye=simple"))).toContain("Unknown key 'Tpye'");
-    expect(unit).toContain("ExecStart=/usr/bin/node --import tsx examples/stamp.ts");
+    expect(unit).toContain("ExecStart=/usr/bin/node --import tsx examples/rules.ts");
+    // systemctl reload: SIGHUP, which rules.ts answers by reading its rules again (tested above).
+    expect(unit).toContain("ExecReload=/bin/kill -HUP $MAINPID");
+    expect(unit).toContain("Environment=MILTER_RULES=/etc/milter/rules.json");
   });
 
   test("systemd-analyze security rates its sandbox OK (exposure under 2.0), and V8 keeps its W+X memory", () => {
-    const file = join(dir, "milter-stamp.service");
+    const file = join(dir, "milter-rules.service");
     writeFileSync(file, unit);
     const report = execFileSync("systemd-analyze", ["security", "--offline=true", file], { encoding: "utf8" });
-    const [, exposure, rating] = /Overall exposure level for milter-stamp\.service: ([\d.]+) (\w+)/.exec(report)!;
+    const [, exposure, rating] = /Overall exposure level for milter-rules\.service: ([\d.]+) (\w+)/.exec(report)!;
     expect(Number(exposure)).toBeLessThan(2.0);
     expect(rating).toBe("OK");
     expect(unit).not.toMatch(/^MemoryDenyWriteExecute=/m); // V8 compiles into memory it writes
   });
 
-  test("its user comes from examples/milter-stamp.sysusers, which systemd-sysusers takes", () => {
+  test("its user comes from examples/milter.sysusers, which systemd-sysusers takes", () => {
     const root = join(dir, "sysroot");
     mkdirSync(join(root, "etc/sysusers.d"), { recursive: true });
-    copyFileSync(join(ROOT, "examples/milter-stamp.sysusers"), join(root, "etc/sysusers.d/milter.conf"));
+    copyFileSync(join(ROOT, "examples/milter.sysusers"), join(root, "etc/sysusers.d/milter.conf"));
     execFileSync("systemd-sysusers", [`--root=${root}`], { stdio: "ignore" });
     const passwd = readFileSync(join(root, "etc/passwd"), "utf8");
     expect(passwd).toMatch(new RegExp(`^${setting("User")}:x:\\d+:\\d+:.*:/usr/sbin/nologin$`, "m"));

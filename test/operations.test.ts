@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, test } from "vitest";
 import { type FilterProcess, freePort, startFilter } from "./helpers/filter.ts";
 import { type Runtime, RUNTIMES } from "./helpers/runtimes.ts";
-import type { MilterClient } from "../src/testing/mod.ts";
+import type { MessageResult, MilterClient } from "../src/testing/mod.ts";
 
 /** promtool, from Debian's prometheus package. */
 const PROMTOOL = "/usr/bin/promtool";
@@ -64,7 +64,7 @@ async function scrape(port: number, path = "/metrics"): Promise<{ status: number
 }
 
 /** One message through `client`, the queue id `qid` sent with eom as Postfix does. */
-function send(client: MilterClient, qid: string, rcpt: string[]) {
+function send(client: MilterClient, qid: string, rcpt: string[]): Promise<MessageResult> {
   return client.message(
     { from: "<sender@example.org>", rcpt, headers: [["Subject", "hello"]], body: "hi\r\n" },
     { envrcpt: { i: qid }, eom: { i: qid } },
@@ -131,14 +131,19 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     });
     started.push(filter);
     const failed = await filter.waitFor((e) => e.event === "failed");
-    expect(failed.message).toMatch(/^Milter\.main: cannot serve metrics on inet:\d+@127\.0\.0\.1: .*(EADDRINUSE|in use)/);
+    expect(failed.message).toMatch(
+      /^Milter\.main: cannot serve metrics on inet:\d+@127\.0\.0\.1: .*(EADDRINUSE|in use)/,
+    );
     expect(await filter.exited).toEqual({ code: 3, signal: null });
     expect((await scrape(port)).status).toBe(200); // the first one serves on
     void holder;
   });
 
   test("one log entry per message, and one for a connection without any", async () => {
-    const filter = await start(runtime, { RULES: rulesFile({ tag: "A", reject: "spam", quarantine: true }), LOG: "fn" });
+    const filter = await start(runtime, {
+      RULES: rulesFile({ tag: "A", reject: "spam", quarantine: true }),
+      LOG: "fn",
+    });
     const client = await filter.client();
     // Postfix and Sendmail send the macro `_` at connect: the client's name and [address].
     await client.connect("client.example", null, { _: "client.example [192.0.2.7]" });
@@ -206,7 +211,12 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
     await client.closed();
     await filter.waitFor((e) => e.event === "log" && e.queueId === "QF");
     const [refused, failed] = filter.events.filter((e) => e.event === "log");
-    expect(refused).toMatchObject({ queueId: "QR", verdict: "reject", stage: "eom", reply: "550 5.7.1 refused by rules" });
+    expect(refused).toMatchObject({
+      queueId: "QR",
+      verdict: "reject",
+      stage: "eom",
+      reply: "550 5.7.1 refused by rules",
+    });
     // A recipient's failure is that recipient's: the message, left without one, ends aborted.
     expect(failed).toMatchObject({ queueId: "QF", verdict: "aborted", recipients: 1 });
   });
@@ -281,10 +291,12 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
   test("a reload that throws or returns no filter leaves the filter in place, and says so", async () => {
     const rules = rulesFile({ tag: "A" });
     const filter = await start(runtime, { RULES: rules, RELOAD: "1" });
-    for (const [broken, why] of [[{ tag: "X", throw: true }, "rules X are broken"], [
-      { tag: "Y", invalid: true },
-      "Milter.replace: filter.name must be a string, got number 42",
-    ]] as const) {
+    for (
+      const [broken, why] of [[{ tag: "X", throw: true }, "rules X are broken"], [
+        { tag: "Y", invalid: true },
+        "Milter.replace: filter.name must be a string, got number 42",
+      ]] as const
+    ) {
       writeFileSync(rules, JSON.stringify(broken));
       filter.child.kill("SIGHUP");
       await expect.poll(() => filter.stderr, { timeout: 10_000 }).toContain(why);

@@ -38,8 +38,7 @@ describe.each(RUNTIMES)("under %s", (runtime) => {
       env: { RULES: rules, LOG: "fn", METRICS: `inet:${port}@127.0.0.1` },
     });
     const postfix = await PrivatePostfix.start(postfixMilterSpec(filter.spec));
-    const content = (subject: string): string =>
-      `Subject: ${subject}\r\nFrom: alice@example.org\r\n\r\nHello.\r\n`;
+    const content = (subject: string): string => `Subject: ${subject}\r\nFrom: alice@example.org\r\n\r\nHello.\r\n`;
     const queuedAs = (reply: { lines: string[] } | null): string => /queued as (\w+)/.exec(reply!.lines.join(" "))![1];
 
     const accepted = await send(postfix.smtpPort, {
