@@ -7,9 +7,10 @@
  * (envrcpt and eom only; combines with no other option). The environment
  * variable `PIPELINE_BYTES`, when set, is passed to `main` as `pipelineBytes`
  * (the bound on a connection's queued no-reply callbacks; 0 turns pipelining
- * off); unset, main's default applies.
+ * off); unset, main's default applies. `MILTER_LOG=json` (or `text`) turns on
+ * one log line per message on stderr (`main({ log })`).
  *
- *   [PIPELINE_BYTES=<n>] <runtime> bench/filters/filter.ts <unix:/path | inet:port@host>
+ *   [PIPELINE_BYTES=<n>] [MILTER_LOG=json] <runtime> bench/filters/filter.ts <unix:/path | inet:port@host>
  *     [async] [rcpt-wait=<ms>] [noreply] [readme]
  */
 
@@ -35,7 +36,9 @@ Milter.setconn(spec);
 Milter.setbacklog(1024);
 Milter.opensocket(true);
 const pipelineBytes = process.env.PIPELINE_BYTES;
+const log = process.env.MILTER_LOG;
 await Milter.main({
   drainTimeout: 1,
   ...(pipelineBytes === undefined ? {} : { pipelineBytes: Number(pipelineBytes) }),
+  ...(log === "json" || log === "text" ? { log } : {}),
 });
