@@ -271,7 +271,7 @@ export interface Listen {
 export type PipelinedSymbol = "xxfi_header" | "xxfi_eoh" | "xxfi_body";
 
 /** The callbacks a generation may have the shim observe: queued for JS without waiting, answered Continue. */
-export type ObservedSymbol = "xxfi_connect" | "xxfi_envfrom" | "xxfi_envrcpt" | "xxfi_eom";
+export type ObservedSymbol = "xxfi_envrcpt" | "xxfi_eom";
 
 /**
  * The callbacks the shim queues: those it can pipeline, abort and close,
@@ -292,7 +292,7 @@ export interface QueuedCall {
   readonly symbol: QueuedSymbol;
   /** The id of the connection's {@linkcode Generation}, 0 when it has none. */
   readonly generation: number;
-  /** header: its name and value; connect: the host name; envfrom and envrcpt: the address; `null` otherwise. */
+  /** header: its name and value; `null` otherwise. */
   readonly a: bigint | null;
   readonly b: bigint | null;
   /** body: the chunk and its length; `null` and 0 otherwise. */
@@ -470,10 +470,9 @@ export const QUEUED_ALWAYS_SYMBOLS: readonly QueuedSymbol[] = ["xxfi_abort", "xx
  * The callbacks beside those that a generation may queue where its filter
  * has no callback (its `QUEUED_OBSERVED`), for JS to see messages end and
  * count recipients without holding libmilter's thread: the shim answers
- * them Continue at once. A queued connect carries the client's host name
- * (`a`), a queued envfrom or envrcpt its address.
+ * them Continue at once.
  */
-export const OBSERVED_SYMBOLS: readonly ObservedSymbol[] = ["xxfi_connect", "xxfi_envfrom", "xxfi_envrcpt", "xxfi_eom"];
+export const OBSERVED_SYMBOLS: readonly ObservedSymbol[] = ["xxfi_envrcpt", "xxfi_eom"];
 /** Each queued callback's index in `struct smfiDesc` (`CB_*` in milter_shim.c), and back. */
 const QUEUED_INDEX: Readonly<Record<QueuedSymbol, number>> = Object.fromEntries(
   [...PIPELINED_SYMBOLS, ...QUEUED_ALWAYS_SYMBOLS, ...OBSERVED_SYMBOLS].map((

@@ -30,7 +30,10 @@ export interface LogEntry {
   readonly queueId: string | null;
   /** The client's address: connect's, else the macro `{client_addr}`; `null` when unknown. */
   readonly client: string | null;
-  /** The envelope sender (with its `<>`), `null` when the message got no MAIL FROM through. */
+  /**
+   * The envelope sender (with its `<>`): envfrom's, or the macro `{mail_addr}`
+   * (which Postfix and Sendmail send with MAIL); `null` when neither came.
+   */
   readonly sender: string | null;
   /** How many recipients reached the filter (RCPT TO). */
   readonly recipients: number;
@@ -234,7 +237,7 @@ function write(session: Session, c: Connection, fallback: Verdict | "aborted", s
   emit(session, c, {
     kind: "message",
     queueId: m.queueId ?? macro(session, "i"),
-    sender: m.sender ?? macro(session, "{mail_addr}"),
+    sender: m.sender ?? bracket(macro(session, "{mail_addr}")),
     recipients: m.recipients,
     verdict: decided ? m.verdict! : fallback,
     stage: decided ? m.stage : stage,
@@ -243,6 +246,11 @@ function write(session: Session, c: Connection, fallback: Verdict | "aborted", s
     quarantine: m.quarantine,
     duration: m.duration,
   });
+}
+
+/** `{mail_addr}` as envfrom gives the sender: in angle brackets (`<>` for the null sender). */
+function bracket(address: string | null): string | null {
+  return address === null ? null : `<${address}>`;
 }
 
 /**

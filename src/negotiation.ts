@@ -106,7 +106,11 @@ export function refuseUnnegotiated(session: Session, callback: CallbackName, r: 
   return tempfail(session.ptr, r.name);
 }
 
-/** The NO* steps that keep the MTA from sending what the log needs (`main({ log })`): connect (and its macros), MAIL, RCPT. */
+/**
+ * The NO* steps that keep the MTA from sending what the log needs
+ * (`main({ log })`): connect and MAIL, whose macros (the client's address,
+ * the sender) the MTA sends only with them, and RCPT, which it counts.
+ */
 const OBSERVED_STEPS = encodeMask(STEP_BITS, ["NOCONNECT", "NOMAIL", "NORCPT"]);
 
 /**

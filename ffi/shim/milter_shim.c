@@ -716,11 +716,11 @@ _Static_assert(SHIM_FAILED_WRITE == SHIM_CALLBACKS, "the failed-write call follo
 #define QUEUED_ALWAYS (1u << CB_abort | 1u << CB_close)
 /**
  * The callbacks a generation may queue without waiting (see "Generations"):
- * abort and close, and connect, envfrom, envrcpt and eom observed for JS
- * where the filter has no callback (JS logs connections and messages): the wrapper
+ * abort and close, and envrcpt and eom observed for JS where the filter has
+ * no callback (JS counts recipients and sees messages end): the wrapper
  * answers those SMFIS_CONTINUE, as libmilter answers a NULL callback.
  */
-#define QUEUED_OBSERVED (QUEUED_ALWAYS | 1u << CB_connect | 1u << CB_envfrom | 1u << CB_envrcpt | 1u << CB_eom)
+#define QUEUED_OBSERVED (QUEUED_ALWAYS | 1u << CB_envrcpt | 1u << CB_eom)
 /** The most macros milter_shim_bind_pipeline() captures: snap_take keeps their values on libmilter's stack. */
 #define SHIM_MAX_MACROS 256
 #define CONN_BUCKETS 1024
@@ -1612,13 +1612,11 @@ static int relay_call(void *ctx, int cb, unsigned gen_id, const uint64_t *args, 
 /* The pipeline_gate arguments of a callback that has no arguments to copy. */
 #define NOTHING(cb) (ctx, cb, NULL, NULL, NULL, 0)
 
-SHIM_WRAPPER(connect, -1, (ctx, CB_connect, hostname, NULL, NULL, 0), (P(hostname), P(hostaddr)), void *ctx, char *hostname,
+SHIM_WRAPPER(connect, -1, NOTHING(CB_connect), (P(hostname), P(hostaddr)), void *ctx, char *hostname,
 	     void *hostaddr)
 SHIM_WRAPPER(helo, -1, NOTHING(CB_helo), (P(helohost)), void *ctx, char *helohost)
-SHIM_WRAPPER(envfrom, -1, (ctx, CB_envfrom, argv != NULL ? argv[0] : NULL, NULL, NULL, 0), (P(argv)), void *ctx,
-	     char **argv)
-SHIM_WRAPPER(envrcpt, -1, (ctx, CB_envrcpt, argv != NULL ? argv[0] : NULL, NULL, NULL, 0), (P(argv)), void *ctx,
-	     char **argv)
+SHIM_WRAPPER(envfrom, -1, NOTHING(CB_envfrom), (P(argv)), void *ctx, char **argv)
+SHIM_WRAPPER(envrcpt, -1, NOTHING(CB_envrcpt), (P(argv)), void *ctx, char **argv)
 SHIM_WRAPPER(header, -1, (ctx, CB_header, headerf, headerv, NULL, 0), (P(headerf), P(headerv)), void *ctx,
 	     char *headerf, char *headerv)
 SHIM_WRAPPER(eoh, -1, NOTHING(CB_eoh), (0), void *ctx)
@@ -1813,7 +1811,7 @@ MILTER_SHIM_EXPORT int milter_shim_negotiate_itself(unsigned long flags, int (*s
  * not, JS answers negotiate, and stamps the connection with
  * milter_shim_stamp); `relay` holds 1 << CB_* of the callbacks JS sees,
  * `queued` those queued without waiting (within QUEUED_OBSERVED: abort,
- * close, and connect, envfrom, envrcpt and eom, answered SMFIS_CONTINUE). Connections
+ * close, and envrcpt and eom, answered SMFIS_CONTINUE). Connections
  * already stamped keep theirs. After milter_shim_negotiate_itself(), any
  * number of times. Returns 0; -1, changing nothing, for id 0, `queued`
  * outside QUEUED_OBSERVED, before milter_shim_negotiate_itself, or when
