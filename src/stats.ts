@@ -53,6 +53,7 @@ export interface Histogram {
 export interface Stats {
   /** The name of the filter connections starting now use. */
   readonly filter: string;
+  /** MTA connections. */
   readonly connections: {
     /** Connections the filter serves now. */
     readonly open: number;
@@ -61,6 +62,7 @@ export interface Stats {
     /** Connections refused because the filter was stopping (draining). */
     readonly refused: number;
   };
+  /** Messages. */
   readonly messages: {
     /** Messages that reached end of message. */
     readonly total: number;
@@ -73,22 +75,36 @@ export interface Stats {
   readonly failures: Readonly<Partial<Record<CallbackName, Readonly<Partial<Record<FailureKind, number>>>>>>;
   /** Failures of the binding itself (reported as "the binding failed in …"), answered Tempfail. */
   readonly internalFailures: number;
+  /** The filter's callbacks. */
   readonly callbacks: {
     /** Callbacks whose Promise is pending now. */
     readonly pending: number;
     /** Time from a callback's call to its answer (its Promise settling), by stage. */
     readonly duration: Readonly<Partial<Record<CallbackName, Histogram>>>;
   };
+  /** Pipelined no-reply stages (`main({ pipelineBytes })`). */
   readonly pipeline: {
     /** Bytes of pipelined calls queued now, all connections together. */
     readonly bytes: number;
     /** How many times a connection's queue was full and libmilter waited for room (backpressure). */
     readonly waits: number;
   };
-  /** Calls into JS: `relayed`, those libmilter's thread waited for (round trips); `queued`, those it did not; `rings` of the bell. */
-  readonly calls: { readonly relayed: number; readonly queued: number; readonly rings: number };
-  /** Reloads on SIGHUP (`main({ reload })`): installed, and failed (the old filter stayed). */
-  readonly reloads: { readonly ok: number; readonly failed: number };
+  /** Calls into JS. */
+  readonly calls: {
+    /** Those libmilter's thread waited for: round trips to the JS thread. */
+    readonly relayed: number;
+    /** Those it did not wait for (pipelined, or abort and close without a callback). */
+    readonly queued: number;
+    /** How many times the shim woke the JS thread for them (a wake brings every call waiting). */
+    readonly rings: number;
+  };
+  /** Reloads on SIGHUP (`main({ reload })`). */
+  readonly reloads: {
+    /** New filters installed. */
+    readonly ok: number;
+    /** Reloads that threw, rejected or returned no filter: the old filter stayed. */
+    readonly failed: number;
+  };
 }
 
 /** The buckets of every duration histogram, in seconds: 100 µs to 10 s. */
