@@ -21,6 +21,7 @@ import {
   parseSpec,
 } from "./client.ts";
 import { addresses, headerValue, type ParsedMessage, parseMessage } from "./eml.ts";
+import { proxyCommand, replayCommand } from "./cli-sessions.ts";
 import { concat, endsExchange, MilterClientError, type Modification, type Negotiated, type Reply } from "./protocol.ts";
 
 /** The exit codes: the verdict, or why there is none. */
@@ -45,6 +46,8 @@ export interface CliIO {
 }
 
 const USAGE = `usage: milter-test [options] <socket> [message.eml]
+       milter-test proxy --listen SOCKET --to SOCKET --record DIR
+       milter-test replay FILE|DIR --to SOCKET [--update]
 
 Pushes a message through the milter at <socket> (unix:/path, inet:port@host,
 inet6:port@host) as an MTA would, and prints each stage's reply, the
@@ -355,6 +358,9 @@ interface Envelope {
  * exit code; never throws.
  */
 export async function main(argv: readonly string[], io: CliIO = processIO()): Promise<number> {
+  // Subcommands (a socket so named is written unix:proxy or ./proxy).
+  if (argv[0] === "proxy") return await proxyCommand(argv.slice(1), io);
+  if (argv[0] === "replay") return await replayCommand(argv.slice(1), io);
   try {
     const run = parseCommandLine(argv);
     if (run === null) {

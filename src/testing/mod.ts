@@ -32,6 +32,21 @@ export {
 } from "./client.ts";
 export type { ConnectTarget } from "../convert.ts";
 export {
+  type Difference,
+  formatDifference,
+  loadRecording,
+  loadRecordings,
+  type RecordedFrame,
+  type Recording,
+  RECORDING_FORMAT,
+  RECORDING_VERSION,
+  replay,
+  type ReplayOptions,
+  type ReplayResult,
+  saveRecording,
+} from "./recording.ts";
+export { type Proxy, type ProxyOptions, startProxy } from "./proxy.ts";
+export {
   type Action,
   type ClientErrorKind,
   endsExchange,

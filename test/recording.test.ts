@@ -1,0 +1,185 @@
+/**
+ * `milter-test proxy` and `milter-test replay` (and the same in
+ * `@milterjs/milter/testing`): a session recorded through the proxy, with
+ * several messages, an abort and QUIT, is what the client saw without it;
+ * replayed against the same filter it matches, against a changed one it
+ * reports exactly the change, and `--update` rewrites it.
+ */
+
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, expect, test } from "vitest";
+import { main } from "../src/testing/cli.ts";
+import { loadRecording, type MessageResult, MilterClient, type Proxy, replay, startProxy } from "../src/testing/mod.ts";
+import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+
+const proxies: Proxy[] = [];
+afterEach(async () => {
+  await Promise.all(proxies.splice(0).map((p) => p.close()));
+});
+afterAll(killAll);
+
+function rules(tag: string, reject = "spam"): string {
+  const path = join(mkdtempSync(join(tmpdir(), "milter-rules-")), "rules.json");
+  writeFileSync(path, JSON.stringify({ tag, reject }));
+  return path;
+}
+
+const filterWith = (tag: string, reject?: string): Promise<FilterProcess> =>
+  startFilter({ fixture: "operations.ts", env: { RULES: rules(tag, reject) } });
+
+/** The CLI with its output captured. */
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "", err = "";
+  const code = await main(argv, {
+    stdout: (t) => out += t,
+    stderr: (t) => err += t,
+    readStdin: async () => new Uint8Array(),
+  });
+  return { code, out, err };
+}
+
+/** One session: two messages (the second with a refused recipient), an aborted third, QUIT. */
+async function session(spec: string): Promise<MessageResult[]> {
+  const client = await MilterClient.open(spec);
+  await client.connect("client.example", null, { _: "client.example [192.0.2.7]" });
+  await client.helo("client.example");
+  const send = (qid: string, rcpt: string[]) =>
+    client.message(
+      { from: "<a@example.org>", rcpt, headers: [["Subject", "hi"], ["X-Raw", " leading space"]], body: "x\r\n" },
+      { envrcpt: { i: qid }, eom: { i: qid } },
+    );
+  const results = [await send("Q1", ["<b@example.net>"]), await send("Q2", ["<spam@example.net>", "<c@example.net>"])];
+  await client.envfrom("<a@example.org>", []);
+  await client.envrcpt("<d@example.net>", [], { i: "Q3" });
+  client.abort();
+  client.quit();
+  await client.closed();
+  return results;
+}
+
+async function recorded(dir: string): Promise<string> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const files = readdirSync(dir).filter((f) => f.endsWith(".json"));
+    if (files.length > 0) return join(dir, files[0]);
+    if (Date.now() > deadline) throw new Error(`no recording in ${dir}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("through the proxy the client sees what it sees without it, and the session is recorded", async () => {
+  const filter = await filterWith("A");
+  const direct = await session(filter.spec);
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: filter.spec, record: join(dir, "sessions") }));
+  const proxied = await session(listen);
+  const strip = (rs: MessageResult[]) => rs.map((r) => ({ replies: r.replies, modifications: r.modifications }));
+  expect(strip(proxied)).toEqual(strip(direct));
+
+  const recording = loadRecording(await recorded(join(dir, "sessions")));
+  expect(recording).toMatchObject({ format: "milter-recording", version: 1, end: "quit" });
+  const names = recording.frames.map((f) => `${f.from}:${f.name}`);
+  expect(names[0]).toBe("mta:negotiate");
+  expect(names[1]).toBe("filter:negotiate");
+  expect(names).toContain("mta:abort");
+  expect(names.at(-1)).toBe("mta:quit");
+  // The macros as the MTA sent them, with their stage; connect and the headers are not sent (the filter asked
+  // NOCONNECT and NOHDRS).
+  expect(recording.frames.find((f) => f.name === "macros")!.summary).toEqual({ stage: "R", macros: { i: "Q1" } });
+  expect(names).not.toContain("mta:connect");
+  expect(names).not.toContain("mta:header");
+  expect(recording.frames.filter((f) => f.name === "addheader").map((f) => f.summary)).toEqual([
+    { type: "addheader", name: "X-Rules", value: "A/A" },
+    { type: "addheader", name: "X-Rules", value: "A/A" },
+  ]);
+  expect(recording.frames.find((f) => f.name === "replycode")!.summary).toBe("550 5.7.1 no spam here");
+  for (const [i, f] of recording.frames.entries()) {
+    if (i > 0) expect(f.t).toBeGreaterThanOrEqual(recording.frames[i - 1].t);
+  }
+});
+
+test("replay: the same filter answers the same (exit 0); a changed one differs exactly where it changed (exit 1)", async () => {
+  const original = await filterWith("A");
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: original.spec, record: join(dir, "sessions") }));
+  await session(listen);
+  const file = await recorded(join(dir, "sessions"));
+
+  const same = await cli("replay", file, "--to", original.spec);
+  expect(same).toMatchObject({ code: 0, err: "" });
+  expect(same.out).toContain(`same ${file}`);
+
+  const changed = await filterWith("B");
+  const differs = await cli("replay", join(dir, "sessions"), "--to", changed.spec);
+  expect(differs.code).toBe(1);
+  expect(differs.out).toContain(`differs ${file}`);
+  const diff = differs.out.split("\n").filter((l) => l.startsWith("  ") || l.endsWith(":"))
+    .map((l) => l.replace(/command \d+/, "command N"));
+  expect(diff).toEqual([
+    "eom (command N):",
+    '  - addheader {"type":"addheader","name":"X-Rules","value":"A/A"}',
+    '  + addheader {"type":"addheader","name":"X-Rules","value":"B/B"}',
+    "eom (command N):",
+    '  - addheader {"type":"addheader","name":"X-Rules","value":"A/A"}',
+    '  + addheader {"type":"addheader","name":"X-Rules","value":"B/B"}',
+  ]);
+
+  // --update rewrites the recording from the new answers; it then matches the changed filter.
+  expect((await cli("replay", file, "--to", changed.spec, "--update")).out).toContain(`updated ${file}`);
+  expect((await cli("replay", file, "--to", changed.spec)).code).toBe(0);
+  expect(readFileSync(file, "utf8")).toContain("B/B");
+});
+
+test("in a test, three lines: load a recording, replay it, expect it to match", async () => {
+  const filter = await filterWith("A");
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: filter.spec, record: dir }));
+  await session(listen);
+  const path = await recorded(dir);
+
+  const result = await replay(loadRecording(path), filter.spec);
+  expect(result.differences).toEqual([]);
+  expect(result.matches).toBe(true);
+});
+
+test("a filter that drops the connection mid-session: recorded up to there, and the MTA side sees the drop", async () => {
+  const filter = await filterWith("A");
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: filter.spec, record: dir }));
+  const client = await MilterClient.open(listen);
+  await client.connect("client.example", null);
+  await filter.signal("SIGKILL");
+  await expect(
+    client.message({ from: "<a@example.org>", rcpt: ["<b@example.net>"], headers: [], body: "x\r\n" }),
+  ).rejects.toThrow(/closed/);
+  const recording = loadRecording(await recorded(dir));
+  expect(recording.end).toBe("filter");
+  expect(recording.frames.map((f) => f.name).slice(0, 2)).toEqual(["negotiate", "negotiate"]);
+});
+
+test("a recording stops at --max-bytes and says so; the session goes on", async () => {
+  const filter = await filterWith("A");
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  const notes: string[] = [];
+  proxies.push(await startProxy({ listen, to: filter.spec, record: dir, maxBytes: 300, onNote: (l) => notes.push(l) }));
+  const client = await MilterClient.open(listen);
+  await client.connect("client.example", null);
+  const result = await client.message({
+    from: "<a@example.org>",
+    rcpt: Array.from({ length: 20 }, (_, i) => `<b${i}@example.net>`),
+    headers: [["Subject", "big"]],
+    body: "x\r\n",
+  });
+  expect(result.modifications).toEqual([{ type: "addheader", name: "X-Rules", value: "A/A" }]);
+  client.quit();
+  const recording = loadRecording(await recorded(dir));
+  expect(recording.end).toBe("limit");
+  expect(notes).toEqual([expect.stringContaining("passed 300 bytes; its recording stops there")]);
+});
