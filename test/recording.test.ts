@@ -9,10 +9,12 @@
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, afterEach, expect, test } from "vitest";
+import { afterAll, afterEach, describe, expect, test } from "vitest";
 import { main } from "../src/testing/cli.ts";
 import { loadRecording, type MessageResult, MilterClient, type Proxy, replay, startProxy } from "../src/testing/mod.ts";
 import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+import { command, ROOT, RUNTIMES } from "./helpers/runtimes.ts";
+import { spawn } from "node:child_process";
 
 const proxies: Proxy[] = [];
 afterEach(async () => {
@@ -182,4 +184,38 @@ test("a recording stops at --max-bytes and says so; the session goes on", async 
   const recording = loadRecording(await recorded(dir));
   expect(recording.end).toBe("limit");
   expect(notes).toEqual([expect.stringContaining("passed 300 bytes; its recording stops there")]);
+});
+
+describe.each(RUNTIMES)("the CLI under %s", (runtime) => {
+  /** `milter-test <args>` under the runtime: its exit code and output. */
+  function run(
+    args: string[],
+    until?: (out: string) => boolean,
+  ): { done: Promise<{ code: number | null; out: string; err: string }>; stop: () => void; out: () => string } {
+    const [cmd, pre] = command(runtime, join(ROOT, "bin/milter-test.ts"));
+    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    child.stdout.setEncoding("utf8").on("data", (t: string) => out += t);
+    child.stderr.setEncoding("utf8").on("data", (t: string) => err += t);
+    return {
+      done: new Promise((resolve) => child.once("close", (code) => resolve({ code, out, err }))),
+      stop: () => child.kill("SIGTERM"),
+      out: () => out,
+    };
+  }
+
+  test("proxy records a session until SIGTERM; replay finds it the same (exit 0)", async () => {
+    const filter = await filterWith("A");
+    const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+    const listen = `unix:${join(dir, "in.sock")}`;
+    const proxy = run(["proxy", "--listen", listen, "--to", filter.spec, "--record", join(dir, "sessions")]);
+    await expect.poll(proxy.out, { timeout: 30_000 }).toContain("milter-test proxy:");
+    await session(listen);
+    await expect.poll(proxy.out, { timeout: 10_000 }).toContain("recorded ");
+    proxy.stop();
+    expect(await proxy.done).toMatchObject({ code: 0 });
+    const replayed = await run(["replay", join(dir, "sessions"), "--to", filter.spec]).done;
+    expect(replayed).toMatchObject({ code: 0, err: "" });
+    expect(replayed.out).toContain("1 recording(s), 0 with differences");
+  });
 });
