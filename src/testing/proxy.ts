@@ -11,8 +11,9 @@ import { mkdirSync, unlinkSync } from "node:fs";
 import process from "node:process";
 import { join } from "node:path";
 import { connectTarget, parseSocketSpec } from "../convert.ts";
-import { FrameReader, MilterClientError } from "./protocol.ts";
-import { type RecordedFrame, recordFrame, RECORDING_FORMAT, RECORDING_VERSION, saveRecording } from "./recording.ts";
+import { writeFile } from "node:fs/promises";
+import { type Frame, FrameReader, MilterClientError } from "./protocol.ts";
+import { RECORDING_FORMAT, RECORDING_VERSION, type Recording, recordFrame, recordingText } from "./recording.ts";
 
 /** Options of {@linkcode startProxy}. */
 export interface ProxyOptions {
@@ -105,7 +106,8 @@ function relay(
 ): void {
   const started = new Date();
   const t0 = performance.now();
-  const frames: RecordedFrame[] = [];
+  // Kept raw while the connection runs; summarized and written once it has ended, off the forwarding path.
+  const frames: { from: "mta" | "filter"; frame: Frame; t: number }[] = [];
   const readers = { mta: new FrameReader(), filter: new FrameReader() };
   let recorded = 0;
   let end: "quit" | "mta" | "filter" | "limit" | "error" | null = null;
@@ -122,7 +124,7 @@ function relay(
           options.onNote?.(`milter-test proxy: a connection passed ${maxBytes} bytes; its recording stops there`);
           return;
         }
-        frames.push(recordFrame(from, frame, performance.now() - t0));
+        frames.push({ from, frame, t: performance.now() - t0 });
         if (from === "mta" && frame.code === "Q") end ??= "quit";
       }
     } catch (error) {
@@ -164,18 +166,17 @@ function relay(
     if (--open > 0) return;
     const name = `${started.toISOString().replace(/[:.]/g, "-")}-${process.pid}-${++sequence}.json`;
     const path = join(options.record, name);
-    try {
-      saveRecording(path, {
-        format: RECORDING_FORMAT,
-        version: RECORDING_VERSION,
-        started: started.toISOString(),
-        end: limited ? "limit" : end ?? "mta",
-        frames,
-      });
-      options.onRecording?.(path);
-    } catch (error) {
-      options.onNote?.(`milter-test proxy: cannot write ${path}: ${(error as Error).message}`);
-    }
+    const recording: Recording = {
+      format: RECORDING_FORMAT,
+      version: RECORDING_VERSION,
+      started: started.toISOString(),
+      end: limited ? "limit" : end ?? "mta",
+      frames: frames.map(({ from, frame, t }) => recordFrame(from, frame, t)),
+    };
+    writeFile(path, recordingText(recording)).then(
+      () => options.onRecording?.(path),
+      (error: Error) => options.onNote?.(`milter-test proxy: cannot write ${path}: ${error.message}`),
+    );
   };
   mta.once("close", closed);
   filter.once("close", closed);

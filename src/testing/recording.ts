@@ -206,9 +206,14 @@ export function loadRecordings(path: string): { path: string; recording: Recordi
   return paths.map((p) => ({ path: p, recording: loadRecording(p) }));
 }
 
-/** Writes a recording as stable, readable JSON (two-space indent, one key order). */
+/** A recording as stable, readable JSON (two-space indent, one key order), as files hold it. */
+export function recordingText(recording: Recording): string {
+  return `${JSON.stringify(recording, null, 2)}\n`;
+}
+
+/** Writes a recording to `path` (see {@linkcode recordingText}). */
 export function saveRecording(path: string, recording: Recording): void {
-  writeFileSync(path, `${JSON.stringify(recording, null, 2)}\n`);
+  writeFileSync(path, recordingText(recording));
 }
 
 /** One command of a replay whose answer differs from the recording. */
