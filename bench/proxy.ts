@@ -100,7 +100,9 @@ console.log(
 console.log("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const row of rows) console.log(row);
 console.log(
-  `\nProxy RSS: ${(idle / 1024).toFixed(1)} MiB after the load, ${(held / 1024).toFixed(1)} MiB with 1,000 sessions open ` +
+  `\nProxy RSS: ${(idle / 1024).toFixed(1)} MiB after the load, ${
+    (held / 1024).toFixed(1)
+  } MiB with 1,000 sessions open ` +
     `(${((held - idle) / 1000).toFixed(1)} KiB each, negotiated and waiting); ${recordings()} recordings written.`,
 );
 process.exit(0);

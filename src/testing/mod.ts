@@ -17,6 +17,16 @@
  * client.quit();
  * ```
  *
+ * Sessions recorded from a real MTA by `milter-test proxy` (or
+ * {@linkcode startProxy}) replay as golden files:
+ *
+ * ```ts
+ * import { formatDifference, loadRecording, replay } from "@milterjs/milter/testing";
+ *
+ * const result = await replay(loadRecording("test/sessions/one.json"), "inet:8890@127.0.0.1");
+ * if (!result.matches) throw new Error(result.differences.map(formatDifference).join("\n"));
+ * ```
+ *
  * @module
  */
 
@@ -40,6 +50,7 @@ export {
   type Recording,
   RECORDING_FORMAT,
   RECORDING_VERSION,
+  type RecordingFile,
   replay,
   type ReplayOptions,
   type ReplayResult,

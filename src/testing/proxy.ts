@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { connectTarget, parseSocketSpec } from "../convert.ts";
 import { writeFile } from "node:fs/promises";
 import { type Frame, FrameReader, MilterClientError } from "./protocol.ts";
-import { RECORDING_FORMAT, RECORDING_VERSION, type Recording, recordFrame, recordingText } from "./recording.ts";
+import { recordFrame, type Recording, RECORDING_FORMAT, RECORDING_VERSION, recordingText } from "./recording.ts";
 
 /** Options of {@linkcode startProxy}. */
 export interface ProxyOptions {
@@ -29,8 +29,9 @@ export interface ProxyOptions {
    * recording ends `limit`, and `onNote` says so.
    */
   readonly maxBytes?: number;
-  /** Told each recording written (its path), and anything worth a line (a limit hit, a filter that cannot be reached). */
+  /** Told the path of each recording written. */
   readonly onRecording?: (path: string) => void;
+  /** Told anything worth a line: a recording's limit hit, a filter that cannot be reached, a file not written. */
   readonly onNote?: (line: string) => void;
 }
 

@@ -17,6 +17,8 @@ import { join } from "node:path";
 import { Socket } from "node:net";
 import { connectTarget, parseSocketSpec } from "../convert.ts";
 import {
+  concat,
+  cstrings,
   decodeModification,
   decodeNegotiation,
   decodeReply,
@@ -50,7 +52,9 @@ export interface RecordedFrame {
 
 /** One recorded milter connection. */
 export interface Recording {
+  /** Always {@linkcode RECORDING_FORMAT}. */
   readonly format: typeof RECORDING_FORMAT;
+  /** The format's version, {@linkcode RECORDING_VERSION}. */
   readonly version: number;
   /** When the connection was accepted (ISO 8601). */
   readonly started: string;
@@ -198,8 +202,16 @@ export function loadRecording(path: string): Recording {
   return r as Recording;
 }
 
+/** A recording and the file it came from. */
+export interface RecordingFile {
+  /** The file. */
+  readonly path: string;
+  /** What it holds. */
+  readonly recording: Recording;
+}
+
 /** The recordings of `path`: the file itself, or every `*.json` file of a directory, sorted by name. */
-export function loadRecordings(path: string): { path: string; recording: Recording }[] {
+export function loadRecordings(path: string): RecordingFile[] {
   const paths = statSync(path).isDirectory()
     ? readdirSync(path).filter((name) => name.endsWith(".json")).sort().map((name) => join(path, name))
     : [path];
@@ -211,18 +223,20 @@ export function recordingText(recording: Recording): string {
   return `${JSON.stringify(recording, null, 2)}\n`;
 }
 
-/** Writes a recording to `path` (see {@linkcode recordingText}). */
+/** Writes a recording to `path`, as stable, readable JSON (two-space indent, one key order). */
 export function saveRecording(path: string, recording: Recording): void {
   writeFileSync(path, recordingText(recording));
 }
 
 /** One command of a replay whose answer differs from the recording. */
 export interface Difference {
-  /** The command's position among the recording's MTA frames, and its name (`envrcpt`, `eom`, …). */
+  /** The command's position among the recording's MTA frames. */
   readonly index: number;
+  /** The command's name (`envrcpt`, `eom`, …). */
   readonly command: string;
-  /** The recorded answer and the replayed one, each a list of readable frames (modifications, then the reply). */
+  /** The recorded answer: its frames, readable (modifications, then the reply). */
   readonly recorded: readonly string[];
+  /** The replayed answer, the same way. */
   readonly replayed: readonly string[];
 }
 
@@ -230,6 +244,7 @@ export interface Difference {
 export interface ReplayResult {
   /** Whether every answer matched. */
   readonly matches: boolean;
+  /** The commands whose answers differ, in order. */
   readonly differences: readonly Difference[];
   /** The recording as this replay would have recorded it (for `--update`). */
   readonly updated: Recording;
@@ -238,9 +253,11 @@ export interface ReplayResult {
 /** Options of {@linkcode replay}. */
 export interface ReplayOptions {
   /**
-   * Macros whose values may legitimately differ between runs (queue ids,
-   * dates): each recorded value of theirs is masked as `{name}` in both the
-   * recorded and the replayed answers before they are compared.
+   * Macros whose values legitimately differ between runs (queue ids, dates):
+   * the replay sends each of them with a fresh value instead of the recorded
+   * one (the same fresh value wherever the recording had the same one), as
+   * another run of the MTA would, and masks the values as `{name}` in the
+   * recorded and the replayed answers before comparing them.
    */
   readonly ignoreMacros?: readonly string[];
   /** Milliseconds to wait for each answer (default 10,000). */
@@ -306,18 +323,53 @@ function readable(answer: readonly RecordedFrame[], masks: readonly [string, str
   });
 }
 
-/** The values the recording's macros frames give the macros in `names`, as [value, name] masks. */
-function macroMasks(recording: Recording, names: readonly string[]): [string, string][] {
+/** The ignored macros of a replay: their fresh values, and the masks of both runs' values. */
+interface Ignored {
+  /** Each recorded value's fresh one, by macro name. */
+  readonly fresh: Map<string, Map<string, string>>;
+  /** [value, name] pairs masked in the recorded answers, and in the replayed ones: longest first. */
+  readonly recorded: [string, string][];
+  readonly replayed: [string, string][];
+}
+
+/** A fresh value for a macro's recorded one: random letters and digits of the same length (at least 6). */
+function freshValue(value: string): string {
+  let out = "";
+  while (out.length < Math.max(value.length, 6)) out += Math.random().toString(36).slice(2).toUpperCase();
+  return out.slice(0, Math.max(value.length, 6));
+}
+
+/** The macros named in `names` (`i`, `{i}`, `{mail_addr}`): their recorded values, fresh ones, and the masks. */
+function ignoredMacros(recording: Recording, names: readonly string[]): Ignored {
   const keys = new Set(names.flatMap((n) => [n, n.replace(/^\{(.)\}$/, "$1"), n.length === 1 ? `{${n}}` : n]));
-  const masks: [string, string][] = [];
+  const fresh = new Map<string, Map<string, string>>();
   for (const frame of recording.frames) {
     if (frame.from !== "mta" || frame.code !== "D") continue;
-    const { macros } = (frame.summary ?? summarize("mta", { code: "D", data: unbase64(frame.data) })) as {
-      macros: Record<string, string>;
-    };
-    for (const [name, value] of Object.entries(macros ?? {})) if (keys.has(name)) masks.push([value, name]);
+    for (const [name, value] of macroPairs(unbase64(frame.data))) {
+      if (!keys.has(name) || value === "") continue;
+      const values = fresh.get(name) ?? new Map<string, string>();
+      fresh.set(name, values);
+      if (!values.has(value)) values.set(value, freshValue(value));
+    }
   }
-  return masks.sort((a, b) => b[0].length - a[0].length);
+  const pairs = (pick: (recorded: string, replayed: string) => string): [string, string][] =>
+    [...fresh].flatMap(([name, values]) => [...values].map(([r, f]) => [pick(r, f), name] as [string, string]))
+      .sort((a, b) => b[0].length - a[0].length);
+  return { fresh, recorded: pairs((r) => r), replayed: pairs((_r, f) => f) };
+}
+
+/** The name and value pairs of a macros frame's payload (after its stage byte). */
+function macroPairs(data: Uint8Array): [string, string][] {
+  const strings = splitCStrings(data.subarray(1));
+  return strings.flatMap((s, i) => i % 2 ? [] : [[s, strings[i + 1] ?? ""] as [string, string]]);
+}
+
+/** A macros frame's payload with the ignored macros' values replaced by their fresh ones. */
+function withFreshMacros(data: Uint8Array, fresh: Ignored["fresh"]): Uint8Array {
+  const pairs = macroPairs(data);
+  if (!pairs.some(([name]) => fresh.has(name))) return data;
+  const replaced = pairs.flatMap(([name, value]) => [name, fresh.get(name)?.get(value) ?? value]);
+  return concat([data.subarray(0, 1), cstrings(...replaced)]);
 }
 
 /**
@@ -332,7 +384,7 @@ function macroMasks(recording: Recording, names: readonly string[]): [string, st
  */
 export async function replay(recording: Recording, spec: string, options: ReplayOptions = {}): Promise<ReplayResult> {
   const timeout = options.timeout ?? 10_000;
-  const masks = macroMasks(recording, options.ignoreMacros ?? []);
+  const ignored = ignoredMacros(recording, options.ignoreMacros ?? []);
   const connection = await Connection.open(spec, timeout);
   const started = performance.now();
   const frames: RecordedFrame[] = [];
@@ -340,7 +392,8 @@ export async function replay(recording: Recording, spec: string, options: Replay
   let steps = 0;
   try {
     for (const { command, index, answer } of exchanges(recording)) {
-      const data = unbase64(command.data);
+      const recordedData = unbase64(command.data);
+      const data = command.code === "D" ? withFreshMacros(recordedData, ignored.fresh) : recordedData;
       frames.push(recordFrame("mta", { code: command.code, data }, performance.now() - started));
       connection.send(encodeFrame(command.code, data));
       if (command.code === "Q") break;
@@ -354,7 +407,7 @@ export async function replay(recording: Recording, spec: string, options: Replay
         if (frame.code === "O") steps = noReplySteps(frame.data);
         if (isFinal(frame)) break;
       }
-      const before = readable(answer, masks), after = readable(got, masks);
+      const before = readable(answer, ignored.recorded), after = readable(got, ignored.replayed);
       if (JSON.stringify(before) !== JSON.stringify(after)) {
         differences.push({ index, command: command.name, recorded: before, replayed: after });
       }
