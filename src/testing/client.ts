@@ -15,6 +15,7 @@ import { encodeMask, type Flag, FLAG_BITS, type Step, STEP_BITS } from "../varia
 import {
   ALL_ACTIONS,
   ALL_STEPS,
+  COMMAND_NAMES,
   concat,
   cstrings,
   decodeModification,
@@ -112,19 +113,7 @@ function after(ms: number, fn: () => void): () => void {
 }
 
 /** The stage each command letter starts, for error messages. */
-const STAGE_OF: Readonly<Record<string, string>> = {
-  O: "negotiation",
-  C: "connect",
-  H: "helo",
-  M: "envfrom",
-  R: "envrcpt",
-  T: "data",
-  L: "header",
-  N: "eoh",
-  B: "body",
-  E: "eom",
-  U: "unknown",
-};
+const STAGE_OF: Readonly<Record<string, string>> = { ...COMMAND_NAMES, O: "negotiation" };
 
 /** Macros sent before a command, by name (`"i"`, `"{client_addr}"`). */
 export type Macros = Readonly<Record<string, string>>;

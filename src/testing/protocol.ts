@@ -334,6 +334,25 @@ interface Layout {
   readonly strings: readonly [number, number];
 }
 
+/** The MTA's commands by letter, as the milter protocol names them (`SMFIC_*`, lower case). */
+export const COMMAND_NAMES: Readonly<Record<string, string>> = {
+  O: "negotiate",
+  D: "macros",
+  C: "connect",
+  H: "helo",
+  M: "envfrom",
+  R: "envrcpt",
+  T: "data",
+  L: "header",
+  N: "eoh",
+  B: "body",
+  E: "eom",
+  A: "abort",
+  Q: "quit",
+  K: "quit_nc",
+  U: "unknown",
+};
+
 /** The layout of each modification frame but `b` (replacebody, raw bytes), by letter (libmilter's smfi.c). */
 const LAYOUTS: Readonly<Record<string, Layout>> = {
   h: { type: "addheader", indexed: false, strings: [2, 2] },
@@ -346,6 +365,13 @@ const LAYOUTS: Readonly<Record<string, Layout>> = {
   q: { type: "quarantine", indexed: false, strings: [1, 1] },
   p: { type: "progress", indexed: false, strings: [0, 0] },
 };
+
+/** What each frame the filter can send is, by letter: `negotiate`, a reply's action, or a modification's type. */
+export const FILTER_FRAME_NAMES: Readonly<Record<string, string>> = Object.freeze({
+  O: "negotiate",
+  ...Object.fromEntries(Object.entries(LAYOUTS).map(([code, layout]) => [code, layout.type])),
+  b: "replacebody",
+});
 
 /**
  * The NUL-terminated strings that make up all of `data`, or `null` unless
@@ -441,7 +467,8 @@ export interface Reply {
   readonly skipped?: boolean;
 }
 
-const ACTIONS: Readonly<Record<string, Action>> = {
+/** The action of each reply frame, by letter. */
+export const ACTIONS: Readonly<Record<string, Action>> = {
   c: "continue",
   a: "accept",
   r: "reject",

@@ -17,12 +17,15 @@ import { join } from "node:path";
 import { Socket } from "node:net";
 import { connectTarget, parseSocketSpec } from "../convert.ts";
 import {
+  ACTIONS,
+  COMMAND_NAMES,
   concat,
   cstrings,
   decodeModification,
   decodeNegotiation,
   decodeReply,
   encodeFrame,
+  FILTER_FRAME_NAMES,
   type Frame,
   FrameReader,
   MilterClientError,
@@ -64,47 +67,10 @@ export interface Recording {
   readonly frames: RecordedFrame[];
 }
 
-/** MTA command codes and their names. */
-const MTA_NAMES: Readonly<Record<string, string>> = {
-  O: "negotiate",
-  D: "macros",
-  C: "connect",
-  H: "helo",
-  M: "envfrom",
-  R: "envrcpt",
-  T: "data",
-  L: "header",
-  N: "eoh",
-  B: "body",
-  E: "eom",
-  A: "abort",
-  Q: "quit",
-  K: "quit_nc",
-  U: "unknown",
-};
-
-/** Filter frame codes and their names. */
-const FILTER_NAMES: Readonly<Record<string, string>> = {
-  O: "negotiate",
-  c: "continue",
-  a: "accept",
-  r: "reject",
-  t: "tempfail",
-  d: "discard",
-  s: "skip",
-  y: "replycode",
-  f: "connfail",
-  "4": "shutdown",
-  p: "progress",
-  h: "addheader",
-  i: "insheader",
-  m: "chgheader",
-  e: "chgfrom",
-  "+": "addrcpt",
-  "2": "addrcpt_par",
-  "-": "delrcpt",
-  b: "replacebody",
-  q: "quarantine",
+/** What each frame is, by direction and letter. */
+const NAMES: Readonly<Record<"mta" | "filter", Readonly<Record<string, string>>>> = {
+  mta: COMMAND_NAMES,
+  filter: { ...FILTER_FRAME_NAMES, ...ACTIONS },
 };
 
 /** Commands that never get a reply. */
@@ -163,7 +129,7 @@ function summarize(from: "mta" | "filter", frame: Frame): unknown {
 /** One frame as recorded. */
 export function recordFrame(from: "mta" | "filter", frame: Frame, t: number): RecordedFrame {
   const summary = summarize(from, frame);
-  const name = (from === "mta" ? MTA_NAMES : FILTER_NAMES)[frame.code] ?? `0x${frame.code.charCodeAt(0).toString(16)}`;
+  const name = NAMES[from][frame.code] ?? `0x${frame.code.charCodeAt(0).toString(16)}`;
   return {
     from,
     t: Math.round(t * 1000) / 1000,
@@ -272,7 +238,7 @@ interface Exchange {
 }
 
 /** The codes of the filter frames that end a command's answer: the negotiation reply, and every reply. */
-const FINAL_CODES = new Set(["O", "c", "a", "r", "t", "d", "s", "y", "f", "4"]);
+const FINAL_CODES = new Set(["O", ...Object.keys(ACTIONS)]);
 
 /** Whether a filter frame ends its command's answer. */
 function isFinal(frame: { readonly code: string }): boolean {
