@@ -242,3 +242,31 @@ test("--ignore-macro i: the replay sends a fresh queue id, and answers that carr
   expect(stamp.value).not.toContain("QRECORDED1"); // the filter saw another id, masked in the comparison
   expect((await cli("replay", file, "--to", filter.spec, "--ignore-macro", "{i}")).code).toBe(0);
 });
+
+test("the CLI sends several messages on one connection: ABORT between them, or QUIT_NC with --quit-nc", async () => {
+  const filter = await startFilter({ fixture: "operations.ts", env: { RULES: rules("A"), LOG: "fn" } });
+  const dir = mkdtempSync(join(tmpdir(), "milter-cli-"));
+  const eml = (name: string, to: string): string => {
+    const path = join(dir, name);
+    writeFileSync(path, `From: a@example.org\nTo: ${to}\nSubject: ${name}\n\nHello.\n`);
+    return path;
+  };
+  const first = eml("first.eml", "b@example.net"), second = eml("second.eml", "r@example.net");
+  const run = await cli(filter.spec, first, second, "--macro", "envrcpt:i=QMULTI");
+  expect(run.code).toBe(2); // the second was rejected: the first verdict that is not accepted
+  expect(run.out).toContain(`message 1 (${first}):`);
+  expect(run.out).toContain(`message 2 (${second}):`);
+  expect(run.out.match(/^verdict: \w+$/gm)).toEqual(["verdict: accepted", "verdict: rejected"]);
+  await filter.waitFor((e) => e.event === "log" && e.kind === "message" && e.verdict === "reject");
+  const [one, two] = filter.events.filter((e) => e.event === "log" && e.kind === "message");
+  expect(one.connection).toBe(two.connection); // one SMTP session, ABORT between the messages
+
+  const json = await cli(filter.spec, first, second, "--json", "--quit-nc");
+  expect(json.code).toBe(2);
+  const reports = JSON.parse(json.out) as { verdict: string; replies: { stage: string }[] }[];
+  expect(reports.map((r) => r.verdict)).toEqual(["accepted", "rejected"]);
+  expect(reports.map((r) => r.replies[0].stage)).toEqual(["connect", "connect"]); // a session each
+  await expect.poll(() => filter.events.filter((e) => e.event === "log" && e.kind === "message").length).toBe(4);
+  const [three, four] = filter.events.filter((e) => e.event === "log" && e.kind === "message").slice(2);
+  expect(three.connection).not.toBe(four.connection); // QUIT_NC: a new session on the same milter connection
+});

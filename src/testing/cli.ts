@@ -45,14 +45,17 @@ export interface CliIO {
   readStdin(): Promise<Uint8Array>;
 }
 
-const USAGE = `usage: milter-test [options] <socket> [message.eml]
+const USAGE = `usage: milter-test [options] <socket> [message.eml ...]
        milter-test proxy --listen SOCKET --to SOCKET --record DIR
        milter-test replay FILE|DIR --to SOCKET [--update]
 
 Pushes a message through the milter at <socket> (unix:/path, inet:port@host,
 inet6:port@host) as an MTA would, and prints each stage's reply, the
 modifications the milter requests, and the verdict. The message is read from
-the file, or from standard input when it is "-" or absent.
+the file, or from standard input when it is "-" or absent. Several files go
+through one milter connection, one SMTP session, with ABORT between them as
+Postfix sends it (--quit-nc: each in an SMTP session of its own, QUIT_NC
+between them).
 
   --client-host NAME     host name of the SMTP client (default localhost)
   --client-addr ADDR     its address: IPv4, IPv6, unix:/path or none (default 127.0.0.1)
@@ -68,10 +71,12 @@ the file, or from standard input when it is "-" or absent.
   --steps LIST           protocol steps to offer, comma-separated Step names (default: all)
   --timeout SECONDS      wait at most this long for each stage's final reply,
                          progress frames included (default 10)
-  --json                 print one JSON object instead of text
+  --quit-nc              several messages: a new SMTP session for each (QUIT_NC)
+  --json                 print one JSON object instead of text (an array for several)
   -h, --help             this text
 
-Exit code: 0 accepted, 2 rejected, 3 tempfailed, 4 discarded, 5 quarantined,
+Exit code: 0 accepted, 2 rejected, 3 tempfailed, 4 discarded, 5 quarantined
+(several messages: the first verdict that is not accepted),
 1 no verdict (cannot connect, timeout, protocol error, milter over the client's
 limits, bad message), 64 bad usage.
 `;
@@ -324,6 +329,7 @@ const OPTIONS = {
   steps: { type: "string" },
   timeout: { type: "string", default: "10" },
   json: { type: "boolean", default: false },
+  "quit-nc": { type: "boolean", default: false },
   help: { type: "boolean", short: "h", default: false },
 } as const;
 
@@ -335,8 +341,10 @@ type StageMacros = Record<MacroStage, Record<string, string>>;
 /** What one run does, from its command line. */
 interface Run {
   readonly socket: string;
-  /** The message file, `"-"` for standard input. */
-  readonly file: string;
+  /** The message files, `"-"` for standard input, in the order they are sent. */
+  readonly files: readonly string[];
+  /** Between messages: a new SMTP session (QUIT_NC), rather than ABORT. */
+  readonly quitNc: boolean;
   readonly client: ClientOptions;
   readonly host: string;
   readonly addr: SockAddr | null;
@@ -367,11 +375,18 @@ export async function main(argv: readonly string[], io: CliIO = processIO()): Pr
       io.stdout(USAGE);
       return EXIT.accepted;
     }
-    const message = await loadMessage(run.file, io);
-    const envelope = envelopeOf(message, run);
-    const report = await exchange(await openClient(run), run, message, envelope);
-    io.stdout(run.json ? `${printableJson(report)}\n` : formatText(report));
-    return EXIT[report.verdict];
+    const messages: Sent[] = [];
+    for (const file of run.files) {
+      const message = await loadMessage(file, io);
+      messages.push({ file, message, envelope: envelopeOf(message, run) });
+    }
+    const reports = await exchange(await openClient(run), run, messages);
+    if (reports.length === 1) io.stdout(run.json ? `${printableJson(reports[0])}\n` : formatText(reports[0]));
+    else if (run.json) io.stdout(`${printableJson(reports)}\n`);
+    else {io.stdout(
+        reports.map((r, k) => `message ${k + 1} (${printable(run.files[k])}):\n${formatText(r)}`).join("\n"),
+      );}
+    return EXIT[reports.find((r) => r.verdict !== "accepted")?.verdict ?? "accepted"];
   } catch (error) {
     const failure = error instanceof CliError
       ? error
@@ -389,15 +404,18 @@ export async function main(argv: readonly string[], io: CliIO = processIO()): Pr
 function parseCommandLine(argv: readonly string[]): Run | null {
   const { values: o, positionals } = parseOptions(argv);
   if (o.help) return null;
-  if (positionals.length < 1 || positionals.length > 2) throw usage("expected <socket> [message.eml]");
-  const [socket, file = "-"] = positionals;
+  if (positionals.length < 1) throw usage("expected <socket> [message.eml ...]");
+  const [socket, ...given] = positionals;
+  const files = given.length > 0 ? given : ["-"];
+  if (files.filter((f) => f === "-").length > 1) throw usage("standard input (-) can be read once");
   checkSocket(socket);
   const port = Number(o["client-port"]);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw usage("--client-port must be 0 to 65535");
   const host = o["client-host"]!;
   return {
     socket,
-    file,
+    files,
+    quitNc: o["quit-nc"]!,
     client: clientOptions(o),
     host,
     addr: parseClientAddr(o["client-addr"]!, port),
@@ -504,32 +522,59 @@ async function openClient(run: Run): Promise<MilterClient> {
   }
 }
 
-/** Runs the session on `client` and reports it; the connection is closed either way. */
-async function exchange(client: MilterClient, run: Run, message: ParsedMessage, envelope: Envelope): Promise<Report> {
+/** A message to send, from its file. */
+interface Sent {
+  readonly file: string;
+  readonly message: ParsedMessage;
+  readonly envelope: Envelope;
+}
+
+type Replies = { stage: string; reply: Reply }[];
+
+/**
+ * Runs the messages on `client`, one report each: one SMTP session with
+ * ABORT between messages, or (`--quit-nc`) a session per message. A
+ * session refused at connect or HELO ends the run there. The connection is
+ * closed either way.
+ */
+async function exchange(client: MilterClient, run: Run, messages: readonly Sent[]): Promise<Report[]> {
   try {
-    const { replies, result } = await session(client, run, message, envelope);
+    const reports: Report[] = [];
+    let replies = await greet(client, run);
+    for (const [k, sent] of messages.entries()) {
+      const refused = replies.at(-1);
+      if (refused !== undefined && endsExchange(refused.reply)) {
+        reports.push(buildReport(run.socket, client.negotiated, replies, null));
+        break;
+      }
+      const result = await message(client, run, sent);
+      reports.push(buildReport(run.socket, client.negotiated, [...replies, ...result.replies], result));
+      if (k === messages.length - 1) break;
+      if (run.quitNc) {
+        client.quitNc();
+        replies = await greet(client, run);
+      } else {
+        client.abort();
+        replies = [];
+      }
+    }
     client.quit();
-    return buildReport(run.socket, client.negotiated, replies, result);
+    return reports;
   } finally {
     client.close();
   }
 }
 
-/** Connect, HELO and the message, stopping where a reply ends the exchange. */
-async function session(
-  client: MilterClient,
-  run: Run,
-  message: ParsedMessage,
-  envelope: Envelope,
-): Promise<{ replies: { stage: string; reply: Reply }[]; result: MessageResult | null }> {
-  const replies: { stage: string; reply: Reply }[] = [];
+/** Connect and HELO, stopping where a reply ends the exchange. */
+async function greet(client: MilterClient, run: Run): Promise<Replies> {
   const connect = await client.connect(run.host, run.addr, connectMacros(run));
-  replies.push({ stage: "connect", reply: connect });
-  if (endsExchange(connect)) return { replies, result: null };
-  const helo = await client.helo(run.helo, run.macros.helo);
-  replies.push({ stage: "helo", reply: helo });
-  if (endsExchange(helo)) return { replies, result: null };
-  const result = await client.message(
+  if (endsExchange(connect)) return [{ stage: "connect", reply: connect }];
+  return [{ stage: "connect", reply: connect }, { stage: "helo", reply: await client.helo(run.helo, run.macros.helo) }];
+}
+
+/** One message, stopping where a reply ends it. */
+function message(client: MilterClient, run: Run, { message, envelope }: Sent): Promise<MessageResult> {
+  return client.message(
     {
       from: envelope.from,
       rcpt: envelope.rcpt,
@@ -538,8 +583,6 @@ async function session(
     },
     messageMacros(run, envelope.from),
   );
-  for (const reply of result.replies) replies.push(reply); // not push(...): 200,000 headers overflow the stack
-  return { replies, result };
 }
 
 /** The message's header fields as the MTA sends them, one at a time. */
