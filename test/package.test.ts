@@ -214,7 +214,7 @@ test("the milter-test command runs under plain node from dist/", async () => {
   const bin = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).bin["milter-test"];
   expect(readFileSync(join(ROOT, bin), "utf8")).toMatch(/^#!\/usr\/bin\/env node\n/);
   const { stdout } = await run(process.execPath, [join(ROOT, bin), "--help"], { cwd: ROOT });
-  expect(stdout).toMatch(/^usage: milter-test \[options\] <socket> \[message.eml\]/);
+  expect(stdout).toMatch(/^usage: milter-test \[options\] <socket> \[message.eml ...\]/);
 });
 
 test("a TypeScript consumer type-checks against the declarations", async () => {

@@ -10,8 +10,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { afterAll, describe, expect, test } from "vitest";
-import { loadRecordings, replay, startProxy } from "../../src/testing/mod.ts";
+import { spawn } from "node:child_process";
+import { loadRecordings, replay } from "../../src/testing/mod.ts";
 import { freePort, killAll, startFilter } from "../helpers/filter.ts";
+import { command, ROOT, type Runtime, RUNTIMES } from "../helpers/runtimes.ts";
 import { postfixMilterSpec, PrivatePostfix, stopAllPostfix } from "./postfix.ts";
 import { readmeBlock } from "./readme.ts";
 import { PrivateSendmail, provisionSendmail, stopAllSendmail, withSocket } from "./sendmail.ts";
@@ -78,44 +80,79 @@ async function traffic(mta: Mta, tag: string): Promise<{ rcpt: number[][]; deliv
   return { rcpt, delivered };
 }
 
+/** `milter-test <args>` under `runtime`, as a user runs it. */
+function milterTest(
+  runtime: Runtime,
+  args: string[],
+): { out: () => string; stop: () => void; done: Promise<number | null> } {
+  const [cmd, pre] = command(runtime, join(ROOT, "bin/milter-test.ts"));
+  const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.setEncoding("utf8").on("data", (t: string) => out += t);
+  return {
+    out: () => out,
+    stop: () => child.kill("SIGTERM"),
+    done: new Promise((resolve) => child.once("close", resolve)),
+  };
+}
+
 describe.each(Object.keys(MTAS))("%s", (name) => {
   const startMta = MTAS[name];
   if (startMta === null) {
     test.skip(`${name} end to end, skipped outside CI: ${"missing" in provisioned ? provisioned.missing : ""}`, () => {});
     return;
   }
-  test("delivers through the proxy what it delivers without it; its sessions replay as recorded", async () => {
-    const filter = await startFilter({ socket: "inet", fixture: "operations.ts", env: { RULES: rulesFile("A") } });
-    const direct = await startMta(filter.spec);
-    const without = await traffic(direct, "direct");
-    await direct.stop();
+  test.each(RUNTIMES)(
+    "under %s: delivers through the proxy what it delivers without it; its sessions replay as recorded",
+    async (runtime) => {
+      const filter = await startFilter({
+        runtime,
+        socket: "inet",
+        fixture: "operations.ts",
+        env: { RULES: rulesFile("A") },
+      });
+      const direct = await startMta(filter.spec);
+      const without = await traffic(direct, `direct ${runtime}`);
+      await direct.stop();
 
-    const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
-    const listen = `inet:${await freePort()}@127.0.0.1`;
-    const proxy = await startProxy({ listen, to: filter.spec, record: dir });
-    const proxied = await startMta(listen);
-    const through = await traffic(proxied, "proxied");
-    expect(through).toEqual(without);
-    expect(through).toEqual({ rcpt: [[250, 250], [550, 250]], delivered: [["A/A"], ["A/A"]] });
-    await proxied.stop();
-    await proxy.close();
+      const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+      const listen = `inet:${await freePort()}@127.0.0.1`;
+      const proxy = milterTest(runtime, ["proxy", "--listen", listen, "--to", filter.spec, "--record", dir]);
+      await expect.poll(proxy.out, { timeout: 30_000 }).toContain("milter-test proxy:");
+      const proxied = await startMta(listen);
+      const through = await traffic(proxied, `proxied ${runtime}`);
+      expect(through).toEqual(without);
+      expect(through).toEqual({ rcpt: [[250, 250], [550, 250]], delivered: [["A/A"], ["A/A"]] });
+      await proxied.stop();
+      proxy.stop();
+      expect(await proxy.done).toBe(0);
 
-    // Every session the MTA opened was recorded (Postfix's start-up probe among them).
-    const recordings = loadRecordings(dir);
-    expect(recordings.length).toBe(readdirSync(dir).length);
-    const withMessages = recordings.filter(({ recording }) => recording.frames.some((f) => f.name === "eom"));
-    expect(withMessages).toHaveLength(2);
-    for (const { recording } of recordings) {
-      expect((await replay(recording, filter.spec)).differences).toEqual([]);
-    }
-    const changed = await startFilter({ socket: "inet", fixture: "operations.ts", env: { RULES: rulesFile("B") } });
-    for (const { recording } of withMessages) {
-      const { differences } = await replay(recording, changed.spec);
-      expect(differences.map((d) => [d.command, d.recorded, d.replayed])).toEqual([[
-        "eom",
-        ['addheader {"type":"addheader","name":"X-Rules","value":"A/A"}', "continue"],
-        ['addheader {"type":"addheader","name":"X-Rules","value":"B/B"}', "continue"],
-      ]]);
-    }
-  });
+      // Every session the MTA opened was recorded (Postfix's start-up probe among them).
+      const recordings = loadRecordings(dir);
+      expect(recordings.length).toBe(readdirSync(dir).length);
+      const withMessages = recordings.filter(({ recording }) => recording.frames.some((f) => f.name === "eom"));
+      expect(withMessages).toHaveLength(2);
+      const same = milterTest(runtime, ["replay", dir, "--to", filter.spec]);
+      expect(await same.done).toBe(0);
+      expect(same.out()).toContain(`${recordings.length} recording(s), 0 with differences`);
+
+      const changed = await startFilter({
+        runtime,
+        socket: "inet",
+        fixture: "operations.ts",
+        env: { RULES: rulesFile("B") },
+      });
+      for (const { recording } of withMessages) {
+        const { differences } = await replay(recording, changed.spec);
+        expect(differences.map((d) => [d.command, d.recorded, d.replayed])).toEqual([[
+          "eom",
+          ['addheader {"type":"addheader","name":"X-Rules","value":"A/A"}', "continue"],
+          ['addheader {"type":"addheader","name":"X-Rules","value":"B/B"}', "continue"],
+        ]]);
+      }
+      const differs = milterTest(runtime, ["replay", dir, "--to", changed.spec]);
+      expect(await differs.done).toBe(1);
+      expect(differs.out()).toContain(`${recordings.length} recording(s), 2 with differences`);
+    },
+  );
 });
