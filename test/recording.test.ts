@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, test } from "vitest";
 import { main } from "../src/testing/cli.ts";
 import { loadRecording, type MessageResult, MilterClient, type Proxy, replay, startProxy } from "../src/testing/mod.ts";
-import { type FilterProcess, killAll, startFilter } from "./helpers/filter.ts";
+import { type FilterProcess, killAll, script, startFilter } from "./helpers/filter.ts";
 import { command, ROOT, RUNTIMES } from "./helpers/runtimes.ts";
 import { spawn } from "node:child_process";
 
@@ -269,4 +269,59 @@ test("the CLI sends several messages on one connection: ABORT between them, or Q
   await expect.poll(() => filter.events.filter((e) => e.event === "log" && e.kind === "message").length).toBe(4);
   const [three, four] = filter.events.filter((e) => e.event === "log" && e.kind === "message").slice(2);
   expect(three.connection).not.toBe(four.connection); // QUIT_NC: a new session on the same milter connection
+});
+
+test("transparent to what libmilter does: no-reply headers, SKIP, progress, quarantine, QUIT_NC, all recorded and replayed", async () => {
+  const filter = await startFilter({
+    env: {
+      FLAGS: "ADDHDRS,QUARANTINE",
+      NEGOTIATE: JSON.stringify({ result: ["Continue", ["ADDHDRS", "QUARANTINE"], ["NR_HDR", "SKIP"]] }),
+    },
+  });
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: filter.spec, record: dir }));
+  // The scripted filter reads its instructions from macros sent with MAIL.
+  const macros = {
+    envfrom: script({
+      body: { stat: "Skip" },
+      eom: { actions: [["progress"], ["quarantine", "held for review"], ["addheader", "X-Seen", "1"]] },
+    }),
+  };
+  const input = {
+    from: "<a@example.org>",
+    rcpt: ["<b@example.net>"],
+    headers: [["Subject", "one"], ["X-Two", "two"]] as [string, string][],
+    body: "x".repeat(70_000), // two chunks: the second is not sent after SKIP
+  };
+  const run = async (spec: string) => {
+    const client = await MilterClient.open(spec);
+    await client.connect("client.example", null);
+    const first = await client.message(input, macros);
+    client.quitNc(); // a next SMTP session on the same milter connection
+    await client.connect("client2.example", null);
+    const second = await client.message(input, macros);
+    client.quit();
+    await client.closed();
+    return [first, second].map((r) => ({ replies: r.replies, modifications: r.modifications }));
+  };
+  const direct = await run(filter.spec);
+  const proxied = await run(listen);
+  expect(proxied).toEqual(direct);
+  expect(direct[0].replies.filter((r) => r.stage === "header").map((r) => r.reply.action)).toEqual([
+    "noreply",
+    "noreply",
+  ]);
+  expect(direct[0].modifications).toEqual([
+    { type: "progress" },
+    { type: "quarantine", reason: "held for review" },
+    { type: "addheader", name: "X-Seen", value: "1" },
+  ]);
+
+  const recording = loadRecording(await recorded(dir));
+  const names = recording.frames.map((f) => `${f.from}:${f.name}`);
+  expect(names.filter((n) => n === "mta:body")).toHaveLength(2); // one chunk each message
+  for (const n of ["filter:skip", "filter:progress", "filter:quarantine", "mta:quit_nc"]) expect(names).toContain(n);
+  expect(recording.end).toBe("quit");
+  expect((await replay(recording, filter.spec)).differences).toEqual([]);
 });

@@ -11,7 +11,7 @@ import { mkdirSync, unlinkSync } from "node:fs";
 import process from "node:process";
 import { join } from "node:path";
 import { connectTarget, parseSocketSpec } from "../convert.ts";
-import { writeFile } from "node:fs/promises";
+import { rename, writeFile } from "node:fs/promises";
 import { type Frame, FrameReader, MilterClientError } from "./protocol.ts";
 import { recordFrame, type Recording, RECORDING_FORMAT, RECORDING_VERSION, recordingText } from "./recording.ts";
 
@@ -174,7 +174,8 @@ function relay(
       end: limited ? "limit" : end ?? "mta",
       frames: frames.map(({ from, frame, t }) => recordFrame(from, frame, t)),
     };
-    writeFile(path, recordingText(recording)).then(
+    // Written aside, then renamed: a reader of DIR sees whole recordings only.
+    writeFile(`${path}.part`, recordingText(recording)).then(() => rename(`${path}.part`, path)).then(
       () => options.onRecording?.(path),
       (error: Error) => options.onNote?.(`milter-test proxy: cannot write ${path}: ${error.message}`),
     );
