@@ -325,3 +325,20 @@ test("transparent to what libmilter does: no-reply headers, SKIP, progress, quar
   expect(recording.end).toBe("quit");
   expect((await replay(recording, filter.spec)).differences).toEqual([]);
 });
+
+test("an MTA that drops the connection mid-message: recorded up to there, and the filter sees the drop", async () => {
+  const filter = await startFilter({ fixture: "operations.ts", env: { RULES: rules("A"), LOG: "fn" } });
+  const dir = mkdtempSync(join(tmpdir(), "milter-rec-"));
+  const listen = `unix:${join(dir, "in.sock")}`;
+  proxies.push(await startProxy({ listen, to: filter.spec, record: dir }));
+  const client = await MilterClient.open(listen);
+  await client.envfrom("<a@example.org>", []);
+  await client.envrcpt("<b@example.net>", [], { i: "QDROP" });
+  client.close(); // no QUIT: the MTA side just goes away
+  // The filter saw its connection close with the message open.
+  const entry = await filter.waitFor((e) => e.event === "log" && e.queueId === "QDROP");
+  expect(entry).toMatchObject({ verdict: "aborted", recipients: 1 });
+  const recording = loadRecording(await recorded(dir));
+  expect(recording.end).toBe("mta");
+  expect(recording.frames.map((f) => `${f.from}:${f.name}`).slice(-2)).toEqual(["mta:envrcpt", "filter:continue"]);
+});
