@@ -1482,6 +1482,15 @@ static struct generation *gen_unref_locked(struct generation *g)
 	return g;
 }
 
+/* The live generation `id`, NULL when none is; pool_lock held. */
+static struct generation *gen_find_locked(unsigned id)
+{
+	struct generation *g = gen_live;
+	while (g != NULL && g->id != id)
+		g = g->next;
+	return g;
+}
+
 /* The generation the connection at ctx is stamped with, NULL when none. */
 static struct generation *stamp_of(void *ctx)
 {
@@ -1509,22 +1518,18 @@ static int negotiate_itself(void *ctx, unsigned long f1, unsigned long *pf0, uns
 		pthread_mutex_unlock(&pool_lock);
 		return -1;
 	}
+	/* Read under the lock: a refused connection holds no generation, which a replace may free once unlocked. */
+	unsigned long flags = g->flags, absent = g->absent;
 	int admit = closed == SHIM_OPEN && !__atomic_load_n(&refusing_new, __ATOMIC_ACQUIRE) &&
 		    stamp_locked(ctx, g) == 0;
 	int refuse = !admit && closed == SHIM_OPEN && own_setpriv(ctx, &refusing) == 0;
 	stat_refused += !admit;
 	pthread_mutex_unlock(&pool_lock);
-	if (refuse) {
-		/* Every stage: connect comes, and is refused. */
-		*pf0 = g->flags;
-		*pf1 &= ~(unsigned long)SHIM_SMFIP_SKIP;
-		return 0;
-	}
-	if (!admit)
+	if (!admit && !refuse)
 		return SHIM_SMFIS_TEMPFAIL;
-	/* g stays: the connection holds it. */
-	*pf0 = g->flags;
-	*pf1 = (*pf1 | (g->absent & f1)) & ~(unsigned long)SHIM_SMFIP_SKIP;
+	/* Refused: every stage is sent, so that connect comes, and is refused. */
+	*pf0 = flags;
+	*pf1 = (*pf1 | (admit ? absent & f1 : 0)) & ~(unsigned long)SHIM_SMFIP_SKIP;
 	return 0; /* SMFIS_CONTINUE */
 }
 
@@ -1567,13 +1572,16 @@ static void gen_release(struct generation *g)
 /*
  * SHIM_WRAPPER(name, itself, gate, words, parameters...) defines
  * wrap_<name>, with libmilter's prototype for xxfi_<name>. It counts the
- * call and reads the connection's generation first (`itself` may end the
- * connection's hold on it). `itself` is what the shim answers without JS
- * (-1: nothing, go on); a callback the generation does not relay is
- * answered SMFIS_CONTINUE, as libmilter answers a NULL one; then, unless
- * the call is queued (`gate`: pipeline_gate's first arguments), the
- * wrapper queues the call for JS with the argument `words` (a parenthesized
- * list, (0) for none) and waits for its answer.
+ * call and reads the connection's generation first (close then ends the
+ * connection's stamp, and holds its generation until the call is through).
+ * `itself` is what the shim answers without JS (-1: nothing, go on); a
+ * connection refused while draining is answered Tempfail (abort and close
+ * Continue); a callback the generation does not relay is answered
+ * SMFIS_CONTINUE, as libmilter answers a NULL one; then, unless the call is
+ * queued (`gate`: pipeline_gate's first arguments; answered as no reply at
+ * a pipelined stage, Continue at an observed one), the wrapper queues the
+ * call for JS with the argument `words` (a parenthesized list, (0) for
+ * none) and waits for its answer.
  */
 #define SHIM_WRAPPER(name, itself, gate, words, ...)                              \
 	static int wrap_##name(__VA_ARGS__)                                        \
@@ -1582,7 +1590,7 @@ static void gen_release(struct generation *g)
 		struct generation *gen = stamp_of(ctx);                            \
 		unsigned gen_id = gen != NULL ? gen->id : 0;                       \
 		unsigned relay = gen != NULL ? gen->relay : ~0u;                   \
-		int always = gen != NULL && gen->id != 0 ? gen->queued : -1;       \
+		int always = gen != NULL ? gen->queued : -1;                       \
 		struct generation *held = CB_##name == CB_close ? unstamp(ctx) : NULL; \
 		int rc = itself;                                                   \
 		if (rc < 0 && gen == &refusing)                                    \
@@ -1634,13 +1642,13 @@ SHIM_WRAPPER(negotiate, negotiate_itself(ctx, f1, pf0, pf1), NOTHING(CB_negotiat
 
 /* Every wrapper, by CB_*. */
 static void *const wrappers[SHIM_CALLBACKS] = {
-		[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
-		[CB_envfrom] = (void *)wrap_envfrom,	 [CB_envrcpt] = (void *)wrap_envrcpt,
-		[CB_header] = (void *)wrap_header,	 [CB_eoh] = (void *)wrap_eoh,
-		[CB_body] = (void *)wrap_body,		 [CB_eom] = (void *)wrap_eom,
-		[CB_abort] = (void *)wrap_abort,	 [CB_close] = (void *)wrap_close,
-		[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
-		[CB_negotiate] = (void *)wrap_negotiate,
+	[CB_connect] = (void *)wrap_connect,	 [CB_helo] = (void *)wrap_helo,
+	[CB_envfrom] = (void *)wrap_envfrom,	 [CB_envrcpt] = (void *)wrap_envrcpt,
+	[CB_header] = (void *)wrap_header,	 [CB_eoh] = (void *)wrap_eoh,
+	[CB_body] = (void *)wrap_body,		 [CB_eom] = (void *)wrap_eom,
+	[CB_abort] = (void *)wrap_abort,	 [CB_close] = (void *)wrap_close,
+	[CB_unknown] = (void *)wrap_unknown,	 [CB_data] = (void *)wrap_data,
+	[CB_negotiate] = (void *)wrap_negotiate,
 };
 
 /**
@@ -1845,9 +1853,7 @@ MILTER_SHIM_EXPORT int milter_shim_stamp(void *ctx, unsigned id)
 	if (ctx == NULL || !negotiates_itself || own_getpriv(ctx) != NULL)
 		return -1;
 	pthread_mutex_lock(&pool_lock);
-	struct generation *g = gen_live;
-	while (g != NULL && g->id != id)
-		g = g->next;
+	struct generation *g = gen_find_locked(id);
 	int rc = g != NULL ? stamp_locked(ctx, g) : -1;
 	pthread_mutex_unlock(&pool_lock);
 	return rc;
@@ -1861,11 +1867,9 @@ MILTER_SHIM_EXPORT int milter_shim_stamp(void *ctx, unsigned id)
 MILTER_SHIM_EXPORT int milter_shim_live(unsigned id)
 {
 	pthread_mutex_lock(&pool_lock);
-	struct generation *g = gen_live;
-	while (g != NULL && g->id != id)
-		g = g->next;
+	int live = gen_find_locked(id) != NULL;
 	pthread_mutex_unlock(&pool_lock);
-	return g != NULL;
+	return live;
 }
 
 /**
