@@ -247,7 +247,10 @@ export interface Generation {
   readonly absent: number;
   /** The callbacks JS sees; the wrappers answer the others Continue, as libmilter answers a NULL one. */
   readonly relay: readonly CallbackSymbol[];
-  /** Those among abort and close queued without waiting. */
+  /**
+   * Those queued without waiting: abort and close without a callback, and
+   * the stages observed for the log (envrcpt, eom), answered Continue.
+   */
   readonly queued: readonly QueuedSymbol[];
 }
 

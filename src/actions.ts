@@ -25,7 +25,7 @@ import type { QueuedCall, ShimWrite } from "../ffi/shim.ts";
 import type { OptionalSymbol } from "../ffi/symbols.ts";
 import { lifecycle } from "./lifecycle.ts";
 import { native } from "./native.ts";
-import { noteQuarantine, noteReply } from "./messages.ts";
+import { noteReply } from "./messages.ts";
 import { macroKey, replyCodeProblem, replyLinesProblem } from "./convert.ts";
 import { type Flag, FLAG_BITS, isStage, type Stage, STAGE_CODES } from "./variants.ts";
 import type { Ctx } from "./ctx.ts";
@@ -492,8 +492,7 @@ export function quarantine(ctx: Ctx, reason: string): void {
   op.string("the reason", reason);
   if (reason === "") op.fail("the reason must not be empty");
   op.write(session, { kind: "quarantine", a: reason }, () => op.libmilter.smfi_quarantine(session.ptr, reason), why);
-  session.quarantine();
-  noteQuarantine(session, reason);
+  session.quarantine(reason);
 }
 
 /**

@@ -114,9 +114,10 @@ function recordAnswer(
   failed: FailureKind | null,
 ): void {
   const seconds = (performance.now() - started) / 1000;
-  if (own || failed !== null) countCall(callback, seconds, failed === null ? code : null, session.takeQuarantined());
+  const quarantined = session.takeQuarantined();
+  if (own || failed !== null) countCall(callback, seconds, failed === null ? code : null, quarantined !== null);
   if (callback === "eom" || callback === "abort") countEvent(callback);
-  noteAnswer(session, callback, code, seconds, failed);
+  noteAnswer(session, callback, code, seconds, failed, quarantined);
 }
 
 /** Ends a callback: its Ctx is unusable until the next one, and for good after close. */

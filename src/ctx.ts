@@ -98,7 +98,7 @@ export class Session {
   #actions: number;
   #noReply = 0;
   #owed: OwedScope | null = null;
-  #quarantined = false;
+  #quarantined: string | null = null;
 
   /** @internal Opened by {@linkcode enter}. */
   constructor(ptr: Pointer, filter: Registration) {
@@ -166,16 +166,16 @@ export class Session {
     if (this.#owed === "message") this.#owed = null;
   }
 
-  /** The running end of message quarantined the message. */
-  quarantine(): void {
-    this.#quarantined = true;
+  /** The running end of message quarantined the message, for `reason`. */
+  quarantine(reason: string): void {
+    this.#quarantined = reason;
   }
 
-  /** Whether the message was quarantined since last asked. */
-  takeQuarantined(): boolean {
-    const was = this.#quarantined;
-    this.#quarantined = false;
-    return was;
+  /** The reason the message was quarantined for since last asked, `null` when it was not. */
+  takeQuarantined(): string | null {
+    const reason = this.#quarantined;
+    this.#quarantined = null;
+    return reason;
   }
 
   /** Ends the session for good: its Ctx becomes unusable and its private data is dropped. */

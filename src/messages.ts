@@ -154,11 +154,6 @@ export function noteReply(session: Session, reply: string): void {
   if (logger !== null) connectionOf(session).reply = reply;
 }
 
-/** The running end of message quarantines the message for `reason`. */
-export function noteQuarantine(session: Session, reason: string): void {
-  if (logger !== null) (connectionOf(session).message ??= newMessage()).quarantine = reason;
-}
-
 /** The verdict of each code a decision can have. */
 const DECISIONS: Readonly<Record<number, Verdict>> = {
   [SMFIS_REJECT]: "reject",
@@ -170,9 +165,10 @@ const DECISIONS: Readonly<Record<number, Verdict>> = {
 
 /**
  * A call of `callback` was answered `code` after `seconds` (`failure` when
- * the binding answered for a failed callback): notes what decided the
- * message or connection, and writes the entry of a message that ended here.
- * Runs while the call's Ctx is still usable.
+ * the binding answered for a failed callback; `quarantined`, the reason,
+ * when the call quarantined the message): notes what decided the message or
+ * connection, and writes the entry of a message that ended here. Runs while
+ * the call's Ctx is still usable.
  */
 export function noteAnswer(
   session: Session,
@@ -180,6 +176,7 @@ export function noteAnswer(
   code: number,
   seconds: number,
   failure: FailureKind | null,
+  quarantined: string | null,
 ): void {
   if (logger === null) return;
   const c = connectionOf(session);
@@ -199,6 +196,7 @@ export function noteAnswer(
   }
   const m = c.message ??= newMessage();
   m.duration += seconds;
+  m.quarantine = quarantined ?? m.quarantine;
   m.queueId = macro(session, "i") ?? m.queueId;
   if (scope === "message" && decided !== undefined && m.verdict === null) {
     Object.assign(m, { verdict: decided, stage: callback, reply, failure });

@@ -116,8 +116,7 @@ function summarize(from: "mta" | "filter", frame: Frame): unknown {
     if (frame.code === "O") return undefined;
     if (frame.code === "B") return new TextDecoder().decode(frame.data);
     if (frame.code === "D") {
-      const [stage, ...pairs] = [String.fromCharCode(frame.data[0] ?? 0), ...splitCStrings(frame.data.subarray(1))];
-      return { stage, macros: Object.fromEntries(pairs.flatMap((p, i) => i % 2 ? [] : [[p, pairs[i + 1] ?? ""]])) };
+      return { stage: String.fromCharCode(frame.data[0] ?? 0), macros: Object.fromEntries(macroPairs(frame.data)) };
     }
     const strings = splitCStrings(frame.data);
     return strings.length > 0 ? strings : undefined;
